@@ -1,0 +1,165 @@
+//! One question on one tier: the library function behind `ask`, and the
+//! building block the MCP tools call.
+
+use crate::engine::{Cancel, Engine, FinishReason, GenerateRequest, Message, PromptFormat, Sampling};
+use crate::error::{Error, Result};
+use crate::pool::TierPool;
+use serde::Serialize;
+use std::time::Instant;
+
+/// How to ask.
+#[derive(Debug, Clone)]
+pub struct AskOptions {
+    /// Tier name; `None` means the smallest tier.
+    pub tier: Option<String>,
+    /// Overrides the tier's `max_tokens`.
+    pub max_tokens: Option<u32>,
+    /// Greedy when `None`.
+    pub temperature: Option<f32>,
+    pub top_p: f32,
+    pub seed: u64,
+    pub stop: Vec<String>,
+    pub system: Option<String>,
+}
+
+impl Default for AskOptions {
+    fn default() -> Self {
+        AskOptions {
+            tier: None,
+            max_tokens: None,
+            temperature: None,
+            top_p: 0.95,
+            seed: 0,
+            stop: Vec::new(),
+            system: None,
+        }
+    }
+}
+
+/// Memory as estimated and as measured, after the answer.
+#[derive(Debug, Clone, Serialize)]
+pub struct MemoryReport {
+    /// This tier's estimated cost.
+    pub tier_estimated_bytes: u64,
+    /// Sum of the estimates of all resident models.
+    pub resident_estimated_bytes: u64,
+    /// This process's measured resident set size.
+    pub process_rss: u64,
+    /// Process RSS measured right after this tier's model loaded.
+    pub rss_after_load: u64,
+    pub model_allowance: u64,
+    pub resident_tiers: Vec<String>,
+}
+
+/// The answer and everything measured on the way.
+#[derive(Debug, Clone, Serialize)]
+pub struct AskResult {
+    pub answer: String,
+    pub tier: String,
+    pub role: &'static str,
+    pub model: String,
+    pub finish: FinishReason,
+    pub prompt_format: PromptFormat,
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+    /// Generated tokens per second of generation time.
+    pub tokens_per_second: f64,
+    /// Geometric mean of the generated tokens' probabilities.
+    pub mean_token_prob: f64,
+    pub min_token_prob: f64,
+    pub load_ms: f64,
+    pub wait_ms: f64,
+    pub prompt_ms: f64,
+    pub generate_ms: f64,
+    pub total_ms: f64,
+    pub memory: MemoryReport,
+}
+
+/// Asks `question` on one tier of `pool`.
+///
+/// # Errors
+///
+/// [`Error::InvalidInput`] for an empty question or bad options, the pool's
+/// error when the tier cannot load, the engine's when generation fails.
+pub async fn ask<E: Engine>(pool: &TierPool<E>, question: &str, opts: &AskOptions) -> Result<AskResult> {
+    let started = Instant::now();
+    if question.trim().is_empty() {
+        return Err(Error::invalid("question", "must not be empty"));
+    }
+    if opts.max_tokens == Some(0) {
+        return Err(Error::invalid("max_tokens", "must be at least 1, got 0"));
+    }
+    if let Some(t) = opts.temperature {
+        if !(0.0..=5.0).contains(&t) {
+            return Err(Error::invalid("temperature", format!("{t} is outside [0, 5]")));
+        }
+    }
+    if !(opts.top_p > 0.0 && opts.top_p <= 1.0) {
+        return Err(Error::invalid("top_p", format!("{} is outside (0, 1]", opts.top_p)));
+    }
+    let tier = match &opts.tier {
+        Some(name) => pool.tier_index(name)?,
+        None => 0,
+    };
+    let lease = pool.acquire(tier).await?;
+    let t = lease.tier().clone();
+    let mut messages = Vec::new();
+    if let Some(s) = &opts.system {
+        messages.push(Message::new("system", s.clone()));
+    }
+    messages.push(Message::new("user", question));
+    let request = GenerateRequest {
+        messages,
+        max_tokens: opts.max_tokens.unwrap_or(t.max_tokens),
+        sampling: match opts.temperature {
+            Some(temperature) if temperature > 0.0 => Sampling::Random {
+                temperature,
+                top_p: opts.top_p,
+                seed: opts.seed,
+            },
+            _ => Sampling::Greedy,
+        },
+        stop: opts.stop.clone(),
+        ignore_eos: false,
+        cancel: Cancel::default(),
+    };
+    let g = lease.generate(request).await?;
+    let (load_ms, wait_ms) = (lease.load_ms, lease.wait_ms);
+    drop(lease);
+    pool.preload_after(tier);
+
+    let status = pool.status();
+    let rss_after_load = status
+        .resident
+        .iter()
+        .find(|r| r.tier == t.name)
+        .map_or(0, |r| r.rss_after_load);
+    let n = g.token_probs.len().max(1) as f64;
+    let mean_log: f64 = g.token_probs.iter().map(|&p| (p as f64).ln()).sum::<f64>() / n;
+    Ok(AskResult {
+        answer: g.text,
+        tier: t.name.clone(),
+        role: t.role.as_str(),
+        model: t.model.display().to_string(),
+        finish: g.finish,
+        prompt_format: g.prompt_format,
+        prompt_tokens: g.prompt_tokens,
+        completion_tokens: g.completion_tokens,
+        tokens_per_second: g.tokens_per_second,
+        mean_token_prob: if g.token_probs.is_empty() { 0.0 } else { mean_log.exp() },
+        min_token_prob: g.token_probs.iter().copied().fold(1.0f32, f32::min) as f64,
+        load_ms,
+        wait_ms,
+        prompt_ms: g.prompt_ms,
+        generate_ms: g.generate_ms,
+        total_ms: started.elapsed().as_secs_f64() * 1e3,
+        memory: MemoryReport {
+            tier_estimated_bytes: t.cost.total,
+            resident_estimated_bytes: status.estimated_bytes,
+            process_rss: status.process_rss,
+            rss_after_load,
+            model_allowance: status.model_allowance,
+            resident_tiers: status.resident.iter().map(|r| r.tier.clone()).collect(),
+        },
+    })
+}

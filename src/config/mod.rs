@@ -1,0 +1,175 @@
+//! tiers.yaml: the raw form ([`raw`]), byte sizes ([`size`]), validation into
+//! the resolved [`Config`] ([`validate`]), and the JSON Schema for editors.
+
+pub mod raw;
+pub mod size;
+pub mod validate;
+
+pub use raw::{RawConfig, Role};
+pub use size::ByteSize;
+
+use crate::estimate::{ModelCost, ModelShape};
+use serde::Serialize;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// One problem in a config: the field path (`tiers[2].threshold`) and what is wrong.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Problem {
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config {path} does not parse: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config {path} has {} problem(s):\n{}", problems.len(), problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<Problem>,
+    },
+}
+
+/// The resolved memory section.
+#[derive(Debug, Clone, Serialize)]
+pub struct MemoryConfig {
+    pub budget: ByteSize,
+    pub reserve: ByteSize,
+    pub max_loaded: usize,
+    pub preload_next: bool,
+}
+
+impl MemoryConfig {
+    /// Bytes the resident models may use together: budget minus reserve.
+    pub fn model_allowance(&self) -> u64 {
+        self.budget.0.saturating_sub(self.reserve.0)
+    }
+}
+
+/// A validated tier: the model file exists, is a sound GGUF, and fits.
+#[derive(Debug, Clone, Serialize)]
+pub struct Tier {
+    /// Position on the ladder, 0 = smallest.
+    pub index: usize,
+    pub name: String,
+    pub role: Role,
+    pub model: PathBuf,
+    pub threshold: f64,
+    pub max_tokens: u32,
+    /// Index of the tier that drafts for this one.
+    pub draft: Option<usize>,
+    pub context: u32,
+    pub threads: u32,
+    pub mlock: bool,
+    pub has_chat_template: bool,
+    pub shape: ModelShape,
+    /// Estimated resident bytes once loaded.
+    pub cost: ModelCost,
+}
+
+/// A validated ladder.
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    pub source: PathBuf,
+    pub memory: MemoryConfig,
+    pub tiers: Vec<Tier>,
+}
+
+impl Config {
+    /// Reads, parses and validates the config at `path`.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`]: unreadable file, YAML that does not parse (with line
+    /// and column), or every validation problem at once.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_yaml(&text, path)
+    }
+
+    /// Parses and validates `text` as if read from `path` (relative model
+    /// paths resolve against `path`'s folder).
+    ///
+    /// # Errors
+    ///
+    /// As [`Config::load`], without the read.
+    pub fn from_yaml(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig = yaml_serde::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        validate::validate(raw, path)
+    }
+
+    /// A one-tier ladder around any GGUF file (`ask --model`), with a budget
+    /// of this machine's total memory.
+    ///
+    /// # Errors
+    ///
+    /// As [`Config::load`]: a missing or unusable file, or one too large.
+    pub fn for_model(path: &Path) -> Result<Config, ConfigError> {
+        let total = sysinfo::System::new()
+            .map(|mut sys| {
+                sys.refresh_memory();
+                sys.total_memory()
+            })
+            .unwrap_or(0);
+        let name = path
+            .file_stem()
+            .map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned());
+        let raw = RawConfig {
+            memory: raw::RawMemory {
+                budget: ByteSize(total.max(1 << 30)),
+                reserve: ByteSize(0),
+                ..raw::RawMemory::default()
+            },
+            tiers: vec![raw::RawTier {
+                name,
+                role: Role::Router,
+                model: path.display().to_string(),
+                threshold: 0.0,
+                max_tokens: 256,
+                draft: None,
+                context: None,
+                threads: None,
+                mlock: false,
+            }],
+        };
+        validate::validate(raw, &std::env::current_dir().unwrap_or_default().join("--model"))
+    }
+
+    /// The tier called `name`.
+    pub fn tier(&self, name: &str) -> Option<&Tier> {
+        self.tiers.iter().find(|t| t.name == name)
+    }
+
+    /// Tier names, smallest first, for error messages.
+    pub fn tier_names(&self) -> String {
+        self.tiers
+            .iter()
+            .map(|t| t.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// JSON Schema of tiers.yaml, for editors (yaml-language-server and others).
+pub fn json_schema() -> serde_json::Value {
+    serde_json::to_value(schemars::schema_for!(RawConfig)).expect("schema serializes")
+}

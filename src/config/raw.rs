@@ -1,0 +1,115 @@
+//! The config file as written: parsed with serde, unknown fields denied,
+//! nothing checked yet. [`super::validate`] turns it into the resolved form.
+
+use super::size::ByteSize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// tiers.yaml: a ladder of llama.cpp models, smallest first.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// How much memory the resident models may use, and how many at once.
+    #[serde(default)]
+    pub memory: RawMemory,
+    /// The ladder, smallest and fastest first; later tiers are larger.
+    pub tiers: Vec<RawTier>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawMemory {
+    /// Total memory of the machine this ladder is sized for, in bytes or with a
+    /// unit (`6GB`). Default: 6 GB, the original target machine.
+    #[serde(default = "default_budget")]
+    pub budget: ByteSize,
+    /// Part of the budget kept for the OS and this application; models get
+    /// `budget - reserve`. Default: 1 GB.
+    #[serde(default = "default_reserve")]
+    pub reserve: ByteSize,
+    /// Most models resident at once. Default: 2.
+    #[serde(default = "default_max_loaded")]
+    pub max_loaded: usize,
+    /// After a request, load the next tier up if that evicts nothing in use,
+    /// so an escalation finds it warm. Default: false.
+    #[serde(default)]
+    pub preload_next: bool,
+}
+
+impl Default for RawMemory {
+    fn default() -> Self {
+        RawMemory {
+            budget: default_budget(),
+            reserve: default_reserve(),
+            max_loaded: default_max_loaded(),
+            preload_next: false,
+        }
+    }
+}
+
+fn default_budget() -> ByteSize {
+    ByteSize::gib(6)
+}
+
+fn default_reserve() -> ByteSize {
+    ByteSize::gib(1)
+}
+
+fn default_max_loaded() -> usize {
+    2
+}
+
+/// What a tier is for, from the design's ladder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// ~0.5B: trivial queries, routing.
+    Router,
+    /// ~1.5-3B: drafts and simple answers.
+    Draft,
+    /// ~3-7B: refines drafts, medium queries.
+    Refine,
+    /// 7B+: expert queries only.
+    Expert,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Router => "router",
+            Role::Draft => "draft",
+            Role::Refine => "refine",
+            Role::Expert => "expert",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawTier {
+    /// Unique name, used by `--tier`, `preferred_tier` and `draft`.
+    pub name: String,
+    pub role: Role,
+    /// GGUF file. Relative paths resolve against this file's folder;
+    /// `${XNAI_MODELS_DIR}` (and any `${VAR}`) expands from the environment.
+    pub model: String,
+    /// Minimum answer confidence in [0,1] to stop at this tier; below it the
+    /// request escalates. Must increase up the ladder.
+    pub threshold: f64,
+    /// Most tokens this tier generates for one answer.
+    pub max_tokens: u32,
+    /// Another tier whose model drafts for this one (speculative decoding).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub draft: Option<String>,
+    /// Context size in tokens. Default: the smaller of 4096 and the model's
+    /// training context.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<u32>,
+    /// CPU threads for generation. Default: the number of CPU cores.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threads: Option<u32>,
+    /// Lock the weights in RAM (mlock) so the OS never pages them out.
+    /// Default: false (weights are memory-mapped).
+    #[serde(default)]
+    pub mlock: bool,
+}

@@ -1,0 +1,273 @@
+//! Turns a [`RawConfig`] into a resolved [`Config`], reporting every problem
+//! at once, each naming the field path and the bad value.
+
+use super::raw::{RawConfig, RawTier};
+use super::size::ByteSize;
+use super::{Config, ConfigError, MemoryConfig, Problem, Tier};
+use crate::estimate::{estimate, ModelShape};
+use crate::gguf;
+use std::path::{Path, PathBuf};
+
+/// Default context when a tier sets none (capped by the model's own).
+const DEFAULT_CONTEXT: u32 = 4096;
+/// Smallest context that can hold a chat prompt and an answer.
+const MIN_CONTEXT: u32 = 64;
+
+/// Where models live when `XNAI_MODELS_DIR` is not set; the fetch script uses
+/// the same folder.
+pub fn default_models_dir() -> PathBuf {
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
+    home.join(".cache/xnai-model-router/models")
+}
+
+/// Expands `${VAR}` from the environment (`XNAI_MODELS_DIR` falls back to
+/// [`default_models_dir`]) and a leading `~/`.
+fn expand(text: &str) -> Result<String, String> {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| format!("unclosed ${{ in {text:?}"))?;
+        let var = &after[..end];
+        let value = match std::env::var(var) {
+            Ok(v) if !v.is_empty() => v,
+            _ if var == "XNAI_MODELS_DIR" => default_models_dir().display().to_string(),
+            _ => return Err(format!("environment variable {var} is not set (in {text:?})")),
+        };
+        out.push_str(&value);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    if let Some(tail) = out.strip_prefix("~/") {
+        if let Some(home) = std::env::var_os("HOME") {
+            return Ok(PathBuf::from(home).join(tail).display().to_string());
+        }
+    }
+    Ok(out)
+}
+
+fn default_threads() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
+}
+
+/// Validates `raw`, read from a file in `base_dir`.
+///
+/// # Errors
+///
+/// [`ConfigError::Invalid`] with every problem found.
+pub fn validate(raw: RawConfig, source: &Path) -> Result<Config, ConfigError> {
+    let base_dir = source.parent().unwrap_or(Path::new("."));
+    let mut problems = Vec::new();
+    let mut bad = |field: String, message: String| problems.push(Problem { field, message });
+
+    let m = &raw.memory;
+    if m.max_loaded == 0 {
+        bad("memory.max_loaded".into(), "must be at least 1, got 0".into());
+    }
+    if m.reserve >= m.budget {
+        bad(
+            "memory.reserve".into(),
+            format!(
+                "reserve {} leaves nothing of budget {} for models",
+                m.reserve, m.budget
+            ),
+        );
+    }
+    let memory = MemoryConfig {
+        budget: m.budget,
+        reserve: m.reserve,
+        max_loaded: m.max_loaded,
+        preload_next: m.preload_next,
+    };
+    let allowance = memory.model_allowance();
+    if raw.tiers.is_empty() {
+        bad("tiers".into(), "the ladder is empty: add at least one tier".into());
+    }
+
+    let mut tiers: Vec<Tier> = Vec::new();
+    for (i, t) in raw.tiers.iter().enumerate() {
+        let at = |field: &str| format!("tiers[{i}].{field}");
+        if t.name.trim().is_empty() {
+            bad(at("name"), "must not be empty".into());
+        }
+        if let Some(j) = raw.tiers[..i].iter().position(|o| o.name == t.name) {
+            bad(
+                at("name"),
+                format!("duplicate name {:?} (also tiers[{j}])", t.name),
+            );
+        }
+        if !(0.0..=1.0).contains(&t.threshold) {
+            bad(
+                at("threshold"),
+                format!("{} is outside [0, 1]", t.threshold),
+            );
+        }
+        if i > 0 && t.threshold <= raw.tiers[i - 1].threshold {
+            bad(
+                at("threshold"),
+                format!(
+                    "{} must be greater than the tier below ({:?} has {}): thresholds increase up the ladder",
+                    t.threshold,
+                    raw.tiers[i - 1].name,
+                    raw.tiers[i - 1].threshold
+                ),
+            );
+        }
+        if t.max_tokens == 0 {
+            bad(at("max_tokens"), "must be at least 1, got 0".into());
+        }
+        if t.threads == Some(0) {
+            bad(at("threads"), "must be at least 1, got 0".into());
+        }
+        if let Some(c) = t.context.filter(|c| *c < MIN_CONTEXT) {
+            bad(at("context"), format!("{c} is below the minimum {MIN_CONTEXT}"));
+        }
+        if let Some(d) = &t.draft {
+            if d == &t.name {
+                bad(at("draft"), format!("tier {d:?} cannot draft for itself"));
+            } else if !raw.tiers.iter().any(|o| &o.name == d) {
+                let names: Vec<_> = raw.tiers.iter().map(|o| o.name.as_str()).collect();
+                bad(
+                    at("draft"),
+                    format!("unknown tier {d:?} (tiers: {})", names.join(", ")),
+                );
+            }
+        }
+        match resolve_tier(t, i, base_dir) {
+            Ok(tier) => {
+                if tier.cost.total > allowance {
+                    bad(
+                        at("model"),
+                        format!(
+                            "{} needs an estimated {} (weights {} + KV cache {} + compute {}) but models may use {} (memory.budget {} - memory.reserve {})",
+                            tier.model.display(),
+                            ByteSize(tier.cost.total),
+                            ByteSize(tier.cost.weights),
+                            ByteSize(tier.cost.kv_cache),
+                            ByteSize(tier.cost.compute),
+                            ByteSize(allowance),
+                            memory.budget,
+                            memory.reserve
+                        ),
+                    );
+                }
+                tiers.push(tier);
+            }
+            Err((field, message)) => bad(at(field), message),
+        }
+    }
+
+    // Drafts: link by index, and check that a tier and its draft fit together.
+    if tiers.len() == raw.tiers.len() {
+        for i in 0..tiers.len() {
+            let Some(d) = raw.tiers[i].draft.as_ref() else {
+                continue;
+            };
+            let Some(j) = tiers.iter().position(|o| &o.name == d) else {
+                continue;
+            };
+            if j == i {
+                continue;
+            }
+            tiers[i].draft = Some(j);
+            let pair = tiers[i].cost.total + tiers[j].cost.total;
+            if memory.max_loaded < 2 {
+                bad(
+                    format!("tiers[{i}].draft"),
+                    format!(
+                        "{:?} and its draft {d:?} must be resident together but memory.max_loaded is {}",
+                        tiers[i].name, memory.max_loaded
+                    ),
+                );
+            } else if pair > allowance {
+                bad(
+                    format!("tiers[{i}].draft"),
+                    format!(
+                        "{:?} ({}) and its draft {d:?} ({}) must be resident together: {} exceeds the {} models may use",
+                        tiers[i].name,
+                        ByteSize(tiers[i].cost.total),
+                        ByteSize(tiers[j].cost.total),
+                        ByteSize(pair),
+                        ByteSize(allowance)
+                    ),
+                );
+            }
+        }
+    }
+
+    if problems.is_empty() {
+        Ok(Config {
+            source: source.to_path_buf(),
+            memory,
+            tiers,
+        })
+    } else {
+        Err(ConfigError::Invalid {
+            path: source.to_path_buf(),
+            problems,
+        })
+    }
+}
+
+/// Resolves one tier's model file and cost; the error names the field.
+fn resolve_tier(t: &RawTier, index: usize, base_dir: &Path) -> Result<Tier, (&'static str, String)> {
+    let expanded = expand(&t.model).map_err(|e| ("model", e))?;
+    let model = {
+        let p = PathBuf::from(&expanded);
+        if p.is_absolute() {
+            p
+        } else {
+            base_dir.join(p)
+        }
+    };
+    if !model.is_file() {
+        return Err((
+            "model",
+            format!(
+                "file not found: {} (from {:?}; scripts/fetch-models.sh fetches the default models)",
+                model.display(),
+                t.model
+            ),
+        ));
+    }
+    let info = gguf::inspect(&model).map_err(|e| ("model", e.to_string()))?;
+    let shape = ModelShape::from_gguf(&info)
+        .map_err(|e| ("model", format!("{}: {e}", model.display())))?;
+    let context = t
+        .context
+        .unwrap_or_else(|| DEFAULT_CONTEXT.min(shape.train_context as u32).max(MIN_CONTEXT));
+    let cost = estimate(info.weight_bytes, &shape, context);
+    Ok(Tier {
+        index,
+        name: t.name.clone(),
+        role: t.role,
+        model,
+        threshold: t.threshold,
+        max_tokens: t.max_tokens,
+        draft: None,
+        context,
+        threads: t.threads.unwrap_or_else(default_threads),
+        mlock: t.mlock,
+        has_chat_template: info.has_chat_template(),
+        shape,
+        cost,
+    })
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expands_variables_and_defaults_the_models_dir() {
+        std::env::set_var("XNAI_TEST_EXPAND", "/opt/m");
+        assert_eq!(expand("${XNAI_TEST_EXPAND}/a.gguf").unwrap(), "/opt/m/a.gguf");
+        let err = expand("${XNAI_SURELY_UNSET_VAR}/a").unwrap_err();
+        assert!(err.contains("XNAI_SURELY_UNSET_VAR"), "{err}");
+        assert!(expand("${OPEN").is_err());
+    }
+}

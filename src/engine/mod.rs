@@ -1,0 +1,184 @@
+//! The inference engine behind a trait: load a model, generate, unload.
+//!
+//! The real engine ([`llama::LlamaEngine`]) runs llama.cpp on a dedicated
+//! thread that owns every model and context; [`fake::FakeEngine`] is a
+//! scripted stand-in for fast policy and protocol tests. Callers (the pool,
+//! the `ask` command, the MCP layer) only see this trait.
+
+pub mod fake;
+pub mod llama;
+pub mod sampling;
+pub mod stop;
+
+pub use sampling::Sampling;
+
+use serde::Serialize;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// Handle of a model loaded by an engine.
+pub type ModelId = u64;
+
+/// What to load and how.
+#[derive(Debug, Clone)]
+pub struct LoadSpec {
+    /// Tier name, for messages.
+    pub name: String,
+    pub path: PathBuf,
+    pub context: u32,
+    pub threads: u32,
+    pub mlock: bool,
+}
+
+/// A loaded model, as the engine reports it.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoadedModel {
+    pub id: ModelId,
+    pub load_ms: f64,
+    /// The context size llama.cpp actually allocated.
+    pub context: u32,
+}
+
+/// One chat message.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, schemars::JsonSchema)]
+pub struct Message {
+    /// `system`, `user` or `assistant`.
+    pub role: String,
+    pub content: String,
+}
+
+impl Message {
+    pub fn new(role: &str, content: impl Into<String>) -> Self {
+        Message {
+            role: role.to_string(),
+            content: content.into(),
+        }
+    }
+}
+
+/// A flag a caller sets to stop a generation at the next token.
+#[derive(Debug, Clone, Default)]
+pub struct Cancel(Arc<AtomicBool>);
+
+impl Cancel {
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// One generation request.
+#[derive(Debug, Clone)]
+pub struct GenerateRequest {
+    pub messages: Vec<Message>,
+    pub max_tokens: u32,
+    pub sampling: Sampling,
+    /// Generation stops before the first occurrence of any of these.
+    pub stop: Vec<String>,
+    /// Keep generating past end-of-generation tokens (benchmarks only).
+    pub ignore_eos: bool,
+    pub cancel: Cancel,
+}
+
+impl GenerateRequest {
+    /// A greedy request for one user message.
+    pub fn greedy(question: &str, max_tokens: u32) -> Self {
+        GenerateRequest {
+            messages: vec![Message::new("user", question)],
+            max_tokens,
+            sampling: Sampling::Greedy,
+            stop: Vec::new(),
+            ignore_eos: false,
+            cancel: Cancel::default(),
+        }
+    }
+}
+
+/// Why generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// The model emitted an end-of-generation token.
+    EndOfText,
+    /// `max_tokens` reached.
+    Length,
+    /// A stop string appeared.
+    StopString,
+    /// The context filled up.
+    ContextFull,
+    Cancelled,
+}
+
+/// How the prompt was formatted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PromptFormat {
+    /// The chat template stored in the GGUF.
+    ModelTemplate,
+    /// A plain `User:/Assistant:` layout: the model has no usable template.
+    Plain,
+}
+
+/// A finished generation.
+#[derive(Debug, Clone, Serialize)]
+pub struct Generation {
+    pub text: String,
+    pub token_ids: Vec<u32>,
+    /// Probability of every generated token under the model, each in (0, 1].
+    pub token_probs: Vec<f32>,
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+    pub finish: FinishReason,
+    pub prompt_format: PromptFormat,
+    /// Time to process the prompt.
+    pub prompt_ms: f64,
+    /// Time from the end of the prompt to the last token.
+    pub generate_ms: f64,
+    /// Generated tokens per second of `generate_ms`.
+    pub tokens_per_second: f64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("tier {tier}: {path} is not a usable model: {reason}")]
+    BadModel {
+        tier: String,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error("tier {tier}: llama.cpp could not load {path} (unsupported architecture or corrupt tensors; see the log)")]
+    LoadFailed { tier: String, path: PathBuf },
+    #[error("tier {tier}: llama.cpp could not create a context of {context} tokens: {reason}")]
+    ContextFailed {
+        tier: String,
+        context: u32,
+        reason: String,
+    },
+    #[error("the prompt has {tokens} tokens but the context holds {context}: shorten it or raise the tier's context")]
+    PromptTooLong { tokens: usize, context: u32 },
+    #[error("llama.cpp decode failed: {0}")]
+    Decode(String),
+    #[error("model {0} is not loaded")]
+    NotLoaded(ModelId),
+    #[error("the inference thread has stopped")]
+    Stopped,
+}
+
+/// An inference engine: llama.cpp, or a scripted fake.
+pub trait Engine: Send + Sync + 'static {
+    /// Loads the model in `spec`.
+    fn load(&self, spec: LoadSpec) -> impl Future<Output = Result<LoadedModel, EngineError>> + Send;
+    /// Frees a loaded model.
+    fn unload(&self, id: ModelId) -> impl Future<Output = ()> + Send;
+    /// Generates an answer with a loaded model.
+    fn generate(
+        &self,
+        id: ModelId,
+        request: GenerateRequest,
+    ) -> impl Future<Output = Result<Generation, EngineError>> + Send;
+}

@@ -1,0 +1,35 @@
+//! The crate's error: one enum per failure domain, gathered here.
+
+use crate::config::ConfigError;
+use crate::engine::EngineError;
+use crate::gguf::GgufError;
+use crate::pool::PoolError;
+use crate::quantize::QuantizeError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Pool(#[from] PoolError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error(transparent)]
+    Gguf(#[from] GgufError),
+    #[error(transparent)]
+    Quantize(#[from] QuantizeError),
+    /// A caller's argument is wrong: names the field and the value.
+    #[error("{field}: {message}")]
+    InvalidInput { field: String, message: String },
+}
+
+impl Error {
+    pub fn invalid(field: &str, message: impl Into<String>) -> Self {
+        Error::InvalidInput {
+            field: field.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

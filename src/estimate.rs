@@ -1,0 +1,139 @@
+//! Memory cost of a model before it is loaded, from its GGUF header alone.
+//!
+//! cost = weights + KV cache + compute allowance, where
+//! - weights are the tensor bytes (memory-mapped or locked, they end up resident);
+//! - KV cache = layers x context x kv_heads x (key_dim + value_dim) x 2 bytes (f16);
+//! - compute allowance covers llama.cpp's scratch buffers for one micro-batch:
+//!   the logits of a full micro-batch (vocab x ubatch x 4 bytes) dominate it
+//!   for small models with large vocabularies, plus activations and a fixed
+//!   allowance for the output buffer and allocator slack.
+//!
+//! The estimate errs high: the pool uses it to decide what fits, and the
+//! measured RSS after loading is reported beside it so a user can see both.
+
+use crate::gguf::GgufInfo;
+use serde::Serialize;
+
+/// Tokens per micro-batch the engine uses for prompt processing.
+pub const UBATCH: u32 = 512;
+/// Fixed allowance for the output buffer, graph metadata and allocator slack.
+const FIXED_OVERHEAD: u64 = 48 << 20;
+/// Bytes per KV cache element (llama.cpp's default f16 cache).
+const KV_ELEMENT_BYTES: u64 = 2;
+
+/// The shape facts the estimate needs, read from the GGUF header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ModelShape {
+    pub layers: u64,
+    pub embedding: u64,
+    pub heads: u64,
+    pub kv_heads: u64,
+    pub key_dim: u64,
+    pub value_dim: u64,
+    pub vocab: u64,
+    pub train_context: u64,
+}
+
+impl ModelShape {
+    /// Reads the shape from `{arch}.*` keys; `None` names the first missing key.
+    ///
+    /// # Errors
+    ///
+    /// The name of the first required metadata key that is missing.
+    pub fn from_gguf(info: &GgufInfo) -> Result<Self, String> {
+        let need = |suffix: &str| {
+            info.arch_int(suffix)
+                .filter(|v| *v > 0)
+                .map(|v| v as u64)
+                .ok_or_else(|| format!("GGUF metadata lacks {{arch}}.{suffix}"))
+        };
+        info.architecture()
+            .ok_or("GGUF metadata lacks general.architecture")?;
+        let layers = need("block_count")?;
+        let embedding = need("embedding_length")?;
+        let heads = need("attention.head_count")?;
+        let kv_heads = info
+            .arch_int("attention.head_count_kv")
+            .filter(|v| *v > 0)
+            .map_or(heads, |v| v as u64);
+        let head_dim = embedding / heads;
+        let key_dim = info
+            .arch_int("attention.key_length")
+            .map_or(head_dim, |v| v as u64);
+        let value_dim = info
+            .arch_int("attention.value_length")
+            .map_or(head_dim, |v| v as u64);
+        let vocab = info.vocab_size().ok_or("GGUF metadata lacks tokenizer.ggml.tokens")?;
+        let train_context = info.arch_int("context_length").unwrap_or(2048) as u64;
+        Ok(ModelShape {
+            layers,
+            embedding,
+            heads,
+            kv_heads,
+            key_dim,
+            value_dim,
+            vocab,
+            train_context,
+        })
+    }
+}
+
+/// Estimated resident bytes of one loaded model, by part.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ModelCost {
+    pub weights: u64,
+    pub kv_cache: u64,
+    pub compute: u64,
+    pub total: u64,
+}
+
+/// Estimates the cost of `weight_bytes` of weights with `shape` at `context` tokens.
+pub fn estimate(weight_bytes: u64, shape: &ModelShape, context: u32) -> ModelCost {
+    let ctx = context as u64;
+    let kv_cache =
+        shape.layers * ctx * shape.kv_heads * (shape.key_dim + shape.value_dim) * KV_ELEMENT_BYTES;
+    let ub = UBATCH.min(context) as u64;
+    // Logits for a whole micro-batch, plus a few activations per token, plus
+    // the attention scores of one micro-batch against the context.
+    let compute = 4 * ub * (shape.vocab + 8 * shape.embedding + shape.heads * ctx.min(4096))
+        + FIXED_OVERHEAD;
+    ModelCost {
+        weights: weight_bytes,
+        kv_cache,
+        compute,
+        total: weight_bytes + kv_cache + compute,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn llama3_8b() -> ModelShape {
+        ModelShape {
+            layers: 32,
+            embedding: 4096,
+            heads: 32,
+            kv_heads: 8,
+            key_dim: 128,
+            value_dim: 128,
+            vocab: 128_256,
+            train_context: 8192,
+        }
+    }
+
+    #[test]
+    fn kv_cache_follows_the_formula() {
+        let c = estimate(0, &llama3_8b(), 2048);
+        // 32 layers x 2048 x 8 heads x 256 x 2 bytes = 256 MiB
+        assert_eq!(c.kv_cache, 256 << 20);
+    }
+
+    #[test]
+    fn cost_grows_with_context_and_sums_its_parts() {
+        let small = estimate(1000, &llama3_8b(), 512);
+        let large = estimate(1000, &llama3_8b(), 4096);
+        assert!(large.total > small.total);
+        assert_eq!(small.total, small.weights + small.kv_cache + small.compute);
+    }
+}

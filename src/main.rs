@@ -1,0 +1,264 @@
+//! The `xnai-model-router` command: parses the command line, sets up logging
+//! on stderr, and calls the library.
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use xnai_model_router::ask::{ask, AskOptions};
+use xnai_model_router::config::{self, Config, ConfigError};
+use xnai_model_router::engine::llama::LlamaEngine;
+use xnai_model_router::pool::TierPool;
+use xnai_model_router::{bench, quantize, status};
+
+#[derive(Parser)]
+#[command(version, about = "Local, offline LLM inference through a ladder of llama.cpp models")]
+struct Cli {
+    /// The ladder config.
+    #[arg(long, short, global = true, env = "XNAI_CONFIG", default_value = "tiers.yaml")]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Ask one question on a tier (default: the smallest) or on any GGUF file.
+    Ask {
+        /// Tier name from the config.
+        #[arg(long, conflicts_with_all = ["model", "all"])]
+        tier: Option<String>,
+        /// Any GGUF file, bypassing the config's tiers.
+        #[arg(long, conflicts_with = "all")]
+        model: Option<PathBuf>,
+        /// Ask every tier in turn, smallest first, in one process.
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        max_tokens: Option<u32>,
+        /// Sampling temperature; greedy when absent or 0.
+        #[arg(long)]
+        temperature: Option<f32>,
+        #[arg(long, default_value_t = 0.95)]
+        top_p: f32,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Stop before this string (repeatable).
+        #[arg(long)]
+        stop: Vec<String>,
+        /// A system prompt.
+        #[arg(long)]
+        system: Option<String>,
+        question: String,
+    },
+    /// Print the ladder with each tier's estimated memory cost.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate or describe config files.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCmd,
+    },
+    /// Write a copy of a GGUF model in another weight type (f16, q8_0, q4_k_m, ...).
+    Quantize {
+        input: PathBuf,
+        output: PathBuf,
+        #[arg(value_name = "TYPE")]
+        weight_type: String,
+        #[arg(long)]
+        threads: Option<u32>,
+    },
+    /// Benchmarks that print ratios against a baseline measured in the same run.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Validate a config; exits 1 and lists every problem when it is invalid.
+    Check {
+        /// Defaults to --config.
+        file: Option<PathBuf>,
+    },
+    /// Print the JSON Schema of tiers.yaml.
+    Schema,
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// Generation tokens/s against llama.cpp's llama-bench, same model and threads.
+    Engine {
+        /// Models to measure (default: the smallest tier's).
+        #[arg(long = "model")]
+        models: Vec<PathBuf>,
+        #[arg(long)]
+        threads: Option<u32>,
+        #[arg(long, default_value_t = 128)]
+        tokens: u32,
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// llama-bench binary (scripts/build-llama-bench.sh builds it).
+        #[arg(long, env = "XNAI_LLAMA_BENCH")]
+        llama_bench: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("XNAI_LOG")
+                .unwrap_or_else(|_| "warn,xnai_model_router=info".into()),
+        )
+        .init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Cmd::Config {
+            command: ConfigCmd::Schema,
+        } => {
+            println!("{}", serde_json::to_string_pretty(&config::json_schema())?);
+        }
+        Cmd::Config {
+            command: ConfigCmd::Check { file },
+        } => {
+            let path = file.unwrap_or(cli.config);
+            return Ok(match Config::load(&path) {
+                Ok(c) => {
+                    println!("{}: ok, {} tier(s)", path.display(), c.tiers.len());
+                    print!("{}", status::render(&c, None));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::FAILURE
+                }
+            });
+        }
+        Cmd::Status { json } => {
+            let c = load_config(&cli.config)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&c)?);
+            } else {
+                print!("{}", status::render(&c, None));
+            }
+        }
+        Cmd::Quantize {
+            input,
+            output,
+            weight_type,
+            threads,
+        } => {
+            let threads = threads.unwrap_or_else(cores);
+            let q = quantize::quantize(&input, &output, &weight_type, threads)?;
+            println!("{}", serde_json::to_string_pretty(&q)?);
+        }
+        Cmd::Ask {
+            tier,
+            model,
+            all,
+            max_tokens,
+            temperature,
+            top_p,
+            seed,
+            stop,
+            system,
+            question,
+        } => {
+            let config = match &model {
+                Some(path) => Config::for_model(path)?,
+                None => load_config(&cli.config)?,
+            };
+            let tiers: Vec<Option<String>> = if all {
+                config.tiers.iter().map(|t| Some(t.name.clone())).collect()
+            } else {
+                vec![tier]
+            };
+            let pool = TierPool::new(LlamaEngine::new(), Arc::new(config));
+            let rt = tokio::runtime::Runtime::new()?;
+            for tier in tiers {
+                let opts = AskOptions {
+                    tier,
+                    max_tokens,
+                    temperature,
+                    top_p,
+                    seed,
+                    stop: stop.clone(),
+                    system: system.clone(),
+                };
+                let result = rt.block_on(ask(&pool, &question, &opts))?;
+                println!("[{}] {}", result.tier, result.answer);
+                println!("{}", serde_json::to_string_pretty(&result)?);
+            }
+        }
+        Cmd::Bench {
+            command:
+                BenchCmd::Engine {
+                    models,
+                    threads,
+                    tokens,
+                    rounds,
+                    llama_bench,
+                },
+        } => {
+            let llama_bench = llama_bench.unwrap_or_else(bench::default_llama_bench);
+            if !llama_bench.exists() {
+                bail!(
+                    "llama-bench not found at {} (build it with scripts/build-llama-bench.sh)",
+                    llama_bench.display()
+                );
+            }
+            let models = if models.is_empty() {
+                vec![load_config(&cli.config)?.tiers[0].model.clone()]
+            } else {
+                models
+            };
+            let threads = threads.unwrap_or_else(cores);
+            let rt = tokio::runtime::Runtime::new()?;
+            for m in models {
+                let r = rt.block_on(bench::engine_bench(&llama_bench, &m, threads, tokens, rounds))?;
+                println!(
+                    "{}: ours {:.1} tok/s, llama-bench {:.1} tok/s, ratio {:.3} ({} threads, {} tokens, median of {} alternating rounds)",
+                    m.file_name().unwrap_or_default().to_string_lossy(),
+                    r.ours_median,
+                    r.llama_bench_median,
+                    r.ratio,
+                    r.threads,
+                    r.tokens,
+                    r.rounds
+                );
+                println!("{}", serde_json::to_string(&r)?);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cores() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
+}
+
+fn load_config(path: &Path) -> anyhow::Result<Config> {
+    match Config::load(path) {
+        Ok(c) => Ok(c),
+        Err(e @ ConfigError::Read { .. }) => {
+            Err(e).context("pass --config FILE or set XNAI_CONFIG (the default is ./tiers.yaml)")
+        }
+        Err(e) => Err(e.into()),
+    }
+}
