@@ -91,6 +91,18 @@ enum ConfigCmd {
 
 #[derive(Subcommand)]
 enum BenchCmd {
+    /// The baseline's child process: llama.cpp's raw decode loop, prints tokens/s.
+    #[command(hide = true)]
+    DecodeLoop {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        threads: u32,
+        #[arg(long)]
+        tokens: u32,
+        #[arg(long)]
+        context: u32,
+    },
     /// Generation tokens/s against llama.cpp's llama-bench, same model and threads.
     Engine {
         /// Models to measure (default: the smallest tier's).
@@ -102,7 +114,7 @@ enum BenchCmd {
         tokens: u32,
         #[arg(long, default_value_t = 5)]
         rounds: usize,
-        /// llama-bench binary (scripts/build-llama-bench.sh builds it).
+        /// Also run this llama-bench binary in every round, as a third column.
         #[arg(long, env = "XNAI_LLAMA_BENCH")]
         llama_bench: Option<PathBuf>,
     },
@@ -208,6 +220,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Cmd::Bench {
             command:
+                BenchCmd::DecodeLoop {
+                    model,
+                    threads,
+                    tokens,
+                    context,
+                },
+        } => {
+            let mut b = bench::Baseline::new(&model, threads, context)?;
+            b.round(tokens)?;
+            println!("{}", b.round(tokens)?);
+        }
+        Cmd::Bench {
+            command:
                 BenchCmd::Engine {
                     models,
                     threads,
@@ -216,12 +241,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     llama_bench,
                 },
         } => {
-            let llama_bench = llama_bench.unwrap_or_else(bench::default_llama_bench);
-            if !llama_bench.exists() {
-                bail!(
-                    "llama-bench not found at {} (build it with scripts/build-llama-bench.sh)",
-                    llama_bench.display()
-                );
+            if let Some(bin) = llama_bench.as_ref().filter(|b| !b.exists()) {
+                bail!("llama-bench not found at {}", bin.display());
             }
             let models = if models.is_empty() {
                 vec![load_config(&cli.config)?.tiers[0].model.clone()]
@@ -231,13 +252,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let threads = threads.unwrap_or_else(cores);
             let rt = tokio::runtime::Runtime::new()?;
             for m in models {
-                let r = rt.block_on(bench::engine_bench(&llama_bench, &m, threads, tokens, rounds))?;
+                let r = rt.block_on(bench::engine_bench(
+                    llama_bench.as_deref(),
+                    &m,
+                    threads,
+                    tokens,
+                    rounds,
+                ))?;
                 println!(
-                    "{}: ours {:.1} tok/s, llama-bench {:.1} tok/s, ratio {:.3} ({} threads, {} tokens, median of {} alternating rounds)",
+                    "{}: ours {:.1} tok/s, llama.cpp decode loop {:.1} tok/s, ratio {:.3}{} ({} threads, {} tokens, median of {} alternating rounds)",
                     m.file_name().unwrap_or_default().to_string_lossy(),
                     r.ours_median,
-                    r.llama_bench_median,
+                    r.baseline_median,
                     r.ratio,
+                    r.llama_bench_median
+                        .map(|t| format!(", llama-bench {t:.1} tok/s"))
+                        .unwrap_or_default(),
                     r.threads,
                     r.tokens,
                     r.rounds
