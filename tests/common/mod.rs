@@ -1,0 +1,97 @@
+//! Shared test helpers: where the real models are, and synthetic GGUF files
+//! for config and pool-policy tests that do not need real weights.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+pub const SMOL_Q4: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+pub const SMOL_F16: &str = "SmolLM2-135M-Instruct.F16.gguf";
+pub const GEMMA: &str = "gemma-3-270m-q4_k_m.gguf";
+
+/// The models folder the fetch script fills.
+pub fn models_dir() -> PathBuf {
+    match std::env::var_os("XNAI_MODELS_DIR") {
+        Some(d) if !d.is_empty() => PathBuf::from(d),
+        _ => xnai_model_router::config::validate::default_models_dir(),
+    }
+}
+
+/// A real model; fails loudly (never skips) when it is missing.
+pub fn real_model(name: &str) -> PathBuf {
+    let p = models_dir().join(name);
+    assert!(
+        p.is_file(),
+        "{} is missing: run scripts/fetch-models.sh (the tests need the real models)",
+        p.display()
+    );
+    p
+}
+
+/// The repository's default ladder.
+pub fn default_config() -> xnai_model_router::config::Config {
+    for m in [SMOL_Q4, SMOL_F16, GEMMA] {
+        real_model(m);
+    }
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tiers.yaml");
+    xnai_model_router::config::Config::load(&path).expect("the default tiers.yaml validates")
+}
+
+fn put_str(b: &mut Vec<u8>, s: &str) {
+    b.extend_from_slice(&(s.len() as u64).to_le_bytes());
+    b.extend_from_slice(s.as_bytes());
+}
+
+fn put_u32_kv(b: &mut Vec<u8>, key: &str, v: u32) {
+    put_str(b, key);
+    b.extend_from_slice(&4u32.to_le_bytes());
+    b.extend_from_slice(&v.to_le_bytes());
+}
+
+/// Writes a structurally valid GGUF (llama architecture, a tiny shape, an
+/// 8-token vocabulary) whose single F32 tensor holds `weight_bytes` bytes.
+/// The data is a sparse hole, so large sizes cost no disk.
+pub fn synthetic_gguf(dir: &Path, name: &str, weight_bytes: u64) -> PathBuf {
+    let elems = (weight_bytes / 4).max(1);
+    let mut b = Vec::new();
+    b.extend_from_slice(b"GGUF");
+    b.extend_from_slice(&3u32.to_le_bytes());
+    b.extend_from_slice(&1u64.to_le_bytes()); // tensors
+    b.extend_from_slice(&7u64.to_le_bytes()); // metadata entries
+    put_str(&mut b, "general.architecture");
+    b.extend_from_slice(&8u32.to_le_bytes());
+    put_str(&mut b, "llama");
+    put_u32_kv(&mut b, "llama.block_count", 1);
+    put_u32_kv(&mut b, "llama.embedding_length", 64);
+    put_u32_kv(&mut b, "llama.attention.head_count", 1);
+    put_u32_kv(&mut b, "llama.attention.head_count_kv", 1);
+    put_u32_kv(&mut b, "llama.context_length", 128);
+    put_str(&mut b, "tokenizer.ggml.tokens");
+    b.extend_from_slice(&9u32.to_le_bytes());
+    b.extend_from_slice(&8u32.to_le_bytes());
+    b.extend_from_slice(&8u64.to_le_bytes());
+    for i in 0..8 {
+        put_str(&mut b, &format!("t{i}"));
+    }
+    put_str(&mut b, "w");
+    b.extend_from_slice(&1u32.to_le_bytes());
+    b.extend_from_slice(&elems.to_le_bytes());
+    b.extend_from_slice(&0u32.to_le_bytes());
+    b.extend_from_slice(&0u64.to_le_bytes());
+    while b.len() % 32 != 0 {
+        b.push(0);
+    }
+    let path = dir.join(name);
+    let mut f = std::fs::File::create(&path).unwrap();
+    f.write_all(&b).unwrap();
+    f.set_len(b.len() as u64 + elems * 4).unwrap();
+    path
+}
+
+/// Copies the first `keep` bytes of `src` to `dir/name`: a truncated model.
+pub fn truncated_copy(src: &Path, dir: &Path, name: &str, keep: u64) -> PathBuf {
+    let data = std::fs::read(src).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, &data[..keep as usize]).unwrap();
+    path
+}

@@ -1,0 +1,198 @@
+//! Config validation: every error case names the field and the bad value,
+//! all problems are reported at once, and the shipped files stay valid.
+
+mod common;
+
+use common::synthetic_gguf;
+use std::path::Path;
+use xnai_model_router::config::{Config, ConfigError};
+
+const MIB: u64 = 1 << 20;
+
+/// Writes three synthetic models (1, 2, 3 MiB of weights) next to `tiers.yaml`.
+fn dir_with_models() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (i, name) in ["a.gguf", "b.gguf", "c.gguf"].iter().enumerate() {
+        synthetic_gguf(dir.path(), name, (i as u64 + 1) * MIB);
+    }
+    dir
+}
+
+fn problems(dir: &Path, yaml: &str) -> Vec<String> {
+    let path = dir.join("tiers.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    match Config::load(&path) {
+        Err(ConfigError::Invalid { problems, .. }) => {
+            problems.iter().map(|p| p.to_string()).collect()
+        }
+        Err(other) => vec![other.to_string()],
+        Ok(_) => Vec::new(),
+    }
+}
+
+fn assert_has(problems: &[String], needles: &[&str]) {
+    assert!(
+        problems.iter().any(|p| needles.iter().all(|n| p.contains(n))),
+        "no problem contains all of {needles:?}; got {problems:#?}"
+    );
+}
+
+const GOOD: &str = "
+tiers:
+  - { name: small, role: router, model: a.gguf, threshold: 0.5, max_tokens: 64, context: 64 }
+  - { name: mid, role: refine, model: b.gguf, threshold: 0.7, max_tokens: 64, context: 64 }
+  - { name: big, role: expert, model: c.gguf, threshold: 0.9, max_tokens: 64, context: 64 }
+";
+
+#[test]
+fn a_good_ladder_validates_with_relative_paths_and_defaults() {
+    let dir = dir_with_models();
+    let path = dir.path().join("tiers.yaml");
+    std::fs::write(&path, GOOD).unwrap();
+    let c = Config::load(&path).unwrap();
+    assert_eq!(c.tiers.len(), 3);
+    assert_eq!(c.memory.max_loaded, 2);
+    assert_eq!(c.memory.budget.0, 6 << 30);
+    assert_eq!(c.tiers[1].model, dir.path().join("b.gguf"));
+    assert_eq!(c.tiers[2].cost.weights, 3 * MIB);
+}
+
+#[test]
+fn missing_model_file_names_field_and_path() {
+    let dir = dir_with_models();
+    let p = problems(dir.path(), &GOOD.replace("b.gguf", "nope.gguf"));
+    assert_has(&p, &["tiers[1].model", "file not found", "nope.gguf"]);
+}
+
+#[test]
+fn thresholds_must_increase_up_the_ladder() {
+    let dir = dir_with_models();
+    let p = problems(dir.path(), &GOOD.replace("threshold: 0.9", "threshold: 0.6"));
+    assert_has(&p, &["tiers[2].threshold", "0.6", "\"mid\"", "0.7"]);
+    let p = problems(dir.path(), &GOOD.replace("threshold: 0.5", "threshold: 1.5"));
+    assert_has(&p, &["tiers[0].threshold", "1.5", "outside [0, 1]"]);
+}
+
+#[test]
+fn unknown_draft_tier_is_named_with_the_known_ones() {
+    let dir = dir_with_models();
+    let yaml = GOOD.replace("context: 64 }\n  - { name: big", "context: 64, draft: tiny }\n  - { name: big");
+    let p = problems(dir.path(), &yaml);
+    assert_has(&p, &["tiers[1].draft", "unknown tier \"tiny\"", "small, mid, big"]);
+}
+
+#[test]
+fn duplicate_names_point_at_both() {
+    let dir = dir_with_models();
+    let p = problems(dir.path(), &GOOD.replace("name: big", "name: small"));
+    assert_has(&p, &["tiers[2].name", "duplicate name \"small\"", "tiers[0]"]);
+}
+
+#[test]
+fn a_tier_too_large_for_the_budget_is_reported_with_sizes() {
+    let dir = dir_with_models();
+    // Each synthetic model costs ~48 MiB of compute allowance plus weights;
+    // 100 MiB - 49 MiB reserve leaves 51 MiB: a (49 MiB) fits, c (51+) does not.
+    let yaml = format!("memory: {{ budget: 100MB, reserve: 49MB }}\n{GOOD}");
+    let p = problems(dir.path(), &yaml);
+    assert_has(&p, &["tiers[2].model", "c.gguf", "needs an estimated", "models may use 51.0 MiB"]);
+    assert!(!p.iter().any(|x| x.starts_with("tiers[0].model")), "{p:#?}");
+}
+
+#[test]
+fn a_tier_and_its_draft_must_fit_together() {
+    let dir = dir_with_models();
+    let yaml = format!(
+        "memory: {{ budget: 140MB, reserve: 50MB }}\n{}",
+        GOOD.replace("context: 64 }\n  - { name: big", "context: 64, draft: small }\n  - { name: big")
+    );
+    let p = problems(dir.path(), &yaml);
+    assert_has(&p, &["tiers[1].draft", "\"mid\"", "\"small\"", "resident together", "exceeds"]);
+    let yaml = format!(
+        "memory: {{ max_loaded: 1 }}\n{}",
+        GOOD.replace("context: 64 }\n  - { name: big", "context: 64, draft: small }\n  - { name: big")
+    );
+    let p = problems(dir.path(), &yaml);
+    assert_has(&p, &["tiers[1].draft", "max_loaded is 1"]);
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let dir = dir_with_models();
+    let yaml = GOOD
+        .replace("a.gguf", "missing.gguf")
+        .replace("name: big", "name: mid")
+        .replace("max_tokens: 64, context: 64 }\n  - { name: mid, role: refine", "max_tokens: 0, context: 64 }\n  - { name: mid, role: refine");
+    let p = problems(dir.path(), &yaml);
+    assert_has(&p, &["tiers[0].model"]);
+    assert_has(&p, &["tiers[2].name", "duplicate"]);
+    assert_has(&p, &["tiers[0].max_tokens", "0"]);
+    assert!(p.len() >= 3, "{p:#?}");
+}
+
+#[test]
+fn unknown_fields_are_denied_with_their_name() {
+    let dir = dir_with_models();
+    let p = problems(dir.path(), &GOOD.replace("role: router,", "role: router, temprature: 3,"));
+    assert_has(&p, &["temprature"]);
+    let p = problems(dir.path(), &GOOD.replace("role: router", "role: boss"));
+    assert_has(&p, &["boss"]);
+}
+
+#[test]
+fn bad_sizes_and_empty_ladders_are_reported() {
+    let dir = dir_with_models();
+    let p = problems(dir.path(), &format!("memory: {{ budget: 6 parsecs }}\n{GOOD}"));
+    assert_has(&p, &["6 parsecs"]);
+    let p = problems(dir.path(), "tiers: []");
+    assert_has(&p, &["tiers", "empty"]);
+    let p = problems(dir.path(), &format!("memory: {{ budget: 1GB, reserve: 2GB }}\n{GOOD}"));
+    assert_has(&p, &["memory.reserve", "leaves nothing"]);
+}
+
+#[test]
+fn a_corrupt_model_is_a_config_error_naming_the_file() {
+    let dir = dir_with_models();
+    std::fs::write(dir.path().join("b.gguf"), b"GGUF\x03\x00\x00\x00garbage").unwrap();
+    let p = problems(dir.path(), GOOD);
+    assert_has(&p, &["tiers[1].model", "b.gguf"]);
+}
+
+#[test]
+fn the_shipped_example_is_coherent_apart_from_absent_files() {
+    // Its only problems on a machine without those models are the files.
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tiers.example-6gb.yaml");
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("${XNAI_MODELS_DIR}", &dir.path().display().to_string());
+    match Config::from_yaml(&text, &path) {
+        Err(ConfigError::Invalid { problems, .. }) => {
+            assert_eq!(problems.len(), 4, "{problems:#?}");
+            assert!(problems.iter().all(|p| p.message.contains("file not found")), "{problems:#?}");
+        }
+        other => panic!("expected four missing files, got {other:?}"),
+    }
+}
+
+#[test]
+fn the_default_ladder_validates_on_the_real_models() {
+    let c = common::default_config();
+    assert!(c.tiers.len() >= 3);
+    let allowance = c.memory.model_allowance();
+    assert!(c.tiers.iter().all(|t| t.cost.total <= allowance));
+}
+
+#[test]
+fn the_committed_schema_matches_the_code() {
+    let committed: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tiers.schema.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        committed,
+        xnai_model_router::config::json_schema(),
+        "tiers.schema.json is stale: run `xnai-model-router config schema > tiers.schema.json`"
+    );
+}
