@@ -18,7 +18,7 @@ use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::params::LlamaModelParams;
-use llama_cpp_2::model::{LlamaChatMessage, LlamaModel};
+use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel};
 use llama_cpp_2::token::LlamaToken;
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -197,17 +197,26 @@ fn load(spec: &LoadSpec) -> Result<(Resident, f64, u32), EngineError> {
     ))
 }
 
-/// Renders the conversation with the model's chat template, or a plain
-/// `User:/Assistant:` layout when the model has none llama.cpp can apply.
+fn apply_template(model: &LlamaModel, tmpl: &LlamaChatTemplate, messages: &[Message]) -> Option<String> {
+    let chat: Vec<LlamaChatMessage> = messages
+        .iter()
+        .filter_map(|m| LlamaChatMessage::new(m.role.clone(), m.content.clone()).ok())
+        .collect();
+    model
+        .apply_chat_template(tmpl, &chat, true)
+        .map_err(|e| tracing::warn!(error = %e, "chat template could not be applied"))
+        .ok()
+}
+
+/// Renders the conversation with the model's chat template, or as plain
+/// `User:/Assistant:` text when the GGUF carries none (base models such as
+/// the Gemma 3 270M file here) or llama.cpp cannot apply it.
 fn render_prompt(model: &LlamaModel, messages: &[Message]) -> (String, PromptFormat) {
-    let templated = model.chat_template(None).ok().and_then(|tmpl| {
-        let chat: Vec<LlamaChatMessage> = messages
-            .iter()
-            .filter_map(|m| LlamaChatMessage::new(m.role.clone(), m.content.clone()).ok())
-            .collect();
-        model.apply_chat_template(&tmpl, &chat, true).ok()
-    });
-    match templated {
+    match model
+        .chat_template(None)
+        .ok()
+        .and_then(|t| apply_template(model, &t, messages))
+    {
         Some(p) => (p, PromptFormat::ModelTemplate),
         None => (plain_prompt(messages), PromptFormat::Plain),
     }
@@ -260,12 +269,14 @@ fn generate(r: &mut Resident, req: &GenerateRequest) -> Result<Generation, Engin
 
     let started = Instant::now();
     r.ctx.clear_kv_cache();
-    let mut batch = LlamaBatch::new(BATCH as usize, 1);
+    // llama.cpp caps n_batch at the context size: chunk by what it allocated.
+    let n_batch = r.ctx.n_batch() as usize;
+    let mut batch = LlamaBatch::new(n_batch, 1);
     let last = tokens.len() - 1;
-    for (c, chunk) in tokens.chunks(BATCH as usize).enumerate() {
+    for (c, chunk) in tokens.chunks(n_batch).enumerate() {
         batch.clear();
         for (j, &t) in chunk.iter().enumerate() {
-            let pos = c * BATCH as usize + j;
+            let pos = c * n_batch + j;
             batch
                 .add(t, pos as i32, &[0], pos == last)
                 .map_err(decode_err)?;
