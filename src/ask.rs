@@ -1,7 +1,9 @@
 //! One question on one tier: the library function behind `ask`, and the
 //! building block the MCP tools call.
 
-use crate::engine::{Cancel, Engine, FinishReason, GenerateRequest, Message, PromptFormat, Sampling};
+use crate::engine::{
+    Cancel, Engine, FinishReason, GenerateRequest, Message, PromptFormat, Sampling,
+};
 use crate::error::{Error, Result};
 use crate::pool::TierPool;
 use serde::Serialize;
@@ -81,7 +83,11 @@ pub struct AskResult {
 ///
 /// [`Error::InvalidInput`] for an empty question or bad options, the pool's
 /// error when the tier cannot load, the engine's when generation fails.
-pub async fn ask<E: Engine>(pool: &TierPool<E>, question: &str, opts: &AskOptions) -> Result<AskResult> {
+pub async fn ask<E: Engine>(
+    pool: &TierPool<E>,
+    question: &str,
+    opts: &AskOptions,
+) -> Result<AskResult> {
     let started = Instant::now();
     if question.trim().is_empty() {
         return Err(Error::invalid("question", "must not be empty"));
@@ -91,11 +97,17 @@ pub async fn ask<E: Engine>(pool: &TierPool<E>, question: &str, opts: &AskOption
     }
     if let Some(t) = opts.temperature {
         if !(0.0..=5.0).contains(&t) {
-            return Err(Error::invalid("temperature", format!("{t} is outside [0, 5]")));
+            return Err(Error::invalid(
+                "temperature",
+                format!("{t} is outside [0, 5]"),
+            ));
         }
     }
     if !(opts.top_p > 0.0 && opts.top_p <= 1.0) {
-        return Err(Error::invalid("top_p", format!("{} is outside (0, 1]", opts.top_p)));
+        return Err(Error::invalid(
+            "top_p",
+            format!("{} is outside (0, 1]", opts.top_p),
+        ));
     }
     let tier = match &opts.tier {
         Some(name) => pool.tier_index(name)?,
@@ -146,7 +158,11 @@ pub async fn ask<E: Engine>(pool: &TierPool<E>, question: &str, opts: &AskOption
         prompt_tokens: g.prompt_tokens,
         completion_tokens: g.completion_tokens,
         tokens_per_second: g.tokens_per_second,
-        mean_token_prob: if g.token_probs.is_empty() { 0.0 } else { mean_log.exp() },
+        mean_token_prob: if g.token_probs.is_empty() {
+            0.0
+        } else {
+            mean_log.exp()
+        },
         min_token_prob: g.token_probs.iter().copied().fold(1.0f32, f32::min) as f64,
         load_ms,
         wait_ms,

@@ -61,11 +61,21 @@ fn median(v: &[f64]) -> f64 {
 
 /// Runs the baseline in a child process (`bench decode-loop`): a warm-up
 /// round, then one timed round.
-fn run_baseline_process(model: &Path, threads: u32, tokens: u32, context: u32) -> anyhow::Result<f64> {
+fn run_baseline_process(
+    model: &Path,
+    threads: u32,
+    tokens: u32,
+    context: u32,
+) -> anyhow::Result<f64> {
     let out = Command::new(std::env::current_exe()?)
         .args(["bench", "decode-loop", "--model"])
         .arg(model)
-        .args(["--threads", &threads.to_string(), "--tokens", &tokens.to_string()])
+        .args([
+            "--threads",
+            &threads.to_string(),
+            "--tokens",
+            &tokens.to_string(),
+        ])
         .args(["--context", &context.to_string()])
         .env("XNAI_LOG", "error")
         .output()?;
@@ -82,7 +92,14 @@ fn run_llama_bench(bin: &Path, model: &Path, threads: u32, tokens: u32) -> anyho
     let out = Command::new(bin)
         .arg("-m")
         .arg(model)
-        .args(["-t", &threads.to_string(), "-p", "0", "-n", &tokens.to_string()])
+        .args([
+            "-t",
+            &threads.to_string(),
+            "-p",
+            "0",
+            "-n",
+            &tokens.to_string(),
+        ])
         .args(["-r", "1", "-o", "json"])
         .output()?;
     anyhow::ensure!(
@@ -176,7 +193,10 @@ pub async fn engine_bench(
         .await?;
 
     let request = GenerateRequest {
-        messages: vec![Message::new("user", "Write a long story about a lighthouse.")],
+        messages: vec![Message::new(
+            "user",
+            "Write a long story about a lighthouse.",
+        )],
         max_tokens: tokens,
         sampling: Sampling::Greedy,
         stop: Vec::new(),

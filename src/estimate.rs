@@ -65,7 +65,9 @@ impl ModelShape {
         let value_dim = info
             .arch_int("attention.value_length")
             .map_or(head_dim, |v| v as u64);
-        let vocab = info.vocab_size().ok_or("GGUF metadata lacks tokenizer.ggml.tokens")?;
+        let vocab = info
+            .vocab_size()
+            .ok_or("GGUF metadata lacks tokenizer.ggml.tokens")?;
         let train_context = info.arch_int("context_length").unwrap_or(2048) as u64;
         Ok(ModelShape {
             layers,

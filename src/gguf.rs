@@ -249,7 +249,9 @@ impl Reader<'_> {
                             self.skip(n)?;
                         }
                     }
-                    None => return Err(self.corrupt(format!("unsupported array item type {item_ty}"))),
+                    None => {
+                        return Err(self.corrupt(format!("unsupported array item type {item_ty}")))
+                    }
                 }
                 MetaValue::Array { len }
             }
@@ -415,7 +417,10 @@ mod tests {
             b.push(0);
         }
         let data = tensor_elems as usize * 4;
-        b.extend(std::iter::repeat_n(0u8, if truncate_data { data / 2 } else { data }));
+        b.extend(std::iter::repeat_n(
+            0u8,
+            if truncate_data { data / 2 } else { data },
+        ));
         b
     }
 

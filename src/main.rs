@@ -13,10 +13,19 @@ use xnai_model_router::pool::TierPool;
 use xnai_model_router::{bench, quantize, status};
 
 #[derive(Parser)]
-#[command(version, about = "Local, offline LLM inference through a ladder of llama.cpp models")]
+#[command(
+    version,
+    about = "Local, offline LLM inference through a ladder of llama.cpp models"
+)]
 struct Cli {
     /// The ladder config.
-    #[arg(long, short, global = true, env = "XNAI_CONFIG", default_value = "tiers.yaml")]
+    #[arg(
+        long,
+        short,
+        global = true,
+        env = "XNAI_CONFIG",
+        default_value = "tiers.yaml"
+    )]
     config: PathBuf,
     #[command(subcommand)]
     command: Cmd,

@@ -37,7 +37,9 @@ pub enum QuantizeError {
     SameFile { path: PathBuf },
     #[error("path {0} is not valid UTF-8 or contains a NUL byte")]
     BadPath(PathBuf),
-    #[error("llama.cpp failed to quantize {input} to {output} (status {status}; see the log above)")]
+    #[error(
+        "llama.cpp failed to quantize {input} to {output} (status {status}; see the log above)"
+    )]
     Failed {
         input: PathBuf,
         output: PathBuf,

@@ -22,7 +22,16 @@ pub fn render(config: &Config, pool: Option<&PoolStatus>) -> String {
     let _ = writeln!(
         out,
         "{:<3} {:<10} {:<7} {:>9} {:>7} {:>6} {:>11} {:>11} {:>11} {:>11}  model",
-        "#", "tier", "role", "threshold", "context", "max", "weights", "kv cache", "compute", "total"
+        "#",
+        "tier",
+        "role",
+        "threshold",
+        "context",
+        "max",
+        "weights",
+        "kv cache",
+        "compute",
+        "total"
     );
     for t in &config.tiers {
         let draft = t

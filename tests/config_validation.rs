@@ -32,7 +32,9 @@ fn problems(dir: &Path, yaml: &str) -> Vec<String> {
 
 fn assert_has(problems: &[String], needles: &[&str]) {
     assert!(
-        problems.iter().any(|p| needles.iter().all(|n| p.contains(n))),
+        problems
+            .iter()
+            .any(|p| needles.iter().all(|n| p.contains(n))),
         "no problem contains all of {needles:?}; got {problems:#?}"
     );
 }
@@ -67,25 +69,40 @@ fn missing_model_file_names_field_and_path() {
 #[test]
 fn thresholds_must_increase_up_the_ladder() {
     let dir = dir_with_models();
-    let p = problems(dir.path(), &GOOD.replace("threshold: 0.9", "threshold: 0.6"));
+    let p = problems(
+        dir.path(),
+        &GOOD.replace("threshold: 0.9", "threshold: 0.6"),
+    );
     assert_has(&p, &["tiers[2].threshold", "0.6", "\"mid\"", "0.7"]);
-    let p = problems(dir.path(), &GOOD.replace("threshold: 0.5", "threshold: 1.5"));
+    let p = problems(
+        dir.path(),
+        &GOOD.replace("threshold: 0.5", "threshold: 1.5"),
+    );
     assert_has(&p, &["tiers[0].threshold", "1.5", "outside [0, 1]"]);
 }
 
 #[test]
 fn unknown_draft_tier_is_named_with_the_known_ones() {
     let dir = dir_with_models();
-    let yaml = GOOD.replace("context: 64 }\n  - { name: big", "context: 64, draft: tiny }\n  - { name: big");
+    let yaml = GOOD.replace(
+        "context: 64 }\n  - { name: big",
+        "context: 64, draft: tiny }\n  - { name: big",
+    );
     let p = problems(dir.path(), &yaml);
-    assert_has(&p, &["tiers[1].draft", "unknown tier \"tiny\"", "small, mid, big"]);
+    assert_has(
+        &p,
+        &["tiers[1].draft", "unknown tier \"tiny\"", "small, mid, big"],
+    );
 }
 
 #[test]
 fn duplicate_names_point_at_both() {
     let dir = dir_with_models();
     let p = problems(dir.path(), &GOOD.replace("name: big", "name: small"));
-    assert_has(&p, &["tiers[2].name", "duplicate name \"small\"", "tiers[0]"]);
+    assert_has(
+        &p,
+        &["tiers[2].name", "duplicate name \"small\"", "tiers[0]"],
+    );
 }
 
 #[test]
@@ -95,7 +112,15 @@ fn a_tier_too_large_for_the_budget_is_reported_with_sizes() {
     // 100 MiB - 49 MiB reserve leaves 51 MiB: a (49 MiB) fits, c (51+) does not.
     let yaml = format!("memory: {{ budget: 100MB, reserve: 49MB }}\n{GOOD}");
     let p = problems(dir.path(), &yaml);
-    assert_has(&p, &["tiers[2].model", "c.gguf", "needs an estimated", "models may use 51.0 MiB"]);
+    assert_has(
+        &p,
+        &[
+            "tiers[2].model",
+            "c.gguf",
+            "needs an estimated",
+            "models may use 51.0 MiB",
+        ],
+    );
     assert!(!p.iter().any(|x| x.starts_with("tiers[0].model")), "{p:#?}");
 }
 
@@ -104,13 +129,28 @@ fn a_tier_and_its_draft_must_fit_together() {
     let dir = dir_with_models();
     let yaml = format!(
         "memory: {{ budget: 140MB, reserve: 50MB }}\n{}",
-        GOOD.replace("context: 64 }\n  - { name: big", "context: 64, draft: small }\n  - { name: big")
+        GOOD.replace(
+            "context: 64 }\n  - { name: big",
+            "context: 64, draft: small }\n  - { name: big"
+        )
     );
     let p = problems(dir.path(), &yaml);
-    assert_has(&p, &["tiers[1].draft", "\"mid\"", "\"small\"", "resident together", "exceeds"]);
+    assert_has(
+        &p,
+        &[
+            "tiers[1].draft",
+            "\"mid\"",
+            "\"small\"",
+            "resident together",
+            "exceeds",
+        ],
+    );
     let yaml = format!(
         "memory: {{ max_loaded: 1 }}\n{}",
-        GOOD.replace("context: 64 }\n  - { name: big", "context: 64, draft: small }\n  - { name: big")
+        GOOD.replace(
+            "context: 64 }\n  - { name: big",
+            "context: 64, draft: small }\n  - { name: big"
+        )
     );
     let p = problems(dir.path(), &yaml);
     assert_has(&p, &["tiers[1].draft", "max_loaded is 1"]);
@@ -122,7 +162,10 @@ fn every_problem_is_reported_at_once() {
     let yaml = GOOD
         .replace("a.gguf", "missing.gguf")
         .replace("name: big", "name: mid")
-        .replace("max_tokens: 64, context: 64 }\n  - { name: mid, role: refine", "max_tokens: 0, context: 64 }\n  - { name: mid, role: refine");
+        .replace(
+            "max_tokens: 64, context: 64 }\n  - { name: mid, role: refine",
+            "max_tokens: 0, context: 64 }\n  - { name: mid, role: refine",
+        );
     let p = problems(dir.path(), &yaml);
     assert_has(&p, &["tiers[0].model"]);
     assert_has(&p, &["tiers[2].name", "duplicate"]);
@@ -133,7 +176,10 @@ fn every_problem_is_reported_at_once() {
 #[test]
 fn unknown_fields_are_denied_with_their_name() {
     let dir = dir_with_models();
-    let p = problems(dir.path(), &GOOD.replace("role: router,", "role: router, temprature: 3,"));
+    let p = problems(
+        dir.path(),
+        &GOOD.replace("role: router,", "role: router, temprature: 3,"),
+    );
     assert_has(&p, &["temprature"]);
     let p = problems(dir.path(), &GOOD.replace("role: router", "role: boss"));
     assert_has(&p, &["boss"]);
@@ -142,11 +188,17 @@ fn unknown_fields_are_denied_with_their_name() {
 #[test]
 fn bad_sizes_and_empty_ladders_are_reported() {
     let dir = dir_with_models();
-    let p = problems(dir.path(), &format!("memory: {{ budget: 6 parsecs }}\n{GOOD}"));
+    let p = problems(
+        dir.path(),
+        &format!("memory: {{ budget: 6 parsecs }}\n{GOOD}"),
+    );
     assert_has(&p, &["6 parsecs"]);
     let p = problems(dir.path(), "tiers: []");
     assert_has(&p, &["tiers", "empty"]);
-    let p = problems(dir.path(), &format!("memory: {{ budget: 1GB, reserve: 2GB }}\n{GOOD}"));
+    let p = problems(
+        dir.path(),
+        &format!("memory: {{ budget: 1GB, reserve: 2GB }}\n{GOOD}"),
+    );
     assert_has(&p, &["memory.reserve", "leaves nothing"]);
 }
 
@@ -169,7 +221,12 @@ fn the_shipped_example_is_coherent_apart_from_absent_files() {
     match Config::from_yaml(&text, &path) {
         Err(ConfigError::Invalid { problems, .. }) => {
             assert_eq!(problems.len(), 4, "{problems:#?}");
-            assert!(problems.iter().all(|p| p.message.contains("file not found")), "{problems:#?}");
+            assert!(
+                problems
+                    .iter()
+                    .all(|p| p.message.contains("file not found")),
+                "{problems:#?}"
+            );
         }
         other => panic!("expected four missing files, got {other:?}"),
     }

@@ -21,14 +21,21 @@ fn spec(name: &str, path: std::path::PathBuf, context: u32) -> LoadSpec {
 
 async fn check_model(file: &str, format: PromptFormat) {
     let engine = LlamaEngine::new();
-    let m = engine.load(spec(file, real_model(file), 512)).await.unwrap();
+    let m = engine
+        .load(spec(file, real_model(file), 512))
+        .await
+        .unwrap();
     assert_eq!(m.context, 512);
-    let ask = || GenerateRequest::greedy("What is the capital of France? Answer in one sentence.", 24);
+    let ask =
+        || GenerateRequest::greedy("What is the capital of France? Answer in one sentence.", 24);
     let a = engine.generate(m.id, ask()).await.unwrap();
     let b = engine.generate(m.id, ask()).await.unwrap();
     assert!(!a.text.trim().is_empty(), "{file}: empty answer");
     assert!(a.completion_tokens > 0 && a.completion_tokens <= 24);
-    assert_eq!(a.token_ids, b.token_ids, "{file}: greedy output is not deterministic");
+    assert_eq!(
+        a.token_ids, b.token_ids,
+        "{file}: greedy output is not deterministic"
+    );
     assert_eq!(a.text, b.text);
     assert_eq!(a.token_probs.len(), a.token_ids.len());
     assert!(
@@ -71,7 +78,10 @@ async fn sampling_limits_and_stop_strings() {
     let b = engine.generate(m.id, sampled(1)).await.unwrap();
     let c = engine.generate(m.id, sampled(2)).await.unwrap();
     assert_eq!(a.token_ids, b.token_ids, "same seed, different tokens");
-    assert_ne!(a.token_ids, c.token_ids, "different seeds gave identical 16-token stories");
+    assert_ne!(
+        a.token_ids, c.token_ids,
+        "different seeds gave identical 16-token stories"
+    );
 
     // max_tokens is a hard limit.
     let short = engine
@@ -83,7 +93,10 @@ async fn sampling_limits_and_stop_strings() {
 
     // A stop string found in the greedy answer cuts it there.
     let full = engine
-        .generate(m.id, GenerateRequest::greedy("Count from 1 to 10, separated by commas.", 40))
+        .generate(
+            m.id,
+            GenerateRequest::greedy("Count from 1 to 10, separated by commas.", 40),
+        )
         .await
         .unwrap();
     let stop = full
@@ -102,9 +115,19 @@ async fn sampling_limits_and_stop_strings() {
         )
         .await
         .unwrap();
-    assert_eq!(cut.finish, FinishReason::StopString, "stop {stop:?} in {:?}", full.text);
+    assert_eq!(
+        cut.finish,
+        FinishReason::StopString,
+        "stop {stop:?} in {:?}",
+        full.text
+    );
     assert!(!cut.text.contains(&stop));
-    assert!(full.text.starts_with(cut.text.trim()), "{:?} vs {:?}", cut.text, full.text);
+    assert!(
+        full.text.starts_with(cut.text.trim()),
+        "{:?} vs {:?}",
+        cut.text,
+        full.text
+    );
 }
 
 #[tokio::test]
@@ -155,7 +178,11 @@ async fn corrupt_files_fail_cleanly_and_the_engine_keeps_working() {
 
     let not_gguf = dir.path().join("text.gguf");
     std::fs::write(&not_gguf, "this is not a model").unwrap();
-    let err = engine.load(spec("t", not_gguf, 256)).await.unwrap_err().to_string();
+    let err = engine
+        .load(spec("t", not_gguf, 256))
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("not a GGUF file"), "{err}");
 
     let missing = engine
@@ -200,5 +227,9 @@ async fn history_and_system_prompt_reach_the_model() {
         .await
         .unwrap();
     assert!(with_history.prompt_tokens > plain.prompt_tokens + 10);
-    assert!(with_history.text.contains("Zorblax"), "{:?}", with_history.text);
+    assert!(
+        with_history.text.contains("Zorblax"),
+        "{:?}",
+        with_history.text
+    );
 }

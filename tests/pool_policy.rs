@@ -60,7 +60,10 @@ async fn a_model_in_use_is_never_evicted() {
     let p2 = pool.clone();
     let waiter = tokio::spawn(async move { p2.acquire(1).await.map(|l| l.wait_ms) });
     // While a generates, b must wait: a stays resident and nothing else loads.
-    let g = lease_a.generate(GenerateRequest::greedy("q", 8)).await.unwrap();
+    let g = lease_a
+        .generate(GenerateRequest::greedy("q", 8))
+        .await
+        .unwrap();
     assert!(!g.text.is_empty());
     assert_eq!(names(&pool), vec!["a"]);
     assert_eq!(pool.engine().loaded(), vec!["a"]);
@@ -113,10 +116,21 @@ async fn a_failed_load_leaves_the_pool_serving() {
     );
     let pool = TierPool::new(engine, cfg);
     drop(pool.acquire(0).await.unwrap());
-    let err = pool.acquire(1).await.err().expect("b must fail").to_string();
-    assert!(err.contains("tier b") && err.contains("scripted failure"), "{err}");
+    let err = pool
+        .acquire(1)
+        .await
+        .err()
+        .expect("b must fail")
+        .to_string();
+    assert!(
+        err.contains("tier b") && err.contains("scripted failure"),
+        "{err}"
+    );
     let lease = pool.acquire(0).await.unwrap();
-    assert!(lease.generate(GenerateRequest::greedy("q", 4)).await.is_ok());
+    assert!(lease
+        .generate(GenerateRequest::greedy("q", 4))
+        .await
+        .is_ok());
     assert_eq!(names(&pool), vec!["a"]);
     assert_eq!(pool.status().counters[1].1.load_failures, 1);
 }
@@ -167,7 +181,10 @@ async fn many_concurrent_requests_keep_the_invariants() {
             let lease = p.acquire(i * 7 % 3).await.unwrap();
             assert!(p.resident_tiers().len() <= 2);
             assert!(p.estimated_bytes() <= allowance);
-            lease.generate(GenerateRequest::greedy("q", 4)).await.unwrap()
+            lease
+                .generate(GenerateRequest::greedy("q", 4))
+                .await
+                .unwrap()
         }));
     }
     for t in tasks {

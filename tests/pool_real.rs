@@ -30,9 +30,18 @@ async fn every_tier_in_turn_keeps_at_most_two_resident_inside_the_budget() {
             .await
             .unwrap();
         assert_eq!(r.tier, names[i]);
-        assert!(!r.answer.is_empty(), "tier {} gave an empty answer", names[i]);
+        assert!(
+            !r.answer.is_empty(),
+            "tier {} gave an empty answer",
+            names[i]
+        );
         let st = pool.status();
-        assert!(st.resident.len() <= 2, "{} resident: {:?}", st.resident.len(), st.resident);
+        assert!(
+            st.resident.len() <= 2,
+            "{} resident: {:?}",
+            st.resident.len(),
+            st.resident
+        );
         assert!(st.estimated_bytes <= allowance);
         assert!(st.resident.iter().any(|m| m.tier == names[i]));
         assert!(st.process_rss > 0 && r.memory.rss_after_load > 0);
@@ -61,10 +70,16 @@ async fn a_tier_over_budget_fails_clearly_and_the_others_keep_serving() {
     let err = ask(&pool, "Say hi.", &opts("drafter")).await.unwrap_err();
     let msg = err.to_string();
     assert!(
-        matches!(err, xnai_model_router::Error::Pool(PoolError::TooLarge { .. })),
+        matches!(
+            err,
+            xnai_model_router::Error::Pool(PoolError::TooLarge { .. })
+        ),
         "{msg}"
     );
-    assert!(msg.contains("tier drafter") && msg.contains("gemma-3-270m"), "{msg}");
+    assert!(
+        msg.contains("tier drafter") && msg.contains("gemma-3-270m"),
+        "{msg}"
+    );
     assert!(ask(&pool, "Say hi.", &opts("refiner")).await.is_ok());
     assert!(ask(&pool, "Say hi.", &opts("router")).await.is_ok());
 }
@@ -90,7 +105,10 @@ async fn a_model_corrupted_after_validation_fails_cleanly() {
     truncated_copy(&good, dir.path(), "victim.gguf", size * 3 / 4);
 
     let pool = TierPool::new(LlamaEngine::new(), Arc::new(config));
-    let err = ask(&pool, "Hi", &opts("victim")).await.unwrap_err().to_string();
+    let err = ask(&pool, "Hi", &opts("victim"))
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(
         err.contains("tier victim") && err.contains("victim.gguf") && err.contains("truncated"),
         "{err}"

@@ -151,7 +151,10 @@ impl Config {
                 mlock: false,
             }],
         };
-        validate::validate(raw, &std::env::current_dir().unwrap_or_default().join("--model"))
+        validate::validate(
+            raw,
+            &std::env::current_dir().unwrap_or_default().join("--model"),
+        )
     }
 
     /// The tier called `name`.

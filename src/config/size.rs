@@ -61,7 +61,11 @@ impl ByteSize {
             "m" | "mb" | "mib" => 1 << 20,
             "g" | "gb" | "gib" => 1 << 30,
             "t" | "tb" | "tib" => 1 << 40,
-            _ => return Err(format!("unknown size unit in {text:?} (use B, KB, MB, GB or TB)")),
+            _ => {
+                return Err(format!(
+                    "unknown size unit in {text:?} (use B, KB, MB, GB or TB)"
+                ))
+            }
         };
         let value: f64 = num
             .parse()

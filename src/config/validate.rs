@@ -35,7 +35,11 @@ fn expand(text: &str) -> Result<String, String> {
         let value = match std::env::var(var) {
             Ok(v) if !v.is_empty() => v,
             _ if var == "XNAI_MODELS_DIR" => default_models_dir().display().to_string(),
-            _ => return Err(format!("environment variable {var} is not set (in {text:?})")),
+            _ => {
+                return Err(format!(
+                    "environment variable {var} is not set (in {text:?})"
+                ))
+            }
         };
         out.push_str(&value);
         rest = &after[end + 1..];
@@ -65,7 +69,10 @@ pub fn validate(raw: RawConfig, source: &Path) -> Result<Config, ConfigError> {
 
     let m = &raw.memory;
     if m.max_loaded == 0 {
-        bad("memory.max_loaded".into(), "must be at least 1, got 0".into());
+        bad(
+            "memory.max_loaded".into(),
+            "must be at least 1, got 0".into(),
+        );
     }
     if m.reserve >= m.budget {
         bad(
@@ -84,7 +91,10 @@ pub fn validate(raw: RawConfig, source: &Path) -> Result<Config, ConfigError> {
     };
     let allowance = memory.model_allowance();
     if raw.tiers.is_empty() {
-        bad("tiers".into(), "the ladder is empty: add at least one tier".into());
+        bad(
+            "tiers".into(),
+            "the ladder is empty: add at least one tier".into(),
+        );
     }
 
     let mut tiers: Vec<Tier> = Vec::new();
@@ -123,7 +133,10 @@ pub fn validate(raw: RawConfig, source: &Path) -> Result<Config, ConfigError> {
             bad(at("threads"), "must be at least 1, got 0".into());
         }
         if let Some(c) = t.context.filter(|c| *c < MIN_CONTEXT) {
-            bad(at("context"), format!("{c} is below the minimum {MIN_CONTEXT}"));
+            bad(
+                at("context"),
+                format!("{c} is below the minimum {MIN_CONTEXT}"),
+            );
         }
         if let Some(d) = &t.draft {
             if d == &t.name {
@@ -213,7 +226,11 @@ pub fn validate(raw: RawConfig, source: &Path) -> Result<Config, ConfigError> {
 }
 
 /// Resolves one tier's model file and cost; the error names the field.
-fn resolve_tier(t: &RawTier, index: usize, base_dir: &Path) -> Result<Tier, (&'static str, String)> {
+fn resolve_tier(
+    t: &RawTier,
+    index: usize,
+    base_dir: &Path,
+) -> Result<Tier, (&'static str, String)> {
     let expanded = expand(&t.model).map_err(|e| ("model", e))?;
     let model = {
         let p = PathBuf::from(&expanded);
@@ -234,11 +251,13 @@ fn resolve_tier(t: &RawTier, index: usize, base_dir: &Path) -> Result<Tier, (&'s
         ));
     }
     let info = gguf::inspect(&model).map_err(|e| ("model", e.to_string()))?;
-    let shape = ModelShape::from_gguf(&info)
-        .map_err(|e| ("model", format!("{}: {e}", model.display())))?;
-    let context = t
-        .context
-        .unwrap_or_else(|| DEFAULT_CONTEXT.min(shape.train_context as u32).max(MIN_CONTEXT));
+    let shape =
+        ModelShape::from_gguf(&info).map_err(|e| ("model", format!("{}: {e}", model.display())))?;
+    let context = t.context.unwrap_or_else(|| {
+        DEFAULT_CONTEXT
+            .min(shape.train_context as u32)
+            .max(MIN_CONTEXT)
+    });
     let cost = estimate(info.weight_bytes, &shape, context);
     Ok(Tier {
         index,
@@ -257,7 +276,6 @@ fn resolve_tier(t: &RawTier, index: usize, base_dir: &Path) -> Result<Tier, (&'s
     })
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -265,7 +283,10 @@ mod tests {
     #[test]
     fn expands_variables_and_defaults_the_models_dir() {
         std::env::set_var("XNAI_TEST_EXPAND", "/opt/m");
-        assert_eq!(expand("${XNAI_TEST_EXPAND}/a.gguf").unwrap(), "/opt/m/a.gguf");
+        assert_eq!(
+            expand("${XNAI_TEST_EXPAND}/a.gguf").unwrap(),
+            "/opt/m/a.gguf"
+        );
         let err = expand("${XNAI_SURELY_UNSET_VAR}/a").unwrap_err();
         assert!(err.contains("XNAI_SURELY_UNSET_VAR"), "{err}");
         assert!(expand("${OPEN").is_err());

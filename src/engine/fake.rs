@@ -3,8 +3,8 @@
 //! stands in for llama.cpp in tests that claim the product works.
 
 use super::{
-    Engine, EngineError, FinishReason, Generation, GenerateRequest, LoadSpec, LoadedModel,
-    ModelId, PromptFormat,
+    Engine, EngineError, FinishReason, GenerateRequest, Generation, LoadSpec, LoadedModel, ModelId,
+    PromptFormat,
 };
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -117,7 +117,11 @@ impl Engine for FakeEngine {
             text,
             token_ids: (0..n as u32).collect(),
             token_probs: vec![script.prob; n],
-            prompt_tokens: request.messages.iter().map(|m| m.content.len() as u32 / 4).sum(),
+            prompt_tokens: request
+                .messages
+                .iter()
+                .map(|m| m.content.len() as u32 / 4)
+                .sum(),
             completion_tokens: n as u32,
             finish: if n < words.len() {
                 FinishReason::Length

@@ -9,7 +9,7 @@
 use super::sampling::Sampler;
 use super::stop::StopSet;
 use super::{
-    EngineError, FinishReason, Generation, GenerateRequest, LoadSpec, LoadedModel, Message,
+    EngineError, FinishReason, GenerateRequest, Generation, LoadSpec, LoadedModel, Message,
     ModelId, PromptFormat,
 };
 use crate::gguf;
@@ -80,7 +80,9 @@ impl LlamaEngine {
         make: impl FnOnce(oneshot::Sender<T>) -> Command,
     ) -> Result<T, EngineError> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(make(reply)).map_err(|_| EngineError::Stopped)?;
+        self.tx
+            .send(make(reply))
+            .map_err(|_| EngineError::Stopped)?;
         rx.await.map_err(|_| EngineError::Stopped)
     }
 }
@@ -177,13 +179,14 @@ fn load(spec: &LoadSpec) -> Result<(Resident, f64, u32), EngineError> {
         .with_n_seq_max(1)
         .with_n_threads(threads)
         .with_n_threads_batch(threads);
-    let ctx = model_ref
-        .new_context(backend, ctx_params)
-        .map_err(|e| EngineError::ContextFailed {
-            tier: spec.name.clone(),
-            context: spec.context,
-            reason: e.to_string(),
-        })?;
+    let ctx =
+        model_ref
+            .new_context(backend, ctx_params)
+            .map_err(|e| EngineError::ContextFailed {
+                tier: spec.name.clone(),
+                context: spec.context,
+                reason: e.to_string(),
+            })?;
     let context = ctx.n_ctx();
     tracing::info!(tier = %spec.name, path = %spec.path.display(), context, "model loaded");
     Ok((
@@ -197,7 +200,11 @@ fn load(spec: &LoadSpec) -> Result<(Resident, f64, u32), EngineError> {
     ))
 }
 
-fn apply_template(model: &LlamaModel, tmpl: &LlamaChatTemplate, messages: &[Message]) -> Option<String> {
+fn apply_template(
+    model: &LlamaModel,
+    tmpl: &LlamaChatTemplate,
+    messages: &[Message],
+) -> Option<String> {
     let chat: Vec<LlamaChatMessage> = messages
         .iter()
         .filter_map(|m| LlamaChatMessage::new(m.role.clone(), m.content.clone()).ok())

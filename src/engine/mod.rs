@@ -172,7 +172,8 @@ pub enum EngineError {
 /// An inference engine: llama.cpp, or a scripted fake.
 pub trait Engine: Send + Sync + 'static {
     /// Loads the model in `spec`.
-    fn load(&self, spec: LoadSpec) -> impl Future<Output = Result<LoadedModel, EngineError>> + Send;
+    fn load(&self, spec: LoadSpec)
+        -> impl Future<Output = Result<LoadedModel, EngineError>> + Send;
     /// Frees a loaded model.
     fn unload(&self, id: ModelId) -> impl Future<Output = ()> + Send;
     /// Generates an answer with a loaded model.

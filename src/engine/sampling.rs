@@ -32,8 +32,7 @@ pub fn fast_exp(x: f32) -> f32 {
     let t = x.max(-87.0) * std::f32::consts::LOG2_E;
     let n = t.round_ties_even();
     let f = (t - n) * std::f32::consts::LN_2;
-    let p = 1.0
-        + f * (1.0 + f * (0.5 + f * (1.0 / 6.0 + f * (1.0 / 24.0 + f * (1.0 / 120.0)))));
+    let p = 1.0 + f * (1.0 + f * (0.5 + f * (1.0 / 6.0 + f * (1.0 / 24.0 + f * (1.0 / 120.0)))));
     f32::from_bits(((n as i32 + 127) << 23) as u32) * p
 }
 
@@ -77,7 +76,11 @@ pub fn sum_exp(logits: &[f32], max: f32, scale: f32) -> f32 {
             acc[l] += fast_exp((chunk[l] - max) * scale);
         }
     }
-    acc.iter().sum::<f32>() + tail.iter().map(|&x| fast_exp((x - max) * scale)).sum::<f32>()
+    acc.iter().sum::<f32>()
+        + tail
+            .iter()
+            .map(|&x| fast_exp((x - max) * scale))
+            .sum::<f32>()
 }
 
 /// SplitMix64: small, fast, and good enough to draw tokens reproducibly.
@@ -138,9 +141,7 @@ impl Sampler {
         let token = match self.sampling {
             Sampling::Greedy => best,
             Sampling::Random {
-                temperature,
-                top_p,
-                ..
+                temperature, top_p, ..
             } => {
                 if temperature <= 0.0 {
                     best
@@ -272,7 +273,9 @@ mod tests {
 
     #[test]
     fn same_seed_same_tokens() {
-        let logits: Vec<f32> = (0..1000).map(|i| ((i * 7919) % 101) as f32 / 10.0).collect();
+        let logits: Vec<f32> = (0..1000)
+            .map(|i| ((i * 7919) % 101) as f32 / 10.0)
+            .collect();
         let run = || {
             let mut s = Sampler::new(Sampling::Random {
                 temperature: 0.8,

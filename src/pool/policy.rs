@@ -85,22 +85,34 @@ mod tests {
     #[test]
     fn evicts_least_recently_used_idle_first() {
         let res = [r(0, 10, false, 5), r(1, 10, false, 2)];
-        assert_eq!(plan_admission(&res, 10, 100, 2, &[]), Admission::Evict(vec![1]));
+        assert_eq!(
+            plan_admission(&res, 10, 100, 2, &[]),
+            Admission::Evict(vec![1])
+        );
     }
 
     #[test]
     fn never_evicts_a_model_in_use() {
         let res = [r(0, 10, true, 1), r(1, 10, false, 9)];
-        assert_eq!(plan_admission(&res, 10, 100, 2, &[]), Admission::Evict(vec![1]));
+        assert_eq!(
+            plan_admission(&res, 10, 100, 2, &[]),
+            Admission::Evict(vec![1])
+        );
         let busy = [r(0, 10, true, 1), r(1, 10, true, 9)];
-        assert_eq!(plan_admission(&busy, 10, 100, 2, &[]), Admission::WaitForIdle);
+        assert_eq!(
+            plan_admission(&busy, 10, 100, 2, &[]),
+            Admission::WaitForIdle
+        );
     }
 
     #[test]
     fn evicts_by_bytes_not_only_by_count() {
         // Room for 3 models by count, but 60 + 50 > 100 bytes.
         let res = [r(0, 30, false, 1), r(1, 30, false, 2)];
-        assert_eq!(plan_admission(&res, 50, 100, 3, &[]), Admission::Evict(vec![0]));
+        assert_eq!(
+            plan_admission(&res, 50, 100, 3, &[]),
+            Admission::Evict(vec![0])
+        );
     }
 
     #[test]
@@ -112,7 +124,13 @@ mod tests {
     #[test]
     fn protected_models_stay() {
         let res = [r(0, 10, false, 1), r(1, 10, false, 2)];
-        assert_eq!(plan_admission(&res, 10, 100, 2, &[0]), Admission::Evict(vec![1]));
-        assert_eq!(plan_admission(&res, 10, 100, 2, &[0, 1]), Admission::WaitForIdle);
+        assert_eq!(
+            plan_admission(&res, 10, 100, 2, &[0]),
+            Admission::Evict(vec![1])
+        );
+        assert_eq!(
+            plan_admission(&res, 10, 100, 2, &[0, 1]),
+            Admission::WaitForIdle
+        );
     }
 }

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Installs the system packages the llama.cpp build needs (cmake, clang,
+# libclang-dev for bindgen), only those that are missing. Idempotent: with
+# everything present it touches nothing and needs no network.
+set -euo pipefail
+need=()
+for pkg in cmake clang libclang-dev; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+done
+command -v cargo >/dev/null || { echo "install-deps: cargo not found: install Rust (rustup) first" >&2; exit 1; }
+command -v python3 >/dev/null || need+=(python3 python3-pip)
+[ ${#need[@]} -eq 0 ] && exit 0
+echo "install-deps: installing ${need[*]}" >&2
+sudo=""
+[ "$(id -u)" -ne 0 ] && sudo="sudo"
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq
+$sudo apt-get install -y -qq "${need[@]}" >/dev/null

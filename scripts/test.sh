@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# One command from a fresh machine to a full test run: installs what is
+# missing, builds, fetches the real models the tests use, checks formatting
+# and lints, then runs every test (unit, real-model, CLI). .ci/run calls this.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install-deps.sh
+cargo build --release
+XNAI_BIN=target/release/xnai-model-router scripts/fetch-models.sh
+cargo fmt --check
+cargo clippy --release --all-targets -- -D warnings
+cargo test --release

@@ -1,0 +1,141 @@
+//! The command line as a user runs it: config check, status, ask, quantize.
+
+mod common;
+
+use common::{real_model, SMOL_Q4};
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_xnai-model-router"));
+    c.current_dir(env!("CARGO_MANIFEST_DIR"));
+    c.env("XNAI_LOG", "error");
+    c
+}
+
+fn run(args: &[&str]) -> Output {
+    bin().args(args).output().unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn config_check_passes_the_default_and_fails_a_bad_file_with_the_field() {
+    common::default_config();
+    let ok = run(&["config", "check"]);
+    assert!(ok.status.success(), "{}", text(&ok.stderr));
+    assert!(text(&ok.stdout).contains("ok, 3 tier(s)"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "tiers:\n  - { name: x, role: router, model: nowhere.gguf, threshold: 2, max_tokens: 1 }\n",
+    )
+    .unwrap();
+    let out = run(&["config", "check", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("tiers[0].model") && err.contains("nowhere.gguf"),
+        "{err}"
+    );
+    assert!(
+        err.contains("tiers[0].threshold") && err.contains('2'),
+        "{err}"
+    );
+}
+
+#[test]
+fn status_prints_every_tier_with_its_cost() {
+    common::default_config();
+    let out = run(&["status"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let s = text(&out.stdout);
+    for t in ["router", "drafter", "refiner", "MiB", "models may use"] {
+        assert!(s.contains(t), "{t} missing from:\n{s}");
+    }
+    let json = run(&["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(v["tiers"].as_array().unwrap().len(), 3);
+    assert!(v["tiers"][0]["cost"]["total"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn ask_on_a_model_file_prints_the_answer_and_a_json_summary() {
+    let model = real_model(SMOL_Q4);
+    let out = run(&[
+        "ask",
+        "--model",
+        model.to_str().unwrap(),
+        "--max-tokens",
+        "16",
+        "What is 2+2?",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let s = text(&out.stdout);
+    let json_start = s.find('{').expect("a JSON summary");
+    let v: serde_json::Value = serde_json::from_str(&s[json_start..]).unwrap();
+    assert!(!v["answer"].as_str().unwrap().is_empty());
+    assert!(v["completion_tokens"].as_u64().unwrap() <= 16);
+    assert!(v["tokens_per_second"].as_f64().unwrap() > 0.0);
+    assert!(v["load_ms"].as_f64().unwrap() > 0.0);
+    assert!(v["memory"]["tier_estimated_bytes"].as_u64().unwrap() > 0);
+    assert!(v["memory"]["process_rss"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn ask_rejects_an_unknown_tier_and_an_empty_question() {
+    common::default_config();
+    let out = run(&["ask", "--tier", "wizard", "hello"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("unknown tier \"wizard\""),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = run(&["ask", "  "]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("question: must not be empty"));
+}
+
+#[test]
+fn quantize_derives_a_loadable_model_and_rejects_unknown_types() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_path = dir.path().join("smol-q8.gguf");
+    let src = real_model(SMOL_Q4);
+    let out = run(&[
+        "quantize",
+        src.to_str().unwrap(),
+        out_path.to_str().unwrap(),
+        "q8_0",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let info = xnai_model_router::gguf::inspect(&out_path).unwrap();
+    assert_eq!(
+        info.vocab_size(),
+        xnai_model_router::gguf::inspect(&src).unwrap().vocab_size()
+    );
+    assert!(!Path::new(&format!("{}.partial", out_path.display())).exists());
+    let ask = run(&[
+        "ask",
+        "--model",
+        out_path.to_str().unwrap(),
+        "--max-tokens",
+        "8",
+        "Hello",
+    ]);
+    assert!(ask.status.success(), "{}", text(&ask.stderr));
+
+    let bad = run(&[
+        "quantize",
+        src.to_str().unwrap(),
+        out_path.to_str().unwrap(),
+        "q9_9",
+    ]);
+    assert!(!bad.status.success());
+    let err = text(&bad.stderr);
+    assert!(err.contains("q9_9") && err.contains("q4_k_m"), "{err}");
+}
