@@ -9,4 +9,4 @@ cargo build --release
 XNAI_BIN=target/release/xnai-model-router scripts/fetch-models.sh
 cargo fmt --check
 cargo clippy --release --all-targets -- -D warnings
-cargo test --release
+cargo test --release --all-targets

@@ -44,13 +44,16 @@ enum Cmd {
         /// Ask every tier in turn, smallest first, in one process.
         #[arg(long)]
         all: bool,
+        /// Most tokens to generate (default: the tier's max_tokens).
         #[arg(long)]
         max_tokens: Option<u32>,
         /// Sampling temperature; greedy when absent or 0.
         #[arg(long)]
         temperature: Option<f32>,
+        /// Nucleus sampling: keep the most probable tokens up to this mass.
         #[arg(long, default_value_t = 0.95)]
         top_p: f32,
+        /// Seed for sampling; the same seed gives the same answer.
         #[arg(long, default_value_t = 0)]
         seed: u64,
         /// Stop before this string (repeatable).
@@ -59,6 +62,7 @@ enum Cmd {
         /// A system prompt.
         #[arg(long)]
         system: Option<String>,
+        /// The question.
         question: String,
     },
     /// Print the ladder with each tier's estimated memory cost.
