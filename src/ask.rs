@@ -66,6 +66,8 @@ pub struct AskResult {
     pub completion_tokens: u32,
     /// Generated tokens per second of generation time.
     pub tokens_per_second: f64,
+    /// The answer's confidence (see [`crate::confidence`]).
+    pub confidence: f64,
     /// Geometric mean of the generated tokens' probabilities.
     pub mean_token_prob: f64,
     pub min_token_prob: f64,
@@ -158,6 +160,7 @@ pub async fn ask<E: Engine>(
         prompt_tokens: g.prompt_tokens,
         completion_tokens: g.completion_tokens,
         tokens_per_second: g.tokens_per_second,
+        confidence: crate::confidence::confidence(&g.token_probs),
         mean_token_prob: if g.token_probs.is_empty() {
             0.0
         } else {

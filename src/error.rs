@@ -5,6 +5,7 @@ use crate::engine::EngineError;
 use crate::gguf::GgufError;
 use crate::pool::PoolError;
 use crate::quantize::QuantizeError;
+use crate::router::RouteError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -18,6 +19,8 @@ pub enum Error {
     Gguf(#[from] GgufError),
     #[error(transparent)]
     Quantize(#[from] QuantizeError),
+    #[error(transparent)]
+    Route(#[from] RouteError),
     /// A caller's argument is wrong: names the field and the value.
     #[error("{field}: {message}")]
     InvalidInput { field: String, message: String },

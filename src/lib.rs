@@ -6,25 +6,35 @@
 //! - [`config`]: tiers.yaml, raw and resolved, validation, JSON Schema.
 //! - [`gguf`]: reads and checks a GGUF header before llama.cpp sees the file.
 //! - [`estimate`]: a model's memory cost from its GGUF header.
+//! - [`cascade`]: start tier, escalation decisions, token shares, the draft handover.
+//! - [`classify`]: the complexity classifier: level, domain, score and signals.
+//! - [`confidence`]: an answer's confidence from its token probabilities.
 //! - [`engine`]: the inference trait; llama.cpp on its own thread; a scripted fake.
 //! - [`pool`]: lazy loading, LRU eviction inside a byte budget, RAII leases.
 //! - [`ask`]: one question on one tier, with timings and memory.
+//! - [`router`]: the routing service: classify, cascade, history, per-tier statistics.
 //! - [`status`]: the ladder with its costs, as text.
 //! - [`quantize`]: derives models of other weight types with llama.cpp's quantizer.
 //! - [`bench`]: generation speed against llama.cpp's own llama-bench.
+//! - [`mcp`]: the MCP tools (route_query, get_tier_status, force_escalate) and the manifest.
 //! - [`memory`]: measured process memory.
 //! - [`error`]: the crate error gathering each domain's.
 
 pub mod ask;
 pub mod bench;
+pub mod cascade;
+pub mod classify;
+pub mod confidence;
 pub mod config;
 pub mod engine;
 pub mod error;
 pub mod estimate;
 pub mod gguf;
+pub mod mcp;
 pub mod memory;
 pub mod pool;
 pub mod quantize;
+pub mod router;
 pub mod status;
 
 pub use error::{Error, Result};

@@ -9,7 +9,9 @@ use std::sync::Arc;
 use xnai_model_router::ask::{ask, AskOptions};
 use xnai_model_router::config::{self, Config, ConfigError};
 use xnai_model_router::engine::llama::LlamaEngine;
+use xnai_model_router::mcp::{self, McpServer};
 use xnai_model_router::pool::TierPool;
+use xnai_model_router::router::Router;
 use xnai_model_router::{bench, quantize, status};
 
 #[derive(Parser)]
@@ -31,8 +33,21 @@ struct Cli {
     command: Cmd,
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Transport {
+    /// MCP over standard input/output (what MCP clients spawn).
+    Stdio,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
+    /// Serve the MCP tools (route_query, get_tier_status, force_escalate).
+    Serve {
+        #[arg(long, value_enum, default_value = "stdio")]
+        transport: Transport,
+    },
+    /// Print mcp-manifest.json: the server, how to launch it, its tools and schemas.
+    Manifest,
     /// Ask one question on a tier (default: the smallest) or on any GGUF file.
     Ask {
         /// Tier name from the config.
@@ -154,6 +169,14 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Cmd::Serve { transport } => {
+            let config = Arc::new(load_config(&cli.config)?);
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(serve(config, transport))?;
+        }
+        Cmd::Manifest => {
+            println!("{}", serde_json::to_string_pretty(&mcp::manifest())?);
+        }
         Cmd::Config {
             command: ConfigCmd::Schema,
         } => {
@@ -290,6 +313,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn serve(config: Arc<Config>, transport: Transport) -> anyhow::Result<()> {
+    use rmcp::ServiceExt;
+    let tiers = config.tier_names();
+    let router = Arc::new(Router::new(LlamaEngine::new(), config));
+    let server = McpServer::new(router);
+    match transport {
+        Transport::Stdio => {
+            tracing::info!(%tiers, "serving MCP over stdio");
+            server
+                .serve(rmcp::transport::stdio())
+                .await?
+                .waiting()
+                .await?;
+        }
+    }
+    Ok(())
 }
 
 fn cores() -> u32 {

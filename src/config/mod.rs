@@ -59,6 +59,26 @@ impl MemoryConfig {
     }
 }
 
+/// The resolved routing section: tier indices instead of names.
+#[derive(Debug, Clone, Serialize)]
+pub struct Routing {
+    /// Start tier of each level, indexed by [`crate::classify::Level::index`].
+    pub levels: [usize; 5],
+    /// (tier, fallback) per domain.
+    pub domains: std::collections::BTreeMap<crate::classify::Domain, (usize, Option<usize>)>,
+    pub max_escalations: u32,
+    pub hand_over_draft: bool,
+    pub token_budget: u32,
+    pub history: usize,
+}
+
+impl Routing {
+    /// Where levels go when the config does not say: spread over the ladder.
+    pub fn default_level_tier(level: usize, tiers: usize) -> usize {
+        (level * tiers / 5).min(tiers.saturating_sub(1))
+    }
+}
+
 /// A validated tier: the model file exists, is a sound GGUF, and fits.
 #[derive(Debug, Clone, Serialize)]
 pub struct Tier {
@@ -85,6 +105,7 @@ pub struct Tier {
 pub struct Config {
     pub source: PathBuf,
     pub memory: MemoryConfig,
+    pub routing: Routing,
     pub tiers: Vec<Tier>,
 }
 
@@ -139,6 +160,7 @@ impl Config {
                 reserve: ByteSize(0),
                 ..raw::RawMemory::default()
             },
+            routing: raw::RawRouting::default(),
             tiers: vec![raw::RawTier {
                 name,
                 role: Role::Router,

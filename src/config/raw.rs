@@ -2,8 +2,10 @@
 //! nothing checked yet. [`super::validate`] turns it into the resolved form.
 
 use super::size::ByteSize;
+use crate::classify::{Domain, Level};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// tiers.yaml: a ladder of llama.cpp models, smallest first.
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
@@ -12,8 +14,76 @@ pub struct RawConfig {
     /// How much memory the resident models may use, and how many at once.
     #[serde(default)]
     pub memory: RawMemory,
+    /// How queries are routed to tiers and escalated.
+    #[serde(default)]
+    pub routing: RawRouting,
     /// The ladder, smallest and fastest first; later tiers are larger.
     pub tiers: Vec<RawTier>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawRouting {
+    /// The tier each complexity level starts at. Levels left out are spread
+    /// over the ladder: level i of 5 goes to tier floor(i x tiers / 5).
+    #[serde(default)]
+    pub levels: BTreeMap<Level, String>,
+    /// Send a domain (code, math, creative, reasoning, general) to a tier,
+    /// with a fallback tier used when that one cannot load.
+    #[serde(default)]
+    pub domains: BTreeMap<Domain, RawDomainRoute>,
+    /// Most escalations after the first attempt. Default: 2.
+    #[serde(default = "default_max_escalations")]
+    pub max_escalations: u32,
+    /// Hand the lower tier's answer to the next tier as a draft to refine.
+    /// Default: true.
+    #[serde(default = "default_true")]
+    pub hand_over_draft: bool,
+    /// Total token budget of a request; each tier's share follows its role
+    /// (router 10% up to 512, draft 25% up to 1024, refine 50% up to 2048,
+    /// expert 75%), capped by the tier's max_tokens. Default: 4096.
+    #[serde(default = "default_token_budget")]
+    pub token_budget: u32,
+    /// Recent requests kept for force_escalate. Default: 64.
+    #[serde(default = "default_history")]
+    pub history: usize,
+}
+
+impl Default for RawRouting {
+    fn default() -> Self {
+        RawRouting {
+            levels: BTreeMap::new(),
+            domains: BTreeMap::new(),
+            max_escalations: default_max_escalations(),
+            hand_over_draft: true,
+            token_budget: default_token_budget(),
+            history: default_history(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawDomainRoute {
+    pub tier: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<String>,
+}
+
+fn default_max_escalations() -> u32 {
+    2
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_token_budget() -> u32 {
+    4096
+}
+
+fn default_history() -> usize {
+    64
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]

@@ -3,7 +3,8 @@
 
 use super::raw::{RawConfig, RawTier};
 use super::size::ByteSize;
-use super::{Config, ConfigError, MemoryConfig, Problem, Tier};
+use super::{Config, ConfigError, MemoryConfig, Problem, Routing, Tier};
+use crate::classify::Level;
 use crate::estimate::{estimate, ModelShape};
 use crate::gguf;
 use std::path::{Path, PathBuf};
@@ -211,10 +212,13 @@ pub fn validate(raw: RawConfig, source: &Path) -> Result<Config, ConfigError> {
         }
     }
 
+    let routing = resolve_routing(&raw, &mut bad);
+
     if problems.is_empty() {
         Ok(Config {
             source: source.to_path_buf(),
             memory,
+            routing,
             tiers,
         })
     } else {
@@ -222,6 +226,56 @@ pub fn validate(raw: RawConfig, source: &Path) -> Result<Config, ConfigError> {
             path: source.to_path_buf(),
             problems,
         })
+    }
+}
+
+/// Resolves tier names in the routing section to indices.
+fn resolve_routing(raw: &RawConfig, bad: &mut impl FnMut(String, String)) -> Routing {
+    let r = &raw.routing;
+    let names: Vec<&str> = raw.tiers.iter().map(|t| t.name.as_str()).collect();
+    let mut find = |field: String, name: &str| -> usize {
+        names.iter().position(|n| *n == name).unwrap_or_else(|| {
+            bad(
+                field,
+                format!("unknown tier {name:?} (tiers: {})", names.join(", ")),
+            );
+            0
+        })
+    };
+    let mut levels = [0usize; 5];
+    for level in Level::ALL {
+        let i = level.index();
+        levels[i] = match r.levels.get(&level) {
+            Some(name) => find(format!("routing.levels.{}", level.as_str()), name),
+            None => Routing::default_level_tier(i, names.len()),
+        };
+    }
+    let mut domains = std::collections::BTreeMap::new();
+    for (domain, route) in &r.domains {
+        let field = format!("routing.domains.{}", domain.as_str());
+        let tier = find(format!("{field}.tier"), &route.tier);
+        let fallback = route
+            .fallback
+            .as_ref()
+            .map(|f| find(format!("{field}.fallback"), f));
+        domains.insert(*domain, (tier, fallback));
+    }
+    if r.token_budget == 0 {
+        bad(
+            "routing.token_budget".into(),
+            "must be at least 1, got 0".into(),
+        );
+    }
+    if r.history == 0 {
+        bad("routing.history".into(), "must be at least 1, got 0".into());
+    }
+    Routing {
+        levels,
+        domains,
+        max_escalations: r.max_escalations,
+        hand_over_draft: r.hand_over_draft,
+        token_budget: r.token_budget,
+        history: r.history,
     }
 }
 

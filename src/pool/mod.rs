@@ -35,6 +35,7 @@ struct Slot {
     id: ModelId,
     leases: usize,
     last_used: u64,
+    last_used_at: Instant,
     load_ms: f64,
     rss_after_load: u64,
 }
@@ -46,6 +47,10 @@ pub struct TierCounters {
     pub evictions: u64,
     pub load_failures: u64,
     pub leases: u64,
+    /// Process RSS measured right after this tier's latest load (0: never loaded).
+    pub rss_after_load: u64,
+    /// Milliseconds of this tier's latest load.
+    pub last_load_ms: f64,
 }
 
 #[derive(Debug, Default)]
@@ -134,6 +139,7 @@ impl<E: Engine> Drop for Lease<E> {
         if let Some(s) = st.resident.iter_mut().find(|s| s.id == self.id) {
             s.leases -= 1;
             s.last_used = now;
+            s.last_used_at = Instant::now();
         }
         drop(st);
         self.inner.released.notify_waiters();
@@ -150,6 +156,8 @@ pub struct ResidentStatus {
     pub load_ms: f64,
     /// Process RSS measured right after this model loaded.
     pub rss_after_load: u64,
+    /// Milliseconds since a request last used (or released) it.
+    pub idle_ms: f64,
 }
 
 /// What the pool holds now.
@@ -239,6 +247,7 @@ impl<E: Engine> TierPool<E> {
                 if let Some(s) = st.resident.iter_mut().find(|s| s.tier == tier) {
                     s.leases += 1;
                     s.last_used = now;
+                    s.last_used_at = Instant::now();
                     let id = s.id;
                     st.counters[tier].leases += 1;
                     return Ok(Lease {
@@ -301,10 +310,13 @@ impl<E: Engine> TierPool<E> {
                 id: loaded.id,
                 leases: 1,
                 last_used: now,
+                last_used_at: Instant::now(),
                 load_ms: loaded.load_ms,
                 rss_after_load: rss,
             });
             st.counters[tier].loads += 1;
+            st.counters[tier].rss_after_load = rss;
+            st.counters[tier].last_load_ms = loaded.load_ms;
             st.counters[tier].leases += 1;
             return Ok(Lease {
                 inner: inner.clone(),
@@ -394,6 +406,7 @@ impl<E: Engine> TierPool<E> {
                     in_use: s.leases,
                     load_ms: s.load_ms,
                     rss_after_load: s.rss_after_load,
+                    idle_ms: s.last_used_at.elapsed().as_secs_f64() * 1e3,
                 }
             })
             .collect();

@@ -1,0 +1,281 @@
+//! The MCP tool handler, written once for every transport: route_query,
+//! get_tier_status and force_escalate over one [`Router`].
+//!
+//! Errors are mapped in one place ([`to_tool_result`]): bad arguments become
+//! invalid-params protocol errors; failures while serving (a tier that cannot
+//! load, the budget, an unknown request id) become tool results with
+//! `isError: true` and a message that names the tier and the reason.
+
+use crate::engine::{Engine, Message};
+use crate::error::Error;
+use crate::pool::PoolError;
+use crate::router::{RouteRequest, RouteResult, Router, TierStatusReport};
+use rmcp::handler::server::common::{schema_for_input, schema_for_output, FromContextPart};
+use rmcp::handler::server::router::tool::ToolRouter;
+use rmcp::handler::server::tool::ToolCallContext;
+use rmcp::model::JsonObject;
+use rmcp::model::{
+    CallToolResult, ContentBlock, Implementation, ServerCapabilities, ServerConfig, Tool,
+};
+use rmcp::{tool, tool_handler, tool_router, ErrorData, ServerHandler};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+/// Conversation context for route_query.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QueryContext {
+    /// Earlier turns, oldest first: {role: system|user|assistant, content}.
+    #[serde(default)]
+    pub history: Vec<Message>,
+    /// A system prompt for every tier.
+    #[serde(default)]
+    pub system: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RouteQueryArgs {
+    /// The question or task. Must not be empty.
+    pub query: String,
+    /// Optional conversation history and system prompt.
+    #[serde(default)]
+    pub context: Option<QueryContext>,
+    /// Start at this tier instead of the classifier's choice.
+    #[serde(default)]
+    pub preferred_tier: Option<String>,
+    /// Most tokens per attempt (1..=32768); default: the tier's share of the token budget.
+    #[serde(default)]
+    pub max_tokens: Option<u32>,
+    /// Sampling temperature in [0, 2]; 0 or absent is greedy (deterministic).
+    #[serde(default)]
+    pub temperature: Option<f32>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ForceEscalateArgs {
+    /// The request_id of a recent route_query or force_escalate result.
+    pub request_id: String,
+    /// The tier to answer at; default: the next tier above the one that answered.
+    #[serde(default)]
+    pub target_tier: Option<String>,
+}
+
+/// Tool arguments that fail to deserialize (wrong JSON types, missing or
+/// unknown fields) are an invalid-params protocol error naming the field.
+/// (rmcp's own `Parameters` turns them into `isError` tool results instead.)
+pub struct Args<T>(pub T);
+
+impl<S, T: serde::de::DeserializeOwned> FromContextPart<ToolCallContext<'_, S>> for Args<T> {
+    fn from_context_part(context: &mut ToolCallContext<S>) -> Result<Self, ErrorData> {
+        let arguments = serde_json::Value::Object(context.arguments.take().unwrap_or_default());
+        serde_path_to_error::deserialize(arguments)
+            .map(Args)
+            .map_err(|e| {
+                let field = e.path().to_string();
+                let message = if field == "." {
+                    format!("invalid arguments: {}", e.inner())
+                } else {
+                    format!("invalid arguments: {field}: {}", e.inner())
+                };
+                ErrorData::invalid_params(message, None)
+            })
+    }
+}
+
+fn input_schema<T: JsonSchema + 'static>() -> Arc<JsonObject> {
+    schema_for_input::<T>().expect("argument types have object schemas")
+}
+
+/// The MCP server: the three tools over a shared [`Router`].
+pub struct McpServer<E: Engine> {
+    router: Arc<Router<E>>,
+    tool_router: ToolRouter<Self>,
+}
+
+impl<E: Engine> Clone for McpServer<E> {
+    fn clone(&self) -> Self {
+        McpServer {
+            router: self.router.clone(),
+            tool_router: self.tool_router.clone(),
+        }
+    }
+}
+
+/// Maps a library result to a tool result: argument errors are protocol
+/// errors, serving failures are `isError` results with the reason.
+fn to_tool_result<T: Serialize>(
+    result: Result<T, Error>,
+    summary: impl FnOnce(&T) -> String,
+) -> Result<CallToolResult, ErrorData> {
+    match result {
+        Ok(value) => {
+            let text = summary(&value);
+            let json = serde_json::to_value(&value)
+                .map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
+            let mut r = CallToolResult::success(vec![ContentBlock::text(text)]);
+            r.structured_content = Some(json);
+            Ok(r)
+        }
+        Err(e @ Error::InvalidInput { .. })
+        | Err(e @ Error::Pool(PoolError::UnknownTier { .. })) => {
+            Err(ErrorData::invalid_params(e.to_string(), None))
+        }
+        Err(e) => Ok(CallToolResult::error(vec![ContentBlock::text(
+            e.to_string(),
+        )])),
+    }
+}
+
+fn route_summary(r: &RouteResult) -> String {
+    let path: Vec<&str> = r.attempts.iter().map(|a| a.tier.as_str()).collect();
+    let from = r
+        .escalated_from
+        .as_ref()
+        .map(|id| format!(", escalated from {id}"))
+        .unwrap_or_default();
+    format!(
+        "{}\n\n[{}] tier {} ({}), confidence {:.2} (threshold {:.2}), {} tokens, {:.0} ms, request_id {}{}",
+        r.answer,
+        path.join(" -> "),
+        r.tier,
+        r.complexity.level.as_str(),
+        r.confidence,
+        r.threshold,
+        r.tokens.completion,
+        r.timings.total_ms,
+        r.request_id,
+        from
+    )
+}
+
+fn status_summary(s: &TierStatusReport) -> String {
+    let tiers: Vec<String> = s
+        .tiers
+        .iter()
+        .map(|t| {
+            format!(
+                "{} ({}){}: ~{} MiB, {} served",
+                t.name,
+                t.role,
+                if t.loaded { " loaded" } else { "" },
+                t.estimated_bytes >> 20,
+                t.requests_served
+            )
+        })
+        .collect();
+    format!(
+        "{}; resident [{}], estimated {} MiB of {} MiB allowed, RSS {} MiB",
+        tiers.join("; "),
+        s.memory.loaded.join(", "),
+        s.memory.estimated_in_use >> 20,
+        s.memory.model_allowance >> 20,
+        s.memory.process_rss >> 20
+    )
+}
+
+#[tool_router]
+impl<E: Engine> McpServer<E> {
+    pub fn new(router: Arc<Router<E>>) -> Self {
+        McpServer {
+            router,
+            tool_router: Self::tool_router(),
+        }
+    }
+
+    /// The tools as declared to clients (names, descriptions, schemas).
+    pub fn tools() -> Vec<Tool> {
+        Self::tool_router().list_all()
+    }
+
+    #[tool(
+        description = "Answer a query with the smallest local model tier likely to answer it well. A classifier picks the start tier from the query's complexity and domain; if the answer's confidence is below that tier's threshold the next tier refines it. Returns the answer, the tier and model, confidence, complexity signals, every attempt, timings, tokens and memory.",
+        input_schema = input_schema::<RouteQueryArgs>(),
+        output_schema = schema_for_output::<RouteResult>()
+    )]
+    async fn route_query(
+        &self,
+        Args(args): Args<RouteQueryArgs>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let context = args.context.unwrap_or_default();
+        let request = RouteRequest {
+            query: args.query,
+            history: context.history,
+            system: context.system,
+            preferred_tier: args.preferred_tier,
+            max_tokens: args.max_tokens,
+            temperature: args.temperature,
+        };
+        to_tool_result(self.router.route(request).await, route_summary)
+    }
+
+    #[tool(
+        description = "Show every tier of the ladder: model, whether it is loaded, estimated and measured memory, requests served, escalations, latency and tokens/s; and the memory budget, estimate in use, process RSS and system memory.",
+        output_schema = schema_for_output::<TierStatusReport>()
+    )]
+    async fn get_tier_status(&self) -> Result<CallToolResult, ErrorData> {
+        to_tool_result(Ok(self.router.tier_status()), status_summary)
+    }
+
+    #[tool(
+        description = "Re-answer a recent request one tier up (or at target_tier, which must be higher), handing the previous answer to the larger model as a draft to refine. Returns the route_query result plus escalated_from.",
+        input_schema = input_schema::<ForceEscalateArgs>(),
+        output_schema = schema_for_output::<RouteResult>()
+    )]
+    async fn force_escalate(
+        &self,
+        Args(args): Args<ForceEscalateArgs>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let result = self
+            .router
+            .escalate(&args.request_id, args.target_tier.as_deref())
+            .await;
+        to_tool_result(result, route_summary)
+    }
+}
+
+#[tool_handler]
+impl<E: Engine> ServerHandler for McpServer<E> {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(Implementation::new(
+                env!("CARGO_PKG_NAME"),
+                env!("CARGO_PKG_VERSION"),
+            ))
+            .with_instructions(
+                "Local, offline LLM inference through a ladder of llama.cpp models. Call route_query with a question; \
+the smallest capable tier answers and low-confidence answers escalate. get_tier_status shows what is loaded \
+and what it costs; force_escalate re-answers a request one tier up.",
+            )
+    }
+}
+
+/// mcp-manifest.json: the server, how to launch it, and each tool's schemas.
+pub fn manifest() -> serde_json::Value {
+    let tools: Vec<serde_json::Value> = McpServer::<crate::engine::llama::LlamaEngine>::tools()
+        .into_iter()
+        .map(|t| {
+            serde_json::json!({
+                "name": t.name,
+                "description": t.description,
+                "inputSchema": t.input_schema,
+                "outputSchema": t.output_schema,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "name": env!("CARGO_PKG_NAME"),
+        "version": env!("CARGO_PKG_VERSION"),
+        "description": env!("CARGO_PKG_DESCRIPTION"),
+        "transports": {
+            "stdio": {
+                "command": "xnai-model-router",
+                "args": ["serve", "--config", "tiers.yaml"],
+                "env": { "XNAI_MODELS_DIR": "~/.cache/xnai-model-router/models" }
+            }
+        },
+        "tools": tools,
+    })
+}

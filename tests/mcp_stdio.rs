@@ -1,0 +1,375 @@
+//! The MCP server over stdio, through rmcp's client, on the real default
+//! ladder: tools and schemas, all three tools, escalation, residency, and
+//! every kind of bad input followed by a call that still works.
+
+mod common;
+
+use rmcp::model::{CallToolRequestParams, CallToolResult};
+use rmcp::service::RunningService;
+use rmcp::transport::TokioChildProcess;
+use rmcp::{RoleClient, ServiceExt};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::path::Path;
+
+type Client = RunningService<RoleClient, ()>;
+
+/// One server at a time: parallel servers on two cores, each with its own
+/// llama.cpp thread team, only slow each other down.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn start(config: &Path) -> Client {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_xnai-model-router"));
+    cmd.arg("serve")
+        .arg("--config")
+        .arg(config)
+        .env("XNAI_LOG", "warn");
+    ().serve(TokioChildProcess::new(cmd).unwrap())
+        .await
+        .unwrap()
+}
+
+fn default_yaml() -> std::path::PathBuf {
+    common::default_config();
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tiers.yaml")
+}
+
+/// The default ladder with thresholds no answer of these tiny models meets,
+/// so every query escalates to the top.
+fn escalating_yaml(dir: &Path) -> std::path::PathBuf {
+    let mut n = 0;
+    let text: String = std::fs::read_to_string(default_yaml())
+        .unwrap()
+        .lines()
+        .map(|line| match line.split_once("threshold:") {
+            Some((indent, _)) => {
+                n += 1;
+                format!("{indent}threshold: 0.99{}\n", 6 + n)
+            }
+            None => format!("{line}\n"),
+        })
+        .collect();
+    assert_eq!(n, 3);
+    let path = dir.join("tiers.yaml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+async fn call(client: &Client, tool: &'static str, args: Value) -> Result<CallToolResult, String> {
+    let obj = args.as_object().cloned().unwrap_or_default();
+    client
+        .call_tool(CallToolRequestParams::new(tool).with_arguments(obj))
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Output schemas by tool name, compiled.
+async fn schemas(client: &Client) -> HashMap<String, jsonschema::Validator> {
+    let tools = client.list_all_tools().await.unwrap();
+    tools
+        .into_iter()
+        .map(|t| {
+            let schema = Value::Object((*t.output_schema.expect("outputSchema")).clone());
+            let v = jsonschema::validator_for(&schema)
+                .unwrap_or_else(|e| panic!("{}: invalid output schema: {e}", t.name));
+            (t.name.to_string(), v)
+        })
+        .collect()
+}
+
+/// A successful result: structured content that matches the tool's schema.
+fn structured(
+    schemas: &HashMap<String, jsonschema::Validator>,
+    tool: &str,
+    r: &CallToolResult,
+) -> Value {
+    assert_ne!(r.is_error, Some(true), "{tool} failed: {:?}", r.content);
+    let v = r.structured_content.clone().expect("structuredContent");
+    let errors: Vec<String> = schemas[tool]
+        .iter_errors(&v)
+        .map(|e| e.to_string())
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "{tool} result does not match its schema: {errors:?}"
+    );
+    let text = r.content[0].as_text().expect("a text block").text.clone();
+    assert!(!text.is_empty());
+    v
+}
+
+#[tokio::test]
+async fn tools_route_and_status_on_the_default_ladder() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let client = start(&default_yaml()).await;
+    let tools = client.list_all_tools().await.unwrap();
+    let mut names: Vec<&str> = tools.iter().map(|t| t.name.as_ref()).collect();
+    names.sort();
+    assert_eq!(names, ["force_escalate", "get_tier_status", "route_query"]);
+    for t in &tools {
+        let input = Value::Object((*t.input_schema).clone());
+        jsonschema::validator_for(&input).unwrap_or_else(|e| panic!("{}: {e}", t.name));
+        assert!(t.description.as_ref().is_some_and(|d| d.len() > 40));
+    }
+    let schemas = schemas(&client).await;
+
+    let r = call(
+        &client,
+        "route_query",
+        json!({"query": "What is the capital of France?", "max_tokens": 24}),
+    )
+    .await
+    .unwrap();
+    let v = structured(&schemas, "route_query", &r);
+    assert!(!v["answer"].as_str().unwrap().is_empty());
+    assert_eq!(v["complexity"]["level"], "trivial");
+    assert_eq!(v["routed_by"], "classifier");
+    assert_eq!(v["tier"], "router");
+    assert!(!v["attempts"].as_array().unwrap().is_empty());
+    let c = v["confidence"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&c));
+    assert!(v["memory"]["loaded"].as_array().unwrap().len() <= 2);
+    assert!(v["timings"]["total_ms"].as_f64().unwrap() > 0.0);
+
+    // Every tier in turn, status after each: never more than two resident.
+    for tier in [
+        "router", "drafter", "refiner", "router", "refiner", "drafter",
+    ] {
+        let r = call(
+            &client,
+            "route_query",
+            json!({"query": "Name a fruit.", "preferred_tier": tier, "max_tokens": 8}),
+        )
+        .await
+        .unwrap();
+        let v = structured(&schemas, "route_query", &r);
+        assert_eq!(v["attempts"][0]["tier"], tier);
+        assert_eq!(v["routed_by"], "preferred_tier");
+        let s = call(&client, "get_tier_status", json!({})).await.unwrap();
+        let s = structured(&schemas, "get_tier_status", &s);
+        let loaded = s["tiers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["loaded"] == true)
+            .count();
+        assert!(loaded <= 2, "{loaded} resident after {tier}: {s}");
+        assert!(loaded >= 1);
+        assert!(
+            s["memory"]["estimated_in_use"].as_u64().unwrap()
+                <= s["memory"]["model_allowance"].as_u64().unwrap()
+        );
+        assert!(s["memory"]["system_total"].as_u64().unwrap() > 0);
+    }
+    let s = call(&client, "get_tier_status", json!({})).await.unwrap();
+    let s = structured(&schemas, "get_tier_status", &s);
+    for t in s["tiers"].as_array().unwrap() {
+        assert!(t["attempts"].as_u64().unwrap() >= 2, "{t}");
+        assert!(t["rss_after_load"].as_u64().unwrap() > 0, "{t}");
+        assert!(t["tokens_per_second"].as_f64().unwrap() > 0.0, "{t}");
+    }
+    client.cancel().await.unwrap();
+}
+
+#[tokio::test]
+async fn low_confidence_escalates_and_force_escalate_goes_up() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let client = start(&escalating_yaml(dir.path())).await;
+    let schemas = schemas(&client).await;
+
+    let r = call(
+        &client,
+        "route_query",
+        json!({"query": "What is 2 + 2?", "max_tokens": 16}),
+    )
+    .await
+    .unwrap();
+    let v = structured(&schemas, "route_query", &r);
+    let attempts = v["attempts"].as_array().unwrap();
+    assert!(attempts.len() >= 2, "{v}");
+    assert_eq!(attempts[0]["tier"], "router");
+    assert_eq!(attempts[0]["outcome"], "escalated");
+    assert_eq!(attempts[1]["tier"], "drafter");
+    let last = attempts.last().unwrap();
+    assert!(
+        [
+            "top_tier_reached",
+            "escalation_limit",
+            "budget",
+            "confidence_met"
+        ]
+        .contains(&last["outcome"].as_str().unwrap()),
+        "{last}"
+    );
+    assert_eq!(v["tier"], last["tier"]);
+
+    // A request answered low on the ladder, escalated by hand.
+    let low = call(
+        &client,
+        "route_query",
+        json!({"query": "Name a colour.", "preferred_tier": "router", "max_tokens": 8}),
+    )
+    .await
+    .unwrap();
+    let low = structured(&schemas, "route_query", &low);
+    // With max_escalations 2 it climbs to the top; escalate a fresh router-only one instead.
+    let id = low["request_id"].as_str().unwrap().to_string();
+    let top = low["tier"].as_str().unwrap().to_string();
+    assert_eq!(top, "refiner");
+    let past = call(&client, "force_escalate", json!({"request_id": id}))
+        .await
+        .unwrap();
+    assert_eq!(past.is_error, Some(true));
+    let msg = past.content[0].as_text().unwrap().text.clone();
+    assert!(msg.contains("top tier") && msg.contains("refiner"), "{msg}");
+
+    let unknown = call(&client, "force_escalate", json!({"request_id": "req-nope"}))
+        .await
+        .unwrap();
+    assert_eq!(unknown.is_error, Some(true));
+    assert!(unknown.content[0]
+        .as_text()
+        .unwrap()
+        .text
+        .contains("req-nope"));
+    client.cancel().await.unwrap();
+}
+
+#[tokio::test]
+async fn force_escalate_lands_on_a_higher_tier_with_the_draft() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let client = start(&default_yaml()).await;
+    let schemas = schemas(&client).await;
+    let first = call(
+        &client,
+        "route_query",
+        json!({"query": "Give me a name for a cat.", "preferred_tier": "router", "max_tokens": 12}),
+    )
+    .await
+    .unwrap();
+    let first = structured(&schemas, "route_query", &first);
+    let id = first["request_id"].as_str().unwrap();
+    let answered_at = first["tier"].as_str().unwrap();
+    let r = call(
+        &client,
+        "force_escalate",
+        json!({"request_id": id, "target_tier": "refiner"}),
+    )
+    .await
+    .unwrap();
+    if answered_at == "refiner" {
+        assert_eq!(r.is_error, Some(true));
+        return;
+    }
+    let v = structured(&schemas, "force_escalate", &r);
+    assert_eq!(v["escalated_from"], id);
+    assert_eq!(v["routed_by"], "force_escalate");
+    assert_eq!(v["attempts"][0]["tier"], "refiner");
+    assert_ne!(v["request_id"], id);
+    // The draft made the prompt longer than the plain question's.
+    assert!(
+        v["attempts"][0]["prompt_tokens"].as_u64().unwrap()
+            > first["attempts"][0]["prompt_tokens"].as_u64().unwrap() + 10
+    );
+    // Going down is refused.
+    let id2 = v["request_id"].as_str().unwrap();
+    let down = call(
+        &client,
+        "force_escalate",
+        json!({"request_id": id2, "target_tier": "router"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(down.is_error, Some(true));
+    assert!(down.content[0]
+        .as_text()
+        .unwrap()
+        .text
+        .contains("only goes up"));
+    client.cancel().await.unwrap();
+}
+
+/// The resident tiers, sorted.
+async fn loaded(client: &Client) -> Vec<String> {
+    let s = call(client, "get_tier_status", json!({})).await.unwrap();
+    let mut v: Vec<String> =
+        serde_json::from_value(s.structured_content.unwrap()["memory"]["loaded"].clone()).unwrap();
+    v.sort();
+    v
+}
+
+#[tokio::test]
+async fn bad_input_gets_clear_errors_and_the_server_keeps_serving() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let client = start(&default_yaml()).await;
+    let schemas = schemas(&client).await;
+    let ok = || json!({"query": "Say hello.", "max_tokens": 8});
+    // Load a model first: errors must not unload it.
+    structured(
+        &schemas,
+        "route_query",
+        &call(&client, "route_query", ok()).await.unwrap(),
+    );
+
+    let long = "word ".repeat(3000);
+    let cases: Vec<(Value, &[&str])> = vec![
+        (json!({"query": ""}), &["query", "empty"]),
+        (json!({"query": "   \n\t"}), &["query", "empty"]),
+        (json!({"query": long}), &["tokens", "2048"]),
+        (
+            json!({"query": "hi", "preferred_tier": "wizard"}),
+            &["preferred_tier", "wizard", "router"],
+        ),
+        (
+            json!({"query": "hi", "max_tokens": 0}),
+            &["max_tokens", "0"],
+        ),
+        (
+            json!({"query": "hi", "max_tokens": 10_000_000}),
+            &["max_tokens", "10000000"],
+        ),
+        (
+            json!({"query": "hi", "temperature": 7.5}),
+            &["temperature", "7.5"],
+        ),
+        (json!({"query": "hi", "temperature": -1}), &["temperature"]),
+        (json!({"query": 42}), &["query"]),
+        (json!({"query": "hi", "max_tokens": "ten"}), &["max_tokens"]),
+        (json!({"query": "hi", "max_tokens": -3}), &["max_tokens"]),
+        (json!({}), &["query"]),
+        (json!({"query": "hi", "bogus": 1}), &["bogus"]),
+        (
+            json!({"query": "hi", "context": {"history": [{"role": "robot", "content": "x"}]}}),
+            &["role", "robot"],
+        ),
+    ];
+    for (args, needles) in cases {
+        let args_text = args.to_string();
+        let args = args_text.chars().take(80).collect::<String>();
+        let full: Value = serde_json::from_str(&args_text).unwrap();
+        let before = loaded(&client).await;
+        let err = call(&client, "route_query", full)
+            .await
+            .expect_err(&format!("{args} was accepted"));
+        assert_eq!(
+            loaded(&client).await,
+            before,
+            "{args} changed what is loaded"
+        );
+        for n in needles {
+            assert!(err.contains(n), "{args}: error {err:?} lacks {n:?}");
+        }
+        assert!(
+            err.to_lowercase().contains("invalid") || err.contains("-32602"),
+            "{args}: {err}"
+        );
+        let r = call(&client, "route_query", ok()).await.unwrap();
+        structured(&schemas, "route_query", &r);
+    }
+    let err = call(&client, "force_escalate", json!({"request_id": 7}))
+        .await
+        .unwrap_err();
+    assert!(err.contains("request_id"), "{err}");
+    client.cancel().await.unwrap();
+}
