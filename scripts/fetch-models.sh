@@ -95,7 +95,7 @@ if [ "$DERIVE" = 1 ]; then
       bin="$root/target/release/xnai-model-router"
     fi
     log "deriving $F16 from $SMOL"
-    "$bin" quantize "$MODELS_DIR/$SMOL" "$MODELS_DIR/$F16" f16
+    "$bin" quantize "$MODELS_DIR/$SMOL" "$MODELS_DIR/$F16" f16 >&2
     touch "$MODELS_DIR/$F16.ok"
   fi
 fi

@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # One command from a fresh machine to the main job: installs what is missing,
-# builds, fetches the small default models, then asks a question through
-# every tier of the default ladder (tiers.yaml), printing each answer with
-# its tier, timings and memory. Extra arguments replace the question.
+# builds, fetches the small default models, then starts the MCP server on the
+# default ladder (tiers.yaml) over stdio, the way an MCP client launches it.
+#   scripts/run.sh            set up, then serve MCP on stdin/stdout
+#   scripts/run.sh --ask Q    set up, then ask Q through every tier and exit
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/install-deps.sh
-cargo build --release
+scripts/install-deps.sh >&2
+cargo build --release >&2
 XNAI_BIN=target/release/xnai-model-router scripts/fetch-models.sh
-question="${*:-Why is the sky blue? Answer in two sentences.}"
-exec target/release/xnai-model-router ask --all --max-tokens 96 "$question"
+if [ "${1:-}" = "--ask" ]; then
+  shift
+  exec target/release/xnai-model-router ask --all --max-tokens 96 "${*:-Why is the sky blue?}"
+fi
+exec target/release/xnai-model-router serve --config tiers.yaml "$@"

@@ -170,6 +170,38 @@ mod tests {
     }
 
     #[test]
+    fn preferred_beats_domain_beats_level() {
+        use crate::classify::{classify, Domain};
+        let dir = std::env::temp_dir();
+        let mut config = crate::config::Config {
+            source: dir.join("tiers.yaml"),
+            memory: crate::config::MemoryConfig {
+                budget: crate::config::ByteSize::gib(6),
+                reserve: crate::config::ByteSize::gib(1),
+                max_loaded: 2,
+                preload_next: false,
+            },
+            routing: crate::config::Routing {
+                levels: [0, 0, 1, 1, 2],
+                domains: Default::default(),
+                max_escalations: 2,
+                hand_over_draft: true,
+                token_budget: 4096,
+                history: 8,
+            },
+            tiers: Vec::new(),
+        };
+        let c = classify("Debug this function: fn f() {}");
+        assert_eq!(start_tier(&config, &c, None), (1, RoutedBy::Classifier));
+        config.routing.domains.insert(Domain::Code, (2, Some(1)));
+        assert_eq!(start_tier(&config, &c, None), (2, RoutedBy::Domain));
+        assert_eq!(
+            start_tier(&config, &c, Some(0)),
+            (0, RoutedBy::PreferredTier)
+        );
+    }
+
+    #[test]
     fn role_shares_follow_the_design() {
         assert_eq!(role_tokens(Role::Router, 4096), 409);
         assert_eq!(role_tokens(Role::Draft, 4096), 1024);

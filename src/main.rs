@@ -154,7 +154,7 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("XNAI_LOG")
-                .unwrap_or_else(|_| "warn,xnai_model_router=info".into()),
+                .unwrap_or_else(|_| "warn,xnai_model_router=info,llama-cpp-2=error".into()),
         )
         .init();
     let cli = Cli::parse();
@@ -315,7 +315,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn exe() -> String {
+    std::env::current_exe().map_or_else(|_| "xnai-model-router".into(), |p| p.display().to_string())
+}
+
 async fn serve(config: Arc<Config>, transport: Transport) -> anyhow::Result<()> {
+    let config_path =
+        std::fs::canonicalize(&config.source).unwrap_or_else(|_| config.source.clone());
     use rmcp::ServiceExt;
     let tiers = config.tier_names();
     let router = Arc::new(Router::new(LlamaEngine::new(), config));
@@ -323,6 +329,18 @@ async fn serve(config: Arc<Config>, transport: Transport) -> anyhow::Result<()> 
     match transport {
         Transport::Stdio => {
             tracing::info!(%tiers, "serving MCP over stdio");
+            if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+                eprintln!(
+                    "xnai-model-router: MCP server on stdin/stdout, waiting for a client (Ctrl-C to stop).\n\
+                     Register it with an MCP client instead, e.g.:\n  \
+                     claude mcp add xnai-model-router -- {} serve --config {}\n\
+                     or try it with the MCP Inspector:\n  \
+                     npx @modelcontextprotocol/inspector --cli {} serve --method tools/list",
+                    exe(),
+                    config_path.display(),
+                    exe()
+                );
+            }
             server
                 .serve(rmcp::transport::stdio())
                 .await?

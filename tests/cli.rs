@@ -139,3 +139,28 @@ fn quantize_derives_a_loadable_model_and_rejects_unknown_types() {
     let err = text(&bad.stderr);
     assert!(err.contains("q9_9") && err.contains("q4_k_m"), "{err}");
 }
+
+#[test]
+fn the_committed_manifest_matches_the_code() {
+    let out = run(&["manifest"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let generated: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let committed: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("mcp-manifest.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        committed, generated,
+        "mcp-manifest.json is stale: run `xnai-model-router manifest > mcp-manifest.json`"
+    );
+    let tools = generated["tools"].as_array().unwrap();
+    assert_eq!(tools.len(), 3);
+    for t in tools {
+        assert!(
+            t["inputSchema"].is_object() && t["outputSchema"].is_object(),
+            "{t}"
+        );
+    }
+    assert_eq!(generated["transports"]["stdio"]["args"][0], "serve");
+}

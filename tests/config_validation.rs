@@ -253,3 +253,48 @@ fn the_committed_schema_matches_the_code() {
         "tiers.schema.json is stale: run `xnai-model-router config schema > tiers.schema.json`"
     );
 }
+
+#[test]
+fn routing_names_unknown_tiers_by_field() {
+    let dir = dir_with_models();
+    let yaml = format!(
+        "routing:\n  levels: {{ medium: huge }}\n  domains: {{ code: {{ tier: big, fallback: nope }} }}\n{GOOD}"
+    );
+    let p = problems(dir.path(), &yaml);
+    assert_has(
+        &p,
+        &[
+            "routing.levels.medium",
+            "unknown tier \"huge\"",
+            "small, mid, big",
+        ],
+    );
+    assert_has(&p, &["routing.domains.code.fallback", "\"nope\""]);
+    let p = problems(
+        dir.path(),
+        &format!("routing: {{ levels: {{ hard: big }} }}\n{GOOD}"),
+    );
+    assert_has(&p, &["hard"]);
+}
+
+#[test]
+fn routing_defaults_spread_levels_and_resolve_domains() {
+    let dir = dir_with_models();
+    let path = dir.path().join("tiers.yaml");
+    std::fs::write(
+        &path,
+        format!("routing:\n  levels: {{ trivial: mid }}\n  domains: {{ code: {{ tier: big, fallback: mid }} }}\n{GOOD}"),
+    )
+    .unwrap();
+    let c = Config::load(&path).unwrap();
+    // trivial set by hand; the rest spread: level i -> tier i*3/5.
+    assert_eq!(c.routing.levels, [1, 0, 1, 1, 2]);
+    assert_eq!(
+        c.routing
+            .domains
+            .get(&xnai_model_router::classify::Domain::Code),
+        Some(&(2, Some(1)))
+    );
+    assert_eq!(c.routing.max_escalations, 2);
+    assert!(c.routing.hand_over_draft);
+}

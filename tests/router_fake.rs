@@ -1,0 +1,209 @@
+//! Cascade policy through the router with the scripted engine: fallbacks,
+//! escalation outcomes, failures mid-cascade, and the bounded history. Fast;
+//! the real-model behaviour is tested over MCP in mcp_stdio.rs.
+
+mod common;
+
+use common::synthetic_gguf;
+use std::sync::Arc;
+use xnai_model_router::cascade::{Outcome, RoutedBy};
+use xnai_model_router::config::Config;
+use xnai_model_router::engine::fake::{FakeEngine, Script};
+use xnai_model_router::router::{RouteRequest, Router};
+use xnai_model_router::Error;
+
+fn router(routing: &str, scripts: &[(&str, Script)]) -> (tempfile::TempDir, Router<FakeEngine>) {
+    let dir = tempfile::tempdir().unwrap();
+    for n in ["a", "b", "c"] {
+        synthetic_gguf(dir.path(), &format!("{n}.gguf"), 1 << 20);
+    }
+    let yaml = format!(
+        "routing: {routing}
+tiers:
+  - {{ name: a, role: router, model: a.gguf, threshold: 0.5, max_tokens: 64, context: 64 }}
+  - {{ name: b, role: refine, model: b.gguf, threshold: 0.7, max_tokens: 64, context: 64 }}
+  - {{ name: c, role: expert, model: c.gguf, threshold: 0.9, max_tokens: 64, context: 64 }}
+"
+    );
+    let path = dir.path().join("tiers.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let engine = FakeEngine::new();
+    for (tier, s) in scripts {
+        engine.script(tier, s.clone());
+    }
+    let config = Arc::new(Config::load(&path).unwrap());
+    (dir, Router::new(engine, config))
+}
+
+fn prob(p: f32) -> Script {
+    Script {
+        text: "some answer words here".into(),
+        prob: p,
+        ..Script::default()
+    }
+}
+
+fn ask(q: &str) -> RouteRequest {
+    RouteRequest {
+        query: q.into(),
+        ..RouteRequest::default()
+    }
+}
+
+fn outcomes(r: &xnai_model_router::router::RouteResult) -> Vec<(String, Outcome)> {
+    r.attempts
+        .iter()
+        .map(|a| (a.tier.clone(), a.outcome))
+        .collect()
+}
+
+#[tokio::test]
+async fn escalates_until_a_tier_is_confident() {
+    let (_d, r) = router(
+        "{}",
+        &[("a", prob(0.3)), ("b", prob(0.8)), ("c", prob(0.99))],
+    );
+    let res = r.route(ask("What time is it?")).await.unwrap();
+    assert_eq!(res.routed_by, RoutedBy::Classifier);
+    assert_eq!(
+        outcomes(&res),
+        vec![
+            ("a".into(), Outcome::Escalated),
+            ("b".into(), Outcome::ConfidenceMet)
+        ]
+    );
+    assert_eq!(res.tier, "b");
+    assert!((res.confidence - 0.8).abs() < 1e-6);
+}
+
+#[tokio::test]
+async fn stops_at_the_top_or_at_the_escalation_limit() {
+    let (_d, r) = router(
+        "{}",
+        &[("a", prob(0.1)), ("b", prob(0.1)), ("c", prob(0.1))],
+    );
+    let res = r.route(ask("What time is it?")).await.unwrap();
+    assert_eq!(res.attempts.len(), 3);
+    assert_eq!(res.attempts[2].outcome, Outcome::TopTierReached);
+
+    let (_d, r) = router(
+        "{ max_escalations: 1 }",
+        &[("a", prob(0.1)), ("b", prob(0.1))],
+    );
+    let res = r.route(ask("What time is it?")).await.unwrap();
+    assert_eq!(
+        outcomes(&res),
+        vec![
+            ("a".into(), Outcome::Escalated),
+            ("b".into(), Outcome::EscalationLimit)
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_failing_upper_tier_leaves_the_lower_answer_standing() {
+    let broken = Script {
+        load_error: Some("disk on fire".into()),
+        ..Script::default()
+    };
+    let (_d, r) = router("{}", &[("a", prob(0.2)), ("b", broken)]);
+    let res = r.route(ask("What time is it?")).await.unwrap();
+    assert_eq!(res.tier, "a");
+    assert_eq!(res.attempts[1].outcome, Outcome::Failed);
+    let err = res.attempts[1].error.as_deref().unwrap();
+    assert!(
+        err.contains("tier b") && err.contains("disk on fire"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_domain_tier_that_cannot_load_falls_back() {
+    let broken = Script {
+        load_error: Some("missing".into()),
+        ..Script::default()
+    };
+    let (_d, r) = router(
+        "{ domains: { code: { tier: c, fallback: b } } }",
+        &[("c", broken), ("b", prob(0.95))],
+    );
+    let res = r
+        .route(ask("Debug this function: fn main() { let x = 1; }"))
+        .await
+        .unwrap();
+    assert_eq!(res.routed_by, RoutedBy::Domain);
+    assert_eq!(res.attempts[0].tier, "c");
+    assert_eq!(res.attempts[0].outcome, Outcome::Failed);
+    assert_eq!(res.tier, "b");
+}
+
+#[tokio::test]
+async fn the_first_tier_failing_without_fallback_is_an_error_naming_it() {
+    let broken = Script {
+        load_error: Some("corrupt".into()),
+        ..Script::default()
+    };
+    let (_d, r) = router("{}", &[("a", broken)]);
+    let err = r
+        .route(ask("What time is it?"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("tier a") && err.contains("corrupt"), "{err}");
+}
+
+#[tokio::test]
+async fn force_escalate_history_is_bounded_and_goes_up() {
+    let (_d, r) = router(
+        "{ history: 2 }",
+        &[("a", prob(0.99)), ("b", prob(0.99)), ("c", prob(0.99))],
+    );
+    let first = r.route(ask("What time is it?")).await.unwrap();
+    assert_eq!(first.tier, "a");
+    let up = r.escalate(&first.request_id, None).await.unwrap();
+    assert_eq!(up.tier, "b");
+    assert_eq!(
+        up.escalated_from.as_deref(),
+        Some(first.request_id.as_str())
+    );
+    assert_eq!(up.routed_by, RoutedBy::ForceEscalate);
+    let top = r.escalate(&up.request_id, Some("c")).await.unwrap();
+    assert_eq!(top.tier, "c");
+    // Three requests recorded, two kept: the first has expired.
+    let err = r
+        .escalate(&first.request_id, None)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("unknown or expired") && err.contains("last 2"),
+        "{err}"
+    );
+    let err = r
+        .escalate(&top.request_id, None)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("top tier"), "{err}");
+    let err = r.escalate(&up.request_id, Some("zzz")).await.unwrap_err();
+    assert!(matches!(err, Error::InvalidInput { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn status_counts_requests_and_escalations() {
+    let (_d, r) = router("{}", &[("a", prob(0.1)), ("b", prob(0.99))]);
+    for _ in 0..3 {
+        r.route(ask("What time is it?")).await.unwrap();
+    }
+    let s = r.tier_status();
+    assert_eq!(
+        (
+            s.tiers[0].attempts,
+            s.tiers[0].escalations_out,
+            s.tiers[0].requests_served
+        ),
+        (3, 3, 0)
+    );
+    assert_eq!((s.tiers[1].attempts, s.tiers[1].requests_served), (3, 3));
+    assert!(s.memory.loaded.len() <= 2);
+}
