@@ -86,7 +86,41 @@ impl<S, T: serde::de::DeserializeOwned> FromContextPart<ToolCallContext<'_, S>> 
 }
 
 fn input_schema<T: JsonSchema + 'static>() -> Arc<JsonObject> {
-    schema_for_input::<T>().expect("argument types have object schemas")
+    portable(schema_for_input::<T>().expect("argument types have object schemas"))
+}
+
+fn output_schema<T: JsonSchema + 'static>() -> Arc<JsonObject> {
+    portable(schema_for_output::<T>())
+}
+
+/// Drops schemars' Rust-specific integer and float formats (`uint32`,
+/// `double`, ...): JSON Schema validators in clients (ajv in the MCP
+/// Inspector, for one) warn about every unknown format. `minimum: 0` and
+/// `type: integer` already say what they meant.
+fn portable(schema: Arc<JsonObject>) -> Arc<JsonObject> {
+    fn strip(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(map) => {
+                let rust_format = map.get("format").and_then(|f| f.as_str()).is_some_and(|f| {
+                    matches!(f, "uint" | "int" | "float" | "double")
+                        || f.starts_with("uint")
+                        || f.starts_with("int")
+                });
+                if rust_format {
+                    map.remove("format");
+                }
+                map.values_mut().for_each(strip);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    let mut value = serde_json::Value::Object((*schema).clone());
+    strip(&mut value);
+    match value {
+        serde_json::Value::Object(map) => Arc::new(map),
+        _ => schema,
+    }
 }
 
 /// The MCP server: the three tools over a shared [`Router`].
@@ -193,7 +227,7 @@ impl<E: Engine> McpServer<E> {
     #[tool(
         description = "Answer a query with the smallest local model tier likely to answer it well. A classifier picks the start tier from the query's complexity and domain; if the answer's confidence is below that tier's threshold the next tier refines it. Returns the answer, the tier and model, confidence, complexity signals, every attempt, timings, tokens and memory.",
         input_schema = input_schema::<RouteQueryArgs>(),
-        output_schema = schema_for_output::<RouteResult>()
+        output_schema = output_schema::<RouteResult>()
     )]
     async fn route_query(
         &self,
@@ -213,7 +247,7 @@ impl<E: Engine> McpServer<E> {
 
     #[tool(
         description = "Show every tier of the ladder: model, whether it is loaded, estimated and measured memory, requests served, escalations, latency and tokens/s; and the memory budget, estimate in use, process RSS and system memory.",
-        output_schema = schema_for_output::<TierStatusReport>()
+        output_schema = output_schema::<TierStatusReport>()
     )]
     async fn get_tier_status(&self) -> Result<CallToolResult, ErrorData> {
         to_tool_result(Ok(self.router.tier_status()), status_summary)
@@ -222,7 +256,7 @@ impl<E: Engine> McpServer<E> {
     #[tool(
         description = "Re-answer a recent request one tier up (or at target_tier, which must be higher), handing the previous answer to the larger model as a draft to refine. Returns the route_query result plus escalated_from.",
         input_schema = input_schema::<ForceEscalateArgs>(),
-        output_schema = schema_for_output::<RouteResult>()
+        output_schema = output_schema::<RouteResult>()
     )]
     async fn force_escalate(
         &self,
