@@ -136,6 +136,7 @@ pub async fn ask<E: Engine>(
         stop: opts.stop.clone(),
         ignore_eos: false,
         cancel: Cancel::default(),
+        speculation: Default::default(),
     };
     let g = lease.generate(request).await?;
     let (load_ms, wait_ms) = (lease.load_ms, lease.wait_ms);

@@ -202,6 +202,7 @@ pub async fn engine_bench(
         stop: Vec::new(),
         ignore_eos: true,
         cancel: Cancel::default(),
+        speculation: Default::default(),
     };
     // Warm-up: page the weights in, as llama-bench's own warm-up run does.
     engine.generate(loaded.id, request.clone()).await?;

@@ -223,8 +223,9 @@ impl Reader<'_> {
         Ok(String::from_utf8_lossy(&buf).into_owned())
     }
 
-    /// Reads one value of GGUF type `ty`; arrays are skipped, keeping the length.
-    fn value(&mut self, ty: u32) -> Result<MetaValue, GgufError> {
+    /// Reads one value of GGUF type `ty`; arrays are skipped, keeping the
+    /// length, unless `keep` is given: then a string array's items land there.
+    fn value(&mut self, ty: u32, keep: Option<&mut Vec<String>>) -> Result<MetaValue, GgufError> {
         Ok(match ty {
             0 => MetaValue::Int(self.bytes::<1>()?[0] as i64),
             1 => MetaValue::Int(self.bytes::<1>()?[0] as i8 as i64),
@@ -243,12 +244,20 @@ impl Reader<'_> {
                 }
                 match fixed_width(item_ty) {
                     Some(w) => self.skip(len * w)?,
-                    None if item_ty == 8 => {
-                        for _ in 0..len {
-                            let n = self.u64()?;
-                            self.skip(n)?;
+                    None if item_ty == 8 => match keep {
+                        Some(out) => {
+                            out.reserve(len.min(1 << 20) as usize);
+                            for _ in 0..len {
+                                out.push(self.string()?);
+                            }
                         }
-                    }
+                        None => {
+                            for _ in 0..len {
+                                let n = self.u64()?;
+                                self.skip(n)?;
+                            }
+                        }
+                    },
                     None => {
                         return Err(self.corrupt(format!("unsupported array item type {item_ty}")))
                     }
@@ -282,6 +291,22 @@ fn fixed_width(ty: u32) -> Option<u64> {
 /// magic or version, a corrupt header, a tensor of unknown type, or a file
 /// shorter than its tensor table says.
 pub fn inspect(path: &Path) -> Result<GgufInfo, GgufError> {
+    read(path, None)
+}
+
+/// [`inspect`], also returning the token texts (`tokenizer.ggml.tokens`),
+/// for the draft/target vocabulary check.
+///
+/// # Errors
+///
+/// As [`inspect`].
+pub fn inspect_with_tokens(path: &Path) -> Result<(GgufInfo, Vec<String>), GgufError> {
+    let mut tokens = Vec::new();
+    let info = read(path, Some(&mut tokens))?;
+    Ok((info, tokens))
+}
+
+fn read(path: &Path, mut tokens: Option<&mut Vec<String>>) -> Result<GgufInfo, GgufError> {
     let io = |source| GgufError::Io {
         path: path.to_path_buf(),
         source,
@@ -321,7 +346,12 @@ pub fn inspect(path: &Path) -> Result<GgufInfo, GgufError> {
     for _ in 0..kv_count {
         let key = r.string()?;
         let ty = r.u32()?;
-        let value = r.value(ty)?;
+        let keep = if key == "tokenizer.ggml.tokens" {
+            tokens.as_deref_mut()
+        } else {
+            None
+        };
+        let value = r.value(ty, keep)?;
         metadata.insert(key, value);
     }
     let alignment = match metadata.get("general.alignment") {

@@ -14,6 +14,7 @@
 //! - [`ask`]: one question on one tier, with timings and memory.
 //! - [`router`]: the routing service: classify, cascade, history, per-tier statistics.
 //! - [`status`]: the ladder with its costs, as text.
+//! - [`vocab`]: whether one model can draft for another (llama.cpp's rule).
 //! - [`quantize`]: derives models of other weight types with llama.cpp's quantizer.
 //! - [`bench`]: generation speed against llama.cpp's own llama-bench.
 //! - [`mcp`]: the MCP tools (route_query, get_tier_status, force_escalate) and the manifest.
@@ -36,5 +37,6 @@ pub mod pool;
 pub mod quantize;
 pub mod router;
 pub mod status;
+pub mod vocab;
 
 pub use error::{Error, Result};

@@ -417,6 +417,7 @@ impl<E: Engine> Router<E> {
                 stop: Vec::new(),
                 ignore_eos: false,
                 cancel: Cancel::default(),
+                speculation: Default::default(),
             };
             let outcome = match self.pool.acquire(tier).await {
                 Err(e) => Err(Error::from(e)),

@@ -94,6 +94,7 @@ pub struct Tier {
     pub context: u32,
     pub threads: u32,
     pub mlock: bool,
+    pub speculative: raw::RawSpeculative,
     pub has_chat_template: bool,
     pub shape: ModelShape,
     /// Estimated resident bytes once loaded.
@@ -171,6 +172,7 @@ impl Config {
                 context: None,
                 threads: None,
                 mlock: false,
+                speculative: raw::RawSpeculative::default(),
             }],
         };
         validate::validate(

@@ -182,4 +182,50 @@ pub struct RawTier {
     /// Default: false (weights are memory-mapped).
     #[serde(default)]
     pub mlock: bool,
+    /// Speculative decoding settings (used with `draft`, or for n-gram drafting).
+    #[serde(default)]
+    pub speculative: RawSpeculative,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawSpeculative {
+    /// Most tokens drafted per target pass. Default: 8.
+    #[serde(default = "default_draft_max")]
+    pub draft_max: u32,
+    /// Fewest tokens drafted per pass (adaptive mode never goes below). Default: 1.
+    #[serde(default = "default_draft_min")]
+    pub draft_min: u32,
+    /// Stop a draft early when the draft model's probability of its next
+    /// token is below this. Default: 0 (never stop early).
+    #[serde(default)]
+    pub p_min: f32,
+    /// Grow the draft length while drafts are accepted, shrink it on early
+    /// rejections. Default: false.
+    #[serde(default)]
+    pub adaptive: bool,
+    /// Without a draft model, draft by prompt lookup (n-grams of the prompt
+    /// and the text so far). Default: false.
+    #[serde(default)]
+    pub ngram: bool,
+}
+
+impl Default for RawSpeculative {
+    fn default() -> Self {
+        RawSpeculative {
+            draft_max: default_draft_max(),
+            draft_min: default_draft_min(),
+            p_min: 0.0,
+            adaptive: false,
+            ngram: false,
+        }
+    }
+}
+
+fn default_draft_max() -> u32 {
+    8
+}
+
+fn default_draft_min() -> u32 {
+    1
 }

@@ -133,6 +133,25 @@ pub fn validate(raw: RawConfig, source: &Path) -> Result<Config, ConfigError> {
         if t.threads == Some(0) {
             bad(at("threads"), "must be at least 1, got 0".into());
         }
+        let sp = &t.speculative;
+        if !(1..=64).contains(&sp.draft_max) {
+            bad(
+                at("speculative.draft_max"),
+                format!("{} is outside 1..=64", sp.draft_max),
+            );
+        }
+        if sp.draft_min > sp.draft_max {
+            bad(
+                at("speculative.draft_min"),
+                format!("{} is above draft_max {}", sp.draft_min, sp.draft_max),
+            );
+        }
+        if !(0.0..=1.0).contains(&sp.p_min) {
+            bad(
+                at("speculative.p_min"),
+                format!("{} is outside [0, 1]", sp.p_min),
+            );
+        }
         if let Some(c) = t.context.filter(|c| *c < MIN_CONTEXT) {
             bad(
                 at("context"),
@@ -187,6 +206,12 @@ pub fn validate(raw: RawConfig, source: &Path) -> Result<Config, ConfigError> {
                 continue;
             }
             tiers[i].draft = Some(j);
+            if let Err(why) = vocab_compatible(&tiers[j].model, &tiers[i].model) {
+                bad(
+                    format!("tiers[{i}].draft"),
+                    format!("{d:?} cannot draft for {:?}: {why}", tiers[i].name),
+                );
+            }
             let pair = tiers[i].cost.total + tiers[j].cost.total;
             if memory.max_loaded < 2 {
                 bad(
@@ -227,6 +252,16 @@ pub fn validate(raw: RawConfig, source: &Path) -> Result<Config, ConfigError> {
             problems,
         })
     }
+}
+
+/// llama.cpp's draft compatibility rule on two model files.
+fn vocab_compatible(draft: &Path, target: &Path) -> Result<(), String> {
+    let facts = |p: &Path| {
+        gguf::inspect_with_tokens(p)
+            .map(|(info, tokens)| crate::vocab::VocabFacts::from_gguf(&info, tokens))
+            .map_err(|e| e.to_string())
+    };
+    crate::vocab::check_compatible(&facts(draft)?, &facts(target)?)
 }
 
 /// Resolves tier names in the routing section to indices.
@@ -324,6 +359,7 @@ fn resolve_tier(
         context,
         threads: t.threads.unwrap_or_else(default_threads),
         mlock: t.mlock,
+        speculative: t.speculative.clone(),
         has_chat_template: info.has_chat_template(),
         shape,
         cost,

@@ -7,6 +7,7 @@
 //! two decodes at once on the same cores only slow each other down.
 
 use super::sampling::Sampler;
+use super::speculative;
 use super::stop::StopSet;
 use super::{
     EngineError, FinishReason, GenerateRequest, Generation, LoadSpec, LoadedModel, Message,
@@ -142,9 +143,21 @@ fn worker(rx: mpsc::Receiver<Command>) {
                 let _ = reply.send(());
             }
             Command::Generate(id, request, reply) => {
-                let result = match models.get_mut(&id) {
-                    Some(r) => generate(r, &request),
-                    None => Err(EngineError::NotLoaded(id)),
+                let result = match request.speculation {
+                    super::Speculation::Draft { model: d, .. } if d == id => Err(
+                        EngineError::Decode("a model cannot draft for itself".into()),
+                    ),
+                    super::Speculation::Draft { model: d, .. } => {
+                        match models.get_disjoint_mut([&id, &d]) {
+                            [Some(t), Some(dr)] => generate(t, Some(dr), &request),
+                            [None, _] => Err(EngineError::NotLoaded(id)),
+                            [_, None] => Err(EngineError::NotLoaded(d)),
+                        }
+                    }
+                    _ => match models.get_mut(&id) {
+                        Some(r) => generate(r, None, &request),
+                        None => Err(EngineError::NotLoaded(id)),
+                    },
                 };
                 let _ = reply.send(result);
             }
@@ -247,100 +260,111 @@ pub fn plain_prompt(messages: &[Message]) -> String {
     out
 }
 
-fn decode_err(e: impl std::fmt::Display) -> EngineError {
+pub(super) fn decode_err(e: impl std::fmt::Display) -> EngineError {
     EngineError::Decode(e.to_string())
 }
 
-fn generate(r: &mut Resident, req: &GenerateRequest) -> Result<Generation, EngineError> {
-    let model: &LlamaModel = &r.model;
+/// A prompt ready to decode: tokens, format and stop strings.
+struct Prepared {
+    tokens: Vec<LlamaToken>,
+    format: PromptFormat,
+    stops: StopSet,
+}
+
+fn prepare(model: &LlamaModel, n_ctx: u32, req: &GenerateRequest) -> Result<Prepared, EngineError> {
     let vocab = model.vocab();
-    let (prompt, prompt_format) = render_prompt(model, &req.messages);
+    let (prompt, format) = render_prompt(model, &req.messages);
     // Plain prompts would otherwise run on into a made-up next turn.
     let mut stops = req.stop.clone();
-    if prompt_format == PromptFormat::Plain {
+    if format == PromptFormat::Plain {
         stops.push("\nUser:".into());
     }
-    let stop_set = StopSet::new(&stops);
     let mut tokens = vocab.tokenize(prompt.as_bytes(), true, true);
     // Templates that spell out BOS themselves would get a second one.
     if tokens.len() >= 2 && tokens[0] == tokens[1] && tokens[0] == vocab.bos() {
         tokens.remove(0);
     }
-    let n_ctx = r.ctx.n_ctx();
-    if tokens.len() + 1 >= n_ctx as usize {
+    if tokens.is_empty() || tokens.len() + 1 >= n_ctx as usize {
         return Err(EngineError::PromptTooLong {
             tokens: tokens.len(),
             context: n_ctx,
         });
     }
+    Ok(Prepared {
+        tokens,
+        format,
+        stops: StopSet::new(&stops),
+    })
+}
 
-    let started = Instant::now();
-    r.ctx.clear_kv_cache();
-    // llama.cpp caps n_batch at the context size: chunk by what it allocated.
-    let n_batch = r.ctx.n_batch() as usize;
-    let mut batch = LlamaBatch::new(n_batch, 1);
+/// Decodes `tokens` from position `pos` in batches of the context's
+/// n_batch, with logits for the last token only.
+pub(super) fn feed(
+    ctx: &mut LlamaContext<'static>,
+    batch: &mut LlamaBatch,
+    tokens: &[LlamaToken],
+    pos: usize,
+) -> Result<(), EngineError> {
+    let n_batch = ctx.n_batch() as usize;
     let last = tokens.len() - 1;
     for (c, chunk) in tokens.chunks(n_batch).enumerate() {
         batch.clear();
         for (j, &t) in chunk.iter().enumerate() {
-            let pos = c * n_batch + j;
+            let i = c * n_batch + j;
             batch
-                .add(t, pos as i32, &[0], pos == last)
+                .add(t, (pos + i) as i32, &[0], i == last)
                 .map_err(decode_err)?;
         }
-        r.ctx.decode(&mut batch).map_err(decode_err)?;
+        ctx.decode(batch).map_err(decode_err)?;
     }
+    Ok(())
+}
+
+fn generate(
+    r: &mut Resident,
+    draft: Option<&mut Resident>,
+    req: &GenerateRequest,
+) -> Result<Generation, EngineError> {
+    let n_ctx = r.ctx.n_ctx();
+    let prep = prepare(&r.model, n_ctx, req)?;
+    let started = Instant::now();
+    r.ctx.clear_kv_cache();
+    let mut batch = LlamaBatch::new(r.ctx.n_batch() as usize, 1);
+    feed(&mut r.ctx, &mut batch, &prep.tokens, 0)?;
     let prompt_ms = started.elapsed().as_secs_f64() * 1e3;
 
     let gen_started = Instant::now();
+    let room = n_ctx as usize - prep.tokens.len();
+    let mut out = Output::new(
+        &r.model,
+        prep.stops,
+        (req.max_tokens as usize).min(room),
+        req.max_tokens as usize,
+        req.ignore_eos,
+        req.cancel.clone(),
+    );
     let mut sampler = Sampler::new(req.sampling);
-    let room = n_ctx as usize - tokens.len();
-    let budget = (req.max_tokens as usize).min(room);
-    let mut pos = tokens.len() as i32;
-    let mut logits_idx = batch.n_tokens() - 1;
-    let mut ids = Vec::with_capacity(budget);
-    let mut probs = Vec::with_capacity(budget);
-    let mut text: Vec<u8> = Vec::new();
-    let finish = loop {
-        if req.cancel.is_cancelled() {
-            break FinishReason::Cancelled;
-        }
-        let pick = sampler.pick(r.ctx.get_logits_ith(logits_idx));
-        let token = LlamaToken(pick.token as i32);
-        if !req.ignore_eos && vocab.is_eog(token) {
-            break FinishReason::EndOfText;
-        }
-        ids.push(pick.token);
-        probs.push(pick.prob);
-        let old_len = text.len();
-        vocab.token_to_piece_into(token, &mut text, false, None);
-        if let Some(at) = stop_set.find(&text, old_len) {
-            text.truncate(at);
-            break FinishReason::StopString;
-        }
-        if ids.len() >= budget {
-            break if ids.len() >= req.max_tokens as usize {
-                FinishReason::Length
-            } else {
-                FinishReason::ContextFull
-            };
-        }
-        batch.clear();
-        batch.add(token, pos, &[0], true).map_err(decode_err)?;
-        r.ctx.decode(&mut batch).map_err(decode_err)?;
-        pos += 1;
-        logits_idx = 0;
-    };
+    let last_logits = batch.n_tokens() - 1;
+    let speculative = speculative::run(
+        &mut r.ctx,
+        draft.map(|d| &mut d.ctx),
+        req.speculation,
+        &prep.tokens,
+        last_logits,
+        &mut sampler,
+        &mut out,
+    )?;
     let generate_ms = gen_started.elapsed().as_secs_f64() * 1e3;
-    let completion_tokens = ids.len() as u32;
+    let completion_tokens = out.ids.len() as u32;
+    let finish = out.finish.unwrap_or(FinishReason::Length);
     Ok(Generation {
-        text: String::from_utf8_lossy(&text).trim().to_string(),
-        token_ids: ids,
-        token_probs: probs,
-        prompt_tokens: tokens.len() as u32,
+        text: String::from_utf8_lossy(&out.text).trim().to_string(),
+        token_ids: out.ids,
+        token_probs: out.probs,
+        prompt_tokens: prep.tokens.len() as u32,
         completion_tokens,
         finish,
-        prompt_format,
+        prompt_format: prep.format,
         prompt_ms,
         generate_ms,
         tokens_per_second: if generate_ms > 0.0 {
@@ -348,5 +372,87 @@ fn generate(r: &mut Resident, req: &GenerateRequest) -> Result<Generation, Engin
         } else {
             0.0
         },
+        speculative,
     })
+}
+
+/// The generated tokens as they are accepted: ids, probabilities, text, and
+/// the reason to stop once there is one.
+pub(super) struct Output<'m> {
+    model: &'m LlamaModel,
+    stops: StopSet,
+    /// Most tokens to emit: max_tokens capped by the context's room.
+    budget: usize,
+    max_tokens: usize,
+    ignore_eos: bool,
+    cancel: super::Cancel,
+    pub ids: Vec<u32>,
+    pub probs: Vec<f32>,
+    pub text: Vec<u8>,
+    pub finish: Option<FinishReason>,
+}
+
+impl<'m> Output<'m> {
+    fn new(
+        model: &'m LlamaModel,
+        stops: StopSet,
+        budget: usize,
+        max_tokens: usize,
+        ignore_eos: bool,
+        cancel: super::Cancel,
+    ) -> Self {
+        Output {
+            model,
+            stops,
+            budget,
+            max_tokens,
+            ignore_eos,
+            cancel,
+            ids: Vec::with_capacity(budget),
+            probs: Vec::with_capacity(budget),
+            text: Vec::new(),
+            finish: None,
+        }
+    }
+
+    /// Tokens that may still be emitted.
+    pub fn left(&self) -> usize {
+        self.budget.saturating_sub(self.ids.len())
+    }
+
+    /// Emits one token; returns false once generation must stop.
+    pub fn push(&mut self, token: u32, prob: f32) -> bool {
+        if self.finish.is_some() {
+            return false;
+        }
+        if self.cancel.is_cancelled() {
+            self.finish = Some(FinishReason::Cancelled);
+            return false;
+        }
+        let t = LlamaToken(token as i32);
+        if !self.ignore_eos && self.model.vocab().is_eog(t) {
+            self.finish = Some(FinishReason::EndOfText);
+            return false;
+        }
+        self.ids.push(token);
+        self.probs.push(prob);
+        let old_len = self.text.len();
+        self.model
+            .vocab()
+            .token_to_piece_into(t, &mut self.text, false, None);
+        if let Some(at) = self.stops.find(&self.text, old_len) {
+            self.text.truncate(at);
+            self.finish = Some(FinishReason::StopString);
+            return false;
+        }
+        if self.ids.len() >= self.budget {
+            self.finish = Some(if self.ids.len() >= self.max_tokens {
+                FinishReason::Length
+            } else {
+                FinishReason::ContextFull
+            });
+            return false;
+        }
+        true
+    }
 }

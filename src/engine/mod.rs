@@ -7,7 +7,9 @@
 
 pub mod fake;
 pub mod llama;
+pub mod ngram;
 pub mod sampling;
+pub mod speculative;
 pub mod stop;
 
 pub use sampling::Sampling;
@@ -72,6 +74,56 @@ impl Cancel {
     }
 }
 
+/// Speculative decoding knobs, per tier.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SpecParams {
+    pub draft_max: u32,
+    pub draft_min: u32,
+    /// Stop drafting when the draft's probability of its token is below this.
+    pub p_min: f32,
+    pub adaptive: bool,
+}
+
+impl Default for SpecParams {
+    fn default() -> Self {
+        SpecParams {
+            draft_max: 8,
+            draft_min: 1,
+            p_min: 0.0,
+            adaptive: false,
+        }
+    }
+}
+
+/// How tokens are drafted for the target to verify.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub enum Speculation {
+    /// Plain decoding, one token per target pass.
+    #[default]
+    Off,
+    /// A smaller model with the same vocabulary drafts.
+    Draft { model: ModelId, params: SpecParams },
+    /// Prompt lookup: n-grams of the prompt and the text so far draft.
+    Ngram { params: SpecParams },
+}
+
+/// What speculative decoding did during one generation.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize, schemars::JsonSchema)]
+pub struct SpecStats {
+    /// `draft_model` or `ngram`.
+    pub mode: String,
+    /// Target passes (verification batches).
+    pub passes: u32,
+    pub drafted: u32,
+    pub accepted: u32,
+    /// accepted / drafted.
+    pub acceptance_rate: f64,
+    /// Tokens emitted per target pass (accepted drafts plus the target's own).
+    pub mean_accepted_per_pass: f64,
+    pub draft_ms: f64,
+    pub verify_ms: f64,
+}
+
 /// One generation request.
 #[derive(Debug, Clone)]
 pub struct GenerateRequest {
@@ -83,6 +135,7 @@ pub struct GenerateRequest {
     /// Keep generating past end-of-generation tokens (benchmarks only).
     pub ignore_eos: bool,
     pub cancel: Cancel,
+    pub speculation: Speculation,
 }
 
 impl GenerateRequest {
@@ -95,6 +148,7 @@ impl GenerateRequest {
             stop: Vec::new(),
             ignore_eos: false,
             cancel: Cancel::default(),
+            speculation: Speculation::Off,
         }
     }
 }
@@ -145,6 +199,8 @@ pub struct Generation {
     pub generate_ms: f64,
     /// Generated tokens per second of `generate_ms`.
     pub tokens_per_second: f64,
+    /// Drafting and verification counts when decoding was speculative.
+    pub speculative: Option<SpecStats>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -127,7 +127,112 @@ pub struct Pick {
     pub prob: f32,
 }
 
+/// Probability of `token` under softmax(`logits`) (temperature 1).
+pub fn raw_prob(logits: &[f32], token: usize) -> f32 {
+    let (_, max) = argmax(logits);
+    (fast_exp(logits[token] - max) / sum_exp(logits, max, 1.0)).clamp(f32::MIN_POSITIVE, 1.0)
+}
+
+/// Speculative sampling's accept/resample step (Leviathan et al. 2023;
+/// Chen et al. 2023): `x` was drawn from the draft distribution `q`; keep it
+/// with probability min(1, p(x)/q(x)), else draw from normalised
+/// max(0, p - q). The result is distributed exactly as `p`.
+/// Returns the token and whether the draft was kept.
+pub fn accept_or_resample(p: &[f32], q: &[f32], x: usize, rng: &mut Rng) -> (usize, bool) {
+    let (px, qx) = (p[x], q[x]);
+    if qx <= 0.0 || rng.next_f32() < (px / qx).min(1.0) {
+        return (x, true);
+    }
+    let total: f32 = p.iter().zip(q).map(|(a, b)| (a - b).max(0.0)).sum();
+    if total <= 0.0 {
+        return (x, true);
+    }
+    let mut target = rng.next_f32() * total;
+    let mut last = x;
+    for (i, (a, b)) in p.iter().zip(q).enumerate() {
+        let w = (a - b).max(0.0);
+        if w > 0.0 {
+            last = i;
+            target -= w;
+            if target <= 0.0 {
+                return (i, false);
+            }
+        }
+    }
+    (last, false)
+}
+
+/// Draws an index from the normalised distribution `probs`.
+pub fn draw(probs: &[f32], rng: &mut Rng) -> usize {
+    let total: f32 = probs.iter().sum();
+    let mut target = rng.next_f32() * total;
+    let mut last = 0;
+    for (i, &w) in probs.iter().enumerate() {
+        if w > 0.0 {
+            last = i;
+            target -= w;
+            if target <= 0.0 {
+                return i;
+            }
+        }
+    }
+    last
+}
+
 impl Sampler {
+    pub fn is_greedy(&self) -> bool {
+        match self.sampling {
+            Sampling::Greedy => true,
+            Sampling::Random { temperature, .. } => temperature <= 0.0,
+        }
+    }
+
+    pub fn rng(&mut self) -> &mut Rng {
+        &mut self.rng
+    }
+
+    /// The distribution this sampler draws from: softmax at the temperature,
+    /// restricted to the top-p nucleus, normalised. Dense over the vocabulary.
+    pub fn distribution(&mut self, logits: &[f32]) -> Vec<f32> {
+        let (temperature, top_p) = match self.sampling {
+            Sampling::Random {
+                temperature, top_p, ..
+            } if temperature > 0.0 => (temperature, top_p),
+            _ => {
+                let mut d = vec![0.0; logits.len()];
+                d[argmax(logits).0] = 1.0;
+                return d;
+            }
+        };
+        let (_, max) = argmax(logits);
+        let scale = 1.0 / temperature;
+        let mut d: Vec<f32> = logits
+            .iter()
+            .map(|&x| fast_exp((x - max) * scale))
+            .collect();
+        if top_p < 1.0 {
+            // The smallest weight inside the nucleus: keep everything at or above it.
+            let z: f32 = d.iter().sum();
+            self.scratch.clear();
+            self.scratch
+                .extend(d.iter().enumerate().map(|(i, &w)| (w, i as u32)));
+            self.scratch.sort_unstable_by(|a, b| b.0.total_cmp(&a.0));
+            let mut mass = 0.0;
+            let mut cut = 0.0;
+            for &(w, _) in &self.scratch {
+                mass += w;
+                cut = w;
+                if mass >= top_p * z {
+                    break;
+                }
+            }
+            d.iter_mut().filter(|w| **w < cut).for_each(|w| *w = 0.0);
+        }
+        let z: f32 = d.iter().sum();
+        d.iter_mut().for_each(|w| *w /= z);
+        d
+    }
+
     pub fn new(sampling: Sampling) -> Self {
         let seed = match sampling {
             Sampling::Random { seed, .. } => seed,
@@ -275,6 +380,56 @@ mod tests {
             seed: 1,
         });
         assert!((0..500).all(|_| s.pick(&logits).token == 0));
+    }
+
+    #[test]
+    fn speculative_sampling_yields_the_target_distribution() {
+        // Target p and a quite different draft q over four tokens.
+        let p = [0.5f32, 0.3, 0.15, 0.05];
+        let q = [0.1f32, 0.2, 0.3, 0.4];
+        let mut rng = Rng::new(3);
+        let n = 200_000;
+        let mut counts = [0usize; 4];
+        let mut kept = 0;
+        for _ in 0..n {
+            let x = draw(&q, &mut rng);
+            let (t, accepted) = accept_or_resample(&p, &q, x, &mut rng);
+            counts[t] += 1;
+            kept += accepted as usize;
+        }
+        for i in 0..4 {
+            let f = counts[i] as f64 / n as f64;
+            assert!(
+                (f - p[i] as f64).abs() < 0.006,
+                "token {i}: {f} vs {}",
+                p[i]
+            );
+        }
+        // Acceptance rate is sum(min(p, q)) = 0.1 + 0.2 + 0.15 + 0.05 = 0.5.
+        let rate = kept as f64 / n as f64;
+        assert!((rate - 0.5).abs() < 0.01, "{rate}");
+        // Keeping every draft (a typical bug) would give q, not p.
+        assert!((counts[3] as f64 / n as f64) < 0.1);
+    }
+
+    #[test]
+    fn distribution_respects_temperature_and_top_p() {
+        let logits = [0.0f32, 3f32.ln(), -10.0];
+        let mut s = Sampler::new(Sampling::Random {
+            temperature: 1.0,
+            top_p: 1.0,
+            seed: 0,
+        });
+        let d = s.distribution(&logits);
+        assert!((d[1] / d[0] - 3.0).abs() < 1e-3);
+        let mut s = Sampler::new(Sampling::Random {
+            temperature: 1.0,
+            top_p: 0.5,
+            seed: 0,
+        });
+        let d = s.distribution(&logits);
+        assert_eq!((d[0], d[2]), (0.0, 0.0));
+        assert!((d[1] - 1.0).abs() < 1e-6);
     }
 
     #[test]
