@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Fetch the two small real models used by the default ladder, the tests and
-# the benchmarks, verify them, and derive the F16 SmolLM2 target.
+# the benchmarks, verify them, and derive the F32 SmolLM2 target.
 #
 # Idempotent and resumable: a model whose file is present with the right
 # sha256 is not fetched again (no network at all when everything is there);
@@ -81,12 +81,13 @@ else
   log "$GEMMA assembled and verified"
 fi
 
-# The F16 SmolLM2 is a larger, slower target with the same vocabulary as the
-# Q4_1 draft. It is derived with llama.cpp's own quantizer through our binary.
-F16=SmolLM2-135M-Instruct.F16.gguf
+# The F32 SmolLM2 is a larger, slower target with the same vocabulary as the
+# Q4_1 draft (the speculative decoding reference pair). It is derived with
+# llama.cpp's own quantizer through our binary.
+F32=SmolLM2-135M-Instruct.F32.gguf
 if [ "$DERIVE" = 1 ]; then
-  if [ -f "$MODELS_DIR/$F16" ] && [ -f "$MODELS_DIR/$F16.ok" ]; then
-    log "$F16 present"
+  if [ -f "$MODELS_DIR/$F32" ] && [ -f "$MODELS_DIR/$F32.ok" ]; then
+    log "$F32 present"
   else
     bin="${XNAI_BIN:-}"
     if [ -z "$bin" ]; then
@@ -94,9 +95,9 @@ if [ "$DERIVE" = 1 ]; then
       (cd "$root" && cargo build --release --quiet)
       bin="$root/target/release/xnai-model-router"
     fi
-    log "deriving $F16 from $SMOL"
-    "$bin" quantize "$MODELS_DIR/$SMOL" "$MODELS_DIR/$F16" f16 >&2
-    touch "$MODELS_DIR/$F16.ok"
+    log "deriving $F32 from $SMOL"
+    "$bin" quantize "$MODELS_DIR/$SMOL" "$MODELS_DIR/$F32" f32 >&2
+    touch "$MODELS_DIR/$F32.ok"
   fi
 fi
 

@@ -231,3 +231,269 @@ pub async fn engine_bench(
         ratio: o / b,
     })
 }
+
+/// The reference prompts: five that draw long answers.
+pub const SPEC_PROMPTS: [&str; 5] = [
+    "Write a detailed essay about the history of the printing press and its effect on society.",
+    "Explain step by step how a computer boots, from power on to the login screen.",
+    "Describe the water cycle in detail, covering evaporation, condensation and precipitation.",
+    "Write a long story about a lighthouse keeper who finds a message in a bottle.",
+    "List and explain ten tips for writing clean, maintainable code.",
+];
+
+/// A rewrite prompt, where n-gram drafting shines.
+pub const REWRITE_PROMPT: &str = "Rewrite the following paragraph, correcting the spelling and keeping everything else the same:\n\nThe quick brown fox jumpd over the lazy dog. Then the fox ran into the forrest, where it found a small stream. It drank from the stream and rested under a tall oak tree until the sun went down. When night came, the fox returned to its den, tired but happy after a long day of adventures in the woods.";
+
+/// One prompt's A/B result.
+#[derive(Debug, Clone, Serialize)]
+pub struct SpecPromptResult {
+    pub prompt: String,
+    pub mode: String,
+    pub tokens: u32,
+    pub target_tokens_per_second: f64,
+    pub speculative_tokens_per_second: f64,
+    pub speedup: f64,
+    pub acceptance_rate: f64,
+    pub mean_accepted_per_pass: f64,
+    pub identical: bool,
+    /// Milliseconds drafting and verifying, speculative runs summed.
+    pub draft_ms: f64,
+    pub verify_ms: f64,
+    pub passes: u32,
+}
+
+/// The whole speculative benchmark.
+#[derive(Debug, Clone, Serialize)]
+pub struct SpecBench {
+    pub draft: String,
+    pub target: String,
+    pub draft_max: u32,
+    pub adaptive: bool,
+    pub prompts: Vec<SpecPromptResult>,
+    /// Draft-model mode over the reference prompts: total tokens / total time, both ways.
+    pub target_tokens_per_second: f64,
+    pub speculative_tokens_per_second: f64,
+    pub speedup: f64,
+    pub acceptance_rate: f64,
+    pub mean_accepted_per_pass: f64,
+    /// True only if every prompt's outputs matched token for token.
+    pub identical: bool,
+    /// n-gram mode on the rewrite prompt.
+    pub ngram: SpecPromptResult,
+}
+
+/// Target-only vs speculative greedy, interleaved A/B in one process.
+///
+/// # Errors
+///
+/// A model that fails to load or a failed generation.
+pub async fn speculative_bench(
+    draft: &Path,
+    target: &Path,
+    threads: u32,
+    tokens: u32,
+    params: crate::engine::SpecParams,
+    rounds: usize,
+) -> anyhow::Result<SpecBench> {
+    use crate::engine::Speculation;
+    let engine = LlamaEngine::new();
+    let spec = |name: &str, path: &Path| LoadSpec {
+        name: name.into(),
+        path: path.to_path_buf(),
+        context: 1024,
+        threads,
+        mlock: false,
+    };
+    let t = engine.load(spec("target", target)).await?;
+    let d = engine.load(spec("draft", draft)).await?;
+    let request = |prompt: &str, speculation| GenerateRequest {
+        messages: vec![Message::new("user", prompt)],
+        max_tokens: tokens,
+        sampling: Sampling::Greedy,
+        stop: Vec::new(),
+        ignore_eos: true,
+        cancel: Cancel::default(),
+        speculation,
+    };
+    // Warm-up: page in both models.
+    engine
+        .generate(
+            t.id,
+            request(
+                "Hi",
+                Speculation::Draft {
+                    model: d.id,
+                    params,
+                },
+            ),
+        )
+        .await?;
+
+    let run_ab = async |prompt: &str,
+                        speculation: Speculation|
+           -> anyhow::Result<(SpecPromptResult, f64, f64, u32, u32, u32)> {
+        let (mut base_ms, mut spec_ms) = (0.0, 0.0);
+        let mut identical = true;
+        let mut n = 0;
+        let (mut drafted, mut accepted, mut passes) = (0, 0, 0);
+        let (mut draft_ms, mut verify_ms) = (0.0, 0.0);
+        for round in 0..rounds {
+            // Alternate which goes first, so drift hits both alike.
+            let order = if round % 2 == 0 {
+                [false, true]
+            } else {
+                [true, false]
+            };
+            let mut outs = [Vec::new(), Vec::new()];
+            for use_spec in order {
+                let g = engine
+                    .generate(
+                        t.id,
+                        request(
+                            prompt,
+                            if use_spec {
+                                speculation
+                            } else {
+                                Speculation::Off
+                            },
+                        ),
+                    )
+                    .await?;
+                if use_spec {
+                    spec_ms += g.generate_ms;
+                    let s = g.speculative.clone().unwrap_or_default();
+                    drafted += s.drafted;
+                    accepted += s.accepted;
+                    passes += s.passes;
+                    draft_ms += s.draft_ms;
+                    verify_ms += s.verify_ms;
+                } else {
+                    base_ms += g.generate_ms;
+                    n += g.completion_tokens;
+                }
+                outs[use_spec as usize] = g.token_ids;
+            }
+            identical &= outs[0] == outs[1];
+        }
+        let base_tps = n as f64 / (base_ms / 1e3);
+        let spec_tps = n as f64 / (spec_ms / 1e3);
+        let r = SpecPromptResult {
+            prompt: prompt.chars().take(48).collect(),
+            mode: match speculation {
+                Speculation::Ngram { .. } => "ngram".into(),
+                _ => "draft_model".into(),
+            },
+            tokens: n / rounds as u32,
+            target_tokens_per_second: base_tps,
+            speculative_tokens_per_second: spec_tps,
+            speedup: spec_tps / base_tps,
+            acceptance_rate: if drafted > 0 {
+                accepted as f64 / drafted as f64
+            } else {
+                0.0
+            },
+            mean_accepted_per_pass: if passes > 0 {
+                n as f64 / passes as f64
+            } else {
+                0.0
+            },
+            identical,
+            draft_ms,
+            verify_ms,
+            passes,
+        };
+        Ok((r, base_ms, spec_ms, drafted, accepted, passes))
+    };
+
+    let mut prompts = Vec::new();
+    let (mut base_ms, mut spec_ms, mut total) = (0.0, 0.0, 0u32);
+    let (mut drafted, mut accepted, mut passes) = (0, 0, 0);
+    for p in SPEC_PROMPTS {
+        let (r, b, s, dr, ac, pa) = run_ab(
+            p,
+            Speculation::Draft {
+                model: d.id,
+                params,
+            },
+        )
+        .await?;
+        base_ms += b;
+        spec_ms += s;
+        total += r.tokens * rounds as u32;
+        drafted += dr;
+        accepted += ac;
+        passes += pa;
+        prompts.push(r);
+    }
+    let (ngram, ..) = run_ab(REWRITE_PROMPT, Speculation::Ngram { params }).await?;
+    engine.unload(d.id).await;
+    engine.unload(t.id).await;
+    let target_tps = total as f64 / (base_ms / 1e3);
+    let spec_tps = total as f64 / (spec_ms / 1e3);
+    Ok(SpecBench {
+        draft: draft.display().to_string(),
+        target: target.display().to_string(),
+        draft_max: params.draft_max,
+        adaptive: params.adaptive,
+        identical: prompts.iter().all(|p| p.identical),
+        prompts,
+        target_tokens_per_second: target_tps,
+        speculative_tokens_per_second: spec_tps,
+        speedup: spec_tps / target_tps,
+        acceptance_rate: if drafted > 0 {
+            accepted as f64 / drafted as f64
+        } else {
+            0.0
+        },
+        mean_accepted_per_pass: if passes > 0 {
+            total as f64 / passes as f64
+        } else {
+            0.0
+        },
+        ngram,
+    })
+}
+
+/// The speculative benchmark as a table.
+pub fn render_spec(r: &SpecBench) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "draft  {}\ntarget {}\ndraft_max {}{}",
+        r.draft,
+        r.target,
+        r.draft_max,
+        if r.adaptive { " (adaptive)" } else { "" }
+    );
+    let _ = writeln!(
+        s,
+        "{:<50} {:>7} {:>9} {:>9} {:>8} {:>7} {:>8} {:>9}",
+        "prompt", "tokens", "target/s", "spec/s", "speedup", "accept", "per pass", "identical"
+    );
+    for p in r.prompts.iter().chain(std::iter::once(&r.ngram)) {
+        let _ = writeln!(
+            s,
+            "{:<50} {:>7} {:>9.1} {:>9.1} {:>7.2}x {:>6.1}% {:>8.2} {:>9}",
+            format!("[{}] {}", p.mode, p.prompt),
+            p.tokens,
+            p.target_tokens_per_second,
+            p.speculative_tokens_per_second,
+            p.speedup,
+            p.acceptance_rate * 100.0,
+            p.mean_accepted_per_pass,
+            p.identical
+        );
+    }
+    let _ = writeln!(
+        s,
+        "overall (draft model): target {:.1} tok/s, speculative {:.1} tok/s, speedup {:.2}x, acceptance {:.1}%, {:.2} tokens per target pass, identical: {}",
+        r.target_tokens_per_second,
+        r.speculative_tokens_per_second,
+        r.speedup,
+        r.acceptance_rate * 100.0,
+        r.mean_accepted_per_pass,
+        r.identical
+    );
+    s
+}

@@ -119,6 +119,32 @@ enum ConfigCmd {
 
 #[derive(Subcommand)]
 enum BenchCmd {
+    /// Speculative vs target-only greedy decoding, interleaved A/B, plus n-gram mode.
+    Speculative {
+        /// Draft model (default: SmolLM2-135M Q4_1 in $XNAI_MODELS_DIR).
+        #[arg(long)]
+        draft: Option<PathBuf>,
+        /// Target model (default: SmolLM2-135M F32 in $XNAI_MODELS_DIR).
+        #[arg(long)]
+        target: Option<PathBuf>,
+        #[arg(long, default_value_t = 8)]
+        draft_max: u32,
+        #[arg(long, default_value_t = 1)]
+        draft_min: u32,
+        #[arg(long, default_value_t = 0.0)]
+        p_min: f32,
+        #[arg(long)]
+        adaptive: bool,
+        #[arg(long, default_value_t = 160)]
+        tokens: u32,
+        #[arg(long, default_value_t = 2)]
+        rounds: usize,
+        #[arg(long)]
+        threads: Option<u32>,
+        /// Print one JSON object instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
     /// The baseline's child process: llama.cpp's raw decode loop, prints tokens/s.
     #[command(hide = true)]
     DecodeLoop {
@@ -252,6 +278,46 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let result = rt.block_on(ask(&pool, &question, &opts))?;
                 println!("[{}] {}", result.tier, result.answer);
                 println!("{}", serde_json::to_string_pretty(&result)?);
+            }
+        }
+        Cmd::Bench {
+            command:
+                BenchCmd::Speculative {
+                    draft,
+                    target,
+                    draft_max,
+                    draft_min,
+                    p_min,
+                    adaptive,
+                    tokens,
+                    rounds,
+                    threads,
+                    json,
+                },
+        } => {
+            let dir = xnai_model_router::config::validate::default_models_dir();
+            let dir = std::env::var_os("XNAI_MODELS_DIR").map_or(dir, PathBuf::from);
+            let draft = draft.unwrap_or_else(|| dir.join("SmolLM2-135M-Instruct.Q4_1.gguf"));
+            let target = target.unwrap_or_else(|| dir.join("SmolLM2-135M-Instruct.F32.gguf"));
+            let params = xnai_model_router::engine::SpecParams {
+                draft_max,
+                draft_min,
+                p_min,
+                adaptive,
+            };
+            let rt = tokio::runtime::Runtime::new()?;
+            let r = rt.block_on(bench::speculative_bench(
+                &draft,
+                &target,
+                threads.unwrap_or_else(cores),
+                tokens,
+                params,
+                rounds.max(1),
+            ))?;
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                print!("{}", bench::render_spec(&r));
             }
         }
         Cmd::Bench {

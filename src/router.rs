@@ -9,6 +9,7 @@ use crate::config::Config;
 use crate::engine::{
     Cancel, Engine, EngineError, FinishReason, GenerateRequest, Message, PromptFormat, Sampling,
 };
+use crate::engine::{SpecParams, SpecStats, Speculation};
 use crate::error::{Error, Result};
 use crate::pool::TierPool;
 use schemars::JsonSchema;
@@ -57,6 +58,9 @@ pub struct Attempt {
     /// Why it failed, when it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Drafting and acceptance, when this attempt was decoded speculatively.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub speculative: Option<SpecStats>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
@@ -146,6 +150,7 @@ struct TierStats {
     latency_ms_sum: f64,
     tokens: u64,
     generate_ms_sum: f64,
+    spec: SpecStats,
 }
 
 /// A finished request, kept for force_escalate.
@@ -397,6 +402,7 @@ impl<E: Engine> Router<E> {
                 finish: None,
                 prompt_format: None,
                 error: None,
+                speculative: None,
             };
             let request = GenerateRequest {
                 messages: cascade::messages(
@@ -417,16 +423,34 @@ impl<E: Engine> Router<E> {
                 stop: Vec::new(),
                 ignore_eos: false,
                 cancel: Cancel::default(),
-                speculation: Default::default(),
+                speculation: Speculation::Off,
             };
-            let outcome = match self.pool.acquire(tier).await {
+            let outcome = match self.pool.acquire_with_draft(tier).await {
                 Err(e) => Err(Error::from(e)),
-                Ok(lease) => {
-                    attempt.load_ms = lease.load_ms;
+                Ok((lease, draft_lease)) => {
+                    attempt.load_ms =
+                        lease.load_ms + draft_lease.as_ref().map_or(0.0, |d| d.load_ms);
+                    let sp = &t.speculative;
+                    let params = SpecParams {
+                        draft_max: sp.draft_max,
+                        draft_min: sp.draft_min,
+                        p_min: sp.p_min,
+                        adaptive: sp.adaptive,
+                    };
+                    let mut request = request;
+                    request.speculation = match &draft_lease {
+                        Some(d) => Speculation::Draft {
+                            model: d.model_id(),
+                            params,
+                        },
+                        None if sp.ngram => Speculation::Ngram { params },
+                        None => Speculation::Off,
+                    };
                     let called = Instant::now();
                     let g = lease.generate(request).await;
                     let wall = ms_since(called);
                     drop(lease);
+                    drop(draft_lease);
                     self.pool.preload_after(tier);
                     match g {
                         Err(EngineError::PromptTooLong { tokens, context }) => {
@@ -476,6 +500,7 @@ impl<E: Engine> Router<E> {
             attempt.generate_ms = g.prompt_ms + g.generate_ms;
             attempt.finish = Some(g.finish);
             attempt.prompt_format = Some(g.prompt_format);
+            attempt.speculative = g.speculative.clone();
             timings.generate_ms += attempt.generate_ms;
             timings.queue_ms += attempt.queue_ms;
             let outcome = cascade::after_attempt(
@@ -498,6 +523,15 @@ impl<E: Engine> Router<E> {
                 s.latency_ms_sum += attempt.load_ms + attempt.queue_ms + attempt.generate_ms;
                 s.tokens += g.completion_tokens as u64;
                 s.generate_ms_sum += g.generate_ms;
+                if let Some(sp) = &g.speculative {
+                    s.spec.mode = sp.mode.clone();
+                    s.spec.passes += sp.passes;
+                    s.spec.drafted += sp.drafted;
+                    s.spec.accepted += sp.accepted;
+                    s.spec.draft_ms += sp.draft_ms;
+                    s.spec.verify_ms += sp.verify_ms;
+                    s.spec.mean_accepted_per_pass += g.completion_tokens as f64;
+                }
                 if outcome == Outcome::Escalated {
                     s.escalations_out += 1;
                 }
@@ -613,6 +647,17 @@ impl<E: Engine> Router<E> {
                     } else {
                         0.0
                     },
+                    speculative: (s.spec.passes > 0).then(|| {
+                        let mut sp = s.spec.clone();
+                        // mean_accepted_per_pass holds emitted tokens until here.
+                        sp.mean_accepted_per_pass /= sp.passes as f64;
+                        sp.acceptance_rate = if sp.drafted > 0 {
+                            sp.accepted as f64 / sp.drafted as f64
+                        } else {
+                            0.0
+                        };
+                        sp
+                    }),
                 }
             })
             .collect();
@@ -664,6 +709,8 @@ pub struct TierStatus {
     /// Mean of load + queue + generate per attempt.
     pub mean_latency_ms: f64,
     pub tokens_per_second: f64,
+    /// Speculative decoding totals over this tier's attempts.
+    pub speculative: Option<SpecStats>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]

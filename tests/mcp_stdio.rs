@@ -373,3 +373,52 @@ async fn bad_input_gets_clear_errors_and_the_server_keeps_serving() {
     assert!(err.contains("request_id"), "{err}");
     client.cancel().await.unwrap();
 }
+
+#[tokio::test]
+async fn route_query_is_speculative_on_the_refiner_and_answers_as_without() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let query = json!({"query": "Describe the city of Paris.", "preferred_tier": "refiner", "max_tokens": 48});
+    let client = start(&default_yaml()).await;
+    let schemas = schemas(&client).await;
+    let r = call(&client, "route_query", query.clone()).await.unwrap();
+    let with = structured(&schemas, "route_query", &r);
+    let spec = &with["attempts"][0]["speculative"];
+    assert_eq!(spec["mode"], "draft_model", "{with}");
+    assert!(spec["accepted"].as_u64().unwrap() > 0, "{spec}");
+    let s = call(&client, "get_tier_status", json!({})).await.unwrap();
+    let s = structured(&schemas, "get_tier_status", &s);
+    let refiner = s["tiers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "refiner")
+        .unwrap();
+    assert!(
+        refiner["speculative"]["drafted"].as_u64().unwrap() > 0,
+        "{refiner}"
+    );
+    assert_eq!(
+        s["memory"]["loaded"].as_array().unwrap().len(),
+        2,
+        "refiner and its draft"
+    );
+    client.cancel().await.unwrap();
+
+    // The same ladder without the draft: the same answer, token for token.
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(default_yaml())
+        .unwrap()
+        .replace("    draft: router\n", "");
+    let plain_yaml = dir.path().join("tiers.yaml");
+    std::fs::write(&plain_yaml, text).unwrap();
+    let client = start(&plain_yaml).await;
+    let r = call(&client, "route_query", query).await.unwrap();
+    let without = structured(&schemas, "route_query", &r);
+    assert!(without["attempts"][0].get("speculative").is_none());
+    assert_eq!(with["answer"], without["answer"]);
+    assert_eq!(
+        with["attempts"][0]["completion_tokens"],
+        without["attempts"][0]["completion_tokens"]
+    );
+    client.cancel().await.unwrap();
+}

@@ -238,7 +238,7 @@ pub(super) fn run(
             k = if m == drafts.len() {
                 (k + 2).min(max)
             } else {
-                ((k + m + 1) / 2).clamp(min, max)
+                (k + m).div_ceil(2).clamp(min, max)
             };
         }
     }

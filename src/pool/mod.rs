@@ -122,6 +122,11 @@ impl<E: Engine> Lease<E> {
         &self.inner.config.tiers[self.tier]
     }
 
+    /// The engine's handle of the leased model.
+    pub fn model_id(&self) -> ModelId {
+        self.id
+    }
+
     /// Generates with the leased model.
     ///
     /// # Errors
@@ -228,6 +233,27 @@ impl<E: Engine> TierPool<E> {
     /// load error; either way the pool stays usable.
     pub async fn acquire(&self, tier: usize) -> Result<Lease<E>, PoolError> {
         self.acquire_with(tier, &[]).await
+    }
+
+    /// Leases `tier` and, when it has one, its draft tier: the two are
+    /// resident together (the draft first, then the target without evicting
+    /// it). A draft already resident as a lower tier is reused.
+    ///
+    /// # Errors
+    ///
+    /// As [`TierPool::acquire`], for either model.
+    pub async fn acquire_with_draft(
+        &self,
+        tier: usize,
+    ) -> Result<(Lease<E>, Option<Lease<E>>), PoolError> {
+        match self.inner.config.tiers[tier].draft {
+            None => Ok((self.acquire(tier).await?, None)),
+            Some(d) => {
+                let draft = self.acquire(d).await?;
+                let target = self.acquire_with(tier, &[d]).await?;
+                Ok((target, Some(draft)))
+            }
+        }
     }
 
     async fn acquire_with(&self, tier: usize, protect: &[usize]) -> Result<Lease<E>, PoolError> {

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 pub const SMOL_Q4: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
-pub const SMOL_F16: &str = "SmolLM2-135M-Instruct.F16.gguf";
+pub const SMOL_F32: &str = "SmolLM2-135M-Instruct.F32.gguf";
 pub const GEMMA: &str = "gemma-3-270m-q4_k_m.gguf";
 
 /// The models folder the fetch script fills.
@@ -30,7 +30,7 @@ pub fn real_model(name: &str) -> PathBuf {
 
 /// The repository's default ladder.
 pub fn default_config() -> xnai_model_router::config::Config {
-    for m in [SMOL_Q4, SMOL_F16, GEMMA] {
+    for m in [SMOL_Q4, SMOL_F32, GEMMA] {
         real_model(m);
     }
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tiers.yaml");
