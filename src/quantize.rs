@@ -1,5 +1,5 @@
 //! Derives a model in another weight type with llama.cpp's own quantizer:
-//! an F16 copy of a small model as a larger, slower target with the same
+//! an F32 or F16 copy of a small model as a larger, slower target with the same
 //! vocabulary, or a smaller quantisation of your own model to draft for it.
 
 use crate::gguf;
