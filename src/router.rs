@@ -151,6 +151,8 @@ struct TierStats {
     tokens: u64,
     generate_ms_sum: f64,
     spec: SpecStats,
+    /// Tokens emitted by speculative attempts, for tokens per target pass.
+    spec_tokens: u64,
 }
 
 /// A finished request, kept for force_escalate.
@@ -530,7 +532,7 @@ impl<E: Engine> Router<E> {
                     s.spec.accepted += sp.accepted;
                     s.spec.draft_ms += sp.draft_ms;
                     s.spec.verify_ms += sp.verify_ms;
-                    s.spec.mean_accepted_per_pass += g.completion_tokens as f64;
+                    s.spec_tokens += g.completion_tokens as u64;
                 }
                 if outcome == Outcome::Escalated {
                     s.escalations_out += 1;
@@ -647,16 +649,14 @@ impl<E: Engine> Router<E> {
                     } else {
                         0.0
                     },
-                    speculative: (s.spec.passes > 0).then(|| {
-                        let mut sp = s.spec.clone();
-                        // mean_accepted_per_pass holds emitted tokens until here.
-                        sp.mean_accepted_per_pass /= sp.passes as f64;
-                        sp.acceptance_rate = if sp.drafted > 0 {
-                            sp.accepted as f64 / sp.drafted as f64
+                    speculative: (s.spec.passes > 0).then(|| SpecStats {
+                        mean_accepted_per_pass: s.spec_tokens as f64 / s.spec.passes as f64,
+                        acceptance_rate: if s.spec.drafted > 0 {
+                            s.spec.accepted as f64 / s.spec.drafted as f64
                         } else {
                             0.0
-                        };
-                        sp
+                        },
+                        ..s.spec.clone()
                     }),
                 }
             })

@@ -23,6 +23,24 @@ use std::time::Instant;
 
 type Ctx = LlamaContext<'static>;
 
+/// Where drafts come from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Plain,
+    DraftModel,
+    Ngram,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Plain => "plain",
+            Mode::DraftModel => "draft_model",
+            Mode::Ngram => "ngram",
+        }
+    }
+}
+
 /// Generates into `out`, starting from the prompt's logits at index
 /// `first_logits` of the target's last batch. Returns the speculative
 /// counters (None for plain decoding).
@@ -45,31 +63,32 @@ pub(super) fn run(
                 draft_max: 0,
                 ..SpecParams::default()
             },
-            None,
+            Mode::Plain,
         ),
-        Speculation::Draft { params, .. } if draft.is_some() => (params, Some("draft_model")),
+        Speculation::Draft { params, .. } if draft.is_some() => (params, Mode::DraftModel),
         Speculation::Draft { .. } => {
             return Err(EngineError::Decode("the draft model is not loaded".into()))
         }
-        Speculation::Ngram { params } => (params, Some("ngram")),
+        Speculation::Ngram { params } => (params, Mode::Ngram),
     };
-    let use_draft = mode == Some("draft_model");
+    let use_draft = mode == Mode::DraftModel;
     let greedy = sampler.is_greedy();
     let n_ctx = target.n_ctx() as usize;
     let mut stats = SpecStats {
-        mode: mode.unwrap_or_default().to_string(),
+        mode: mode.name().to_string(),
         ..SpecStats::default()
     };
+    let report = |stats: SpecStats| (mode != Mode::Plain).then_some(stats);
 
     let first = sampler.pick(target.get_logits_ith(first_logits));
     if !out.push(first.token, first.prob) {
-        return Ok(mode.map(|_| stats));
+        return Ok(report(stats));
     }
     let first = first.token;
     let mut id_last = first;
     let mut n_past = prompt.len();
     let mut history: Vec<u32> = Vec::new();
-    if mode == Some("ngram") {
+    if mode == Mode::Ngram {
         history.extend(prompt.iter().map(|t| t.0 as u32));
         history.push(first);
     }
@@ -138,7 +157,7 @@ pub(super) fn run(
                 }
             }
             stats.draft_ms += t.elapsed().as_secs_f64() * 1e3;
-        } else if mode == Some("ngram") {
+        } else if mode == Mode::Ngram {
             drafts.extend(ngram::draft(&history, k_eff));
         }
 
@@ -190,7 +209,7 @@ pub(super) fn run(
                 stopped = true;
                 break;
             }
-            if mode == Some("ngram") {
+            if mode == Mode::Ngram {
                 history.push(tok);
             }
             id_last = tok;
@@ -200,7 +219,7 @@ pub(super) fn run(
             m += 1;
         }
         stats.verify_ms += t.elapsed().as_secs_f64() * 1e3;
-        if mode.is_some() {
+        if mode != Mode::Plain {
             stats.passes += 1;
             stats.drafted += drafts.len() as u32;
             stats.accepted += m as u32;
@@ -248,5 +267,5 @@ pub(super) fn run(
     if stats.passes > 0 {
         stats.mean_accepted_per_pass = out.ids.len() as f64 / stats.passes as f64;
     }
-    Ok(mode.map(|_| stats))
+    Ok(report(stats))
 }
