@@ -232,6 +232,15 @@ pub async fn engine_bench(
     })
 }
 
+/// `num / den`, or 0 when there is nothing to divide by.
+fn ratio(num: f64, den: f64) -> f64 {
+    if den > 0.0 {
+        num / den
+    } else {
+        0.0
+    }
+}
+
 /// The reference prompts: five that draw long answers.
 pub const SPEC_PROMPTS: [&str; 5] = [
     "Write a detailed essay about the history of the printing press and its effect on society.",
@@ -387,16 +396,8 @@ pub async fn speculative_bench(
             target_tokens_per_second: base_tps,
             speculative_tokens_per_second: spec_tps,
             speedup: spec_tps / base_tps,
-            acceptance_rate: if drafted > 0 {
-                accepted as f64 / drafted as f64
-            } else {
-                0.0
-            },
-            mean_accepted_per_pass: if passes > 0 {
-                n as f64 / passes as f64
-            } else {
-                0.0
-            },
+            acceptance_rate: ratio(accepted as f64, drafted as f64),
+            mean_accepted_per_pass: ratio(n as f64, passes as f64),
             identical,
             draft_ms,
             verify_ms,
@@ -440,16 +441,8 @@ pub async fn speculative_bench(
         target_tokens_per_second: target_tps,
         speculative_tokens_per_second: spec_tps,
         speedup: spec_tps / target_tps,
-        acceptance_rate: if drafted > 0 {
-            accepted as f64 / drafted as f64
-        } else {
-            0.0
-        },
-        mean_accepted_per_pass: if passes > 0 {
-            total as f64 / passes as f64
-        } else {
-            0.0
-        },
+        acceptance_rate: ratio(accepted as f64, drafted as f64),
+        mean_accepted_per_pass: ratio(total as f64, passes as f64),
         ngram,
     })
 }

@@ -199,3 +199,42 @@ fn the_default_ladder_pairs_router_and_refiner() {
         Some(c.tiers.iter().position(|t| t.name == "router").unwrap())
     );
 }
+
+#[tokio::test]
+async fn a_draft_with_a_smaller_context_stops_drafting_instead_of_failing() {
+    let engine = LlamaEngine::new();
+    let load = |name: &str, file: &str, context| LoadSpec {
+        name: name.into(),
+        path: real_model(file),
+        context,
+        threads: 2,
+        mlock: false,
+    };
+    let target = engine.load(load("target", SMOL_F32, 1024)).await.unwrap();
+    let draft = engine.load(load("draft", SMOL_Q4, 256)).await.unwrap();
+    assert_eq!(draft.context, 256);
+    let long = |speculation| GenerateRequest {
+        ignore_eos: true,
+        speculation,
+        ..GenerateRequest::greedy("Write a long story about a dragon.", 400)
+    };
+    let plain = engine
+        .generate(target.id, long(Speculation::Off))
+        .await
+        .unwrap();
+    let spec = engine
+        .generate(
+            target.id,
+            long(Speculation::Draft {
+                model: draft.id,
+                params: SpecParams::default(),
+            }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(spec.completion_tokens, 400);
+    assert_eq!(spec.token_ids, plain.token_ids);
+    // Past the draft's 256 tokens every token takes its own target pass.
+    let s = spec.speculative.unwrap();
+    assert!(s.drafted > 0 && s.passes > 400 - 256, "{s:?}");
+}

@@ -71,7 +71,9 @@ pub(super) fn run(
         }
         Speculation::Ngram { params } => (params, Mode::Ngram),
     };
-    let use_draft = mode == Mode::DraftModel;
+    // Whether the draft model still drafts: it stops for good when its own
+    // context (possibly smaller than the target's) would overflow.
+    let mut use_draft = mode == Mode::DraftModel;
     let greedy = sampler.is_greedy();
     let n_ctx = target.n_ctx() as usize;
     let mut stats = SpecStats {
@@ -119,6 +121,11 @@ pub(super) fn run(
         let n_past_old = n_past;
 
         // 1. Draft.
+        if let Some(d) = draft.as_deref().filter(|_| use_draft) {
+            if d_past + d_pending.len() + k_eff + 1 >= d.n_ctx() as usize {
+                use_draft = false;
+            }
+        }
         if let (true, Some(d), Some(db)) = (use_draft, draft.as_deref_mut(), dbatch.as_mut()) {
             let t = Instant::now();
             feed(d, db, &d_pending, d_past)?;
