@@ -76,6 +76,8 @@ pub struct AskResult {
     pub prompt_ms: f64,
     pub generate_ms: f64,
     pub total_ms: f64,
+    /// Drafting and acceptance when the tier decodes speculatively.
+    pub speculative: Option<crate::engine::SpecStats>,
     pub memory: MemoryReport,
 }
 
@@ -115,7 +117,7 @@ pub async fn ask<E: Engine>(
         Some(name) => pool.tier_index(name)?,
         None => 0,
     };
-    let lease = pool.acquire(tier).await?;
+    let (lease, draft) = pool.acquire_with_draft(tier).await?;
     let t = lease.tier().clone();
     let mut messages = Vec::new();
     if let Some(s) = &opts.system {
@@ -136,11 +138,13 @@ pub async fn ask<E: Engine>(
         stop: opts.stop.clone(),
         ignore_eos: false,
         cancel: Cancel::default(),
-        speculation: Default::default(),
+        speculation: t.speculation(draft.as_ref().map(|d| d.model_id())),
     };
     let g = lease.generate(request).await?;
-    let (load_ms, wait_ms) = (lease.load_ms, lease.wait_ms);
+    let draft_load_ms = draft.as_ref().map_or(0.0, |d| d.load_ms);
+    let (load_ms, wait_ms) = (lease.load_ms + draft_load_ms, lease.wait_ms);
     drop(lease);
+    drop(draft);
     pool.preload_after(tier);
 
     let status = pool.status();
@@ -173,6 +177,7 @@ pub async fn ask<E: Engine>(
         prompt_ms: g.prompt_ms,
         generate_ms: g.generate_ms,
         total_ms: started.elapsed().as_secs_f64() * 1e3,
+        speculative: g.speculative.clone(),
         memory: MemoryReport {
             tier_estimated_bytes: t.cost.total,
             resident_estimated_bytes: status.estimated_bytes,

@@ -25,11 +25,10 @@ const MAX_DIMS: u32 = 4;
 /// Why a file is not a usable GGUF model.
 #[derive(Debug, thiserror::Error)]
 pub enum GgufError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {reason}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        reason: std::io::Error,
     },
     #[error("{path} is not a GGUF file (magic {found:#010x}, expected {MAGIC:#010x} \"GGUF\")")]
     BadMagic { path: PathBuf, found: u32 },
@@ -307,9 +306,9 @@ pub fn inspect_with_tokens(path: &Path) -> Result<(GgufInfo, Vec<String>), GgufE
 }
 
 fn read(path: &Path, mut tokens: Option<&mut Vec<String>>) -> Result<GgufInfo, GgufError> {
-    let io = |source| GgufError::Io {
+    let io = |reason| GgufError::Io {
         path: path.to_path_buf(),
-        source,
+        reason,
     };
     let file = File::open(path).map_err(io)?;
     let size = file.metadata().map_err(io)?.len();

@@ -45,11 +45,10 @@ pub enum QuantizeError {
         output: PathBuf,
         status: u32,
     },
-    #[error("the written file {path} does not check out: {source}")]
+    #[error("the written file {path} does not check out: {reason}")]
     BadOutput {
         path: PathBuf,
-        #[source]
-        source: gguf::GgufError,
+        reason: gguf::GgufError,
     },
 }
 
@@ -119,15 +118,15 @@ pub fn quantize(
             status,
         });
     }
-    let written = gguf::inspect(&tmp).map_err(|source| QuantizeError::BadOutput {
+    let written = gguf::inspect(&tmp).map_err(|reason| QuantizeError::BadOutput {
         path: tmp.clone(),
-        source,
+        reason,
     })?;
     std::fs::rename(&tmp, output).map_err(|e| QuantizeError::BadOutput {
         path: output.to_path_buf(),
-        source: gguf::GgufError::Io {
+        reason: gguf::GgufError::Io {
             path: output.to_path_buf(),
-            source: e,
+            reason: e,
         },
     })?;
     Ok(Quantized {

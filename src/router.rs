@@ -9,7 +9,7 @@ use crate::config::Config;
 use crate::engine::{
     Cancel, Engine, EngineError, FinishReason, GenerateRequest, Message, PromptFormat, Sampling,
 };
-use crate::engine::{SpecParams, SpecStats, Speculation};
+use crate::engine::{SpecStats, Speculation};
 use crate::error::{Error, Result};
 use crate::pool::TierPool;
 use schemars::JsonSchema;
@@ -432,22 +432,8 @@ impl<E: Engine> Router<E> {
                 Ok((lease, draft_lease)) => {
                     attempt.load_ms =
                         lease.load_ms + draft_lease.as_ref().map_or(0.0, |d| d.load_ms);
-                    let sp = &t.speculative;
-                    let params = SpecParams {
-                        draft_max: sp.draft_max,
-                        draft_min: sp.draft_min,
-                        p_min: sp.p_min,
-                        adaptive: sp.adaptive,
-                    };
                     let mut request = request;
-                    request.speculation = match &draft_lease {
-                        Some(d) => Speculation::Draft {
-                            model: d.model_id(),
-                            params,
-                        },
-                        None if sp.ngram => Speculation::Ngram { params },
-                        None => Speculation::Off,
-                    };
+                    request.speculation = t.speculation(draft_lease.as_ref().map(|d| d.model_id()));
                     let called = Instant::now();
                     let g = lease.generate(request).await;
                     let wall = ms_since(called);

@@ -57,16 +57,38 @@ async fn every_tier_in_turn_keeps_at_most_two_resident_inside_the_budget() {
 #[tokio::test]
 async fn a_tier_over_budget_fails_clearly_and_the_others_keep_serving() {
     let mut config = default_config();
-    // Room for the router and the refiner, not for the drafter (Gemma).
+    // Room for the drafter alone, not for the refiner with its draft (the router).
     let drafter = config.tier("drafter").unwrap().cost.total;
-    let refiner = config.tier("refiner").unwrap().cost.total;
-    assert!(refiner < drafter);
+    let pair =
+        config.tier("refiner").unwrap().cost.total + config.tier("router").unwrap().cost.total;
+    assert!(pair > drafter);
     config.memory.reserve = ByteSize(0);
-    config.memory.budget = ByteSize(drafter - 1);
+    config.memory.budget = ByteSize(drafter);
     let pool = TierPool::new(LlamaEngine::new(), Arc::new(config));
 
     let r = ask(&pool, "Say hi.", &opts("router")).await.unwrap();
     assert!(!r.answer.is_empty());
+    let err = ask(&pool, "Say hi.", &opts("refiner")).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        matches!(
+            err,
+            xnai_model_router::Error::Pool(PoolError::PairTooLarge { .. })
+        ),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("tier refiner") && msg.contains("router") && msg.contains("together"),
+        "{msg}"
+    );
+    assert!(ask(&pool, "Say hi.", &opts("drafter")).await.is_ok());
+    assert!(ask(&pool, "Say hi.", &opts("router")).await.is_ok());
+
+    // A single tier over budget fails the same clear way.
+    let mut config = default_config();
+    config.memory.reserve = ByteSize(0);
+    config.memory.budget = ByteSize(drafter - 1);
+    let pool = TierPool::new(LlamaEngine::new(), Arc::new(config));
     let err = ask(&pool, "Say hi.", &opts("drafter")).await.unwrap_err();
     let msg = err.to_string();
     assert!(
@@ -80,7 +102,6 @@ async fn a_tier_over_budget_fails_clearly_and_the_others_keep_serving() {
         msg.contains("tier drafter") && msg.contains("gemma-3-270m"),
         "{msg}"
     );
-    assert!(ask(&pool, "Say hi.", &opts("refiner")).await.is_ok());
     assert!(ask(&pool, "Say hi.", &opts("router")).await.is_ok());
 }
 

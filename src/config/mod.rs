@@ -28,11 +28,10 @@ impl fmt::Display for Problem {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config {path}: {source}")]
+    #[error("cannot read config {path}: {reason}")]
     Read {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        reason: std::io::Error,
     },
     #[error("config {path} does not parse: {message}")]
     Parse { path: PathBuf, message: String },
@@ -101,6 +100,27 @@ pub struct Tier {
     pub cost: ModelCost,
 }
 
+impl Tier {
+    /// How this tier decodes: drafted by `draft` (the leased draft model)
+    /// when it has one, by n-gram lookup when `speculative.ngram` is on,
+    /// else plainly.
+    pub fn speculation(&self, draft: Option<crate::engine::ModelId>) -> crate::engine::Speculation {
+        use crate::engine::{SpecParams, Speculation};
+        let sp = &self.speculative;
+        let params = SpecParams {
+            draft_max: sp.draft_max,
+            draft_min: sp.draft_min,
+            p_min: sp.p_min,
+            adaptive: sp.adaptive,
+        };
+        match draft {
+            Some(model) => Speculation::Draft { model, params },
+            None if sp.ngram => Speculation::Ngram { params },
+            None => Speculation::Off,
+        }
+    }
+}
+
 /// A validated ladder.
 #[derive(Debug, Clone, Serialize)]
 pub struct Config {
@@ -118,9 +138,9 @@ impl Config {
     /// [`ConfigError`]: unreadable file, YAML that does not parse (with line
     /// and column), or every validation problem at once.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|reason| ConfigError::Read {
             path: path.to_path_buf(),
-            source,
+            reason,
         })?;
         Self::from_yaml(&text, path)
     }

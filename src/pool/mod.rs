@@ -24,6 +24,14 @@ pub enum PoolError {
         needed: ByteSize,
         allowance: ByteSize,
     },
+    #[error("tier {tier} and its draft {draft} must be resident together: {needed} together, but models may use {allowance} (memory.budget - memory.reserve) and at most {max_loaded} at once")]
+    PairTooLarge {
+        tier: String,
+        draft: String,
+        needed: ByteSize,
+        allowance: ByteSize,
+        max_loaded: usize,
+    },
     #[error(transparent)]
     Engine(#[from] EngineError),
 }
@@ -249,7 +257,22 @@ impl<E: Engine> TierPool<E> {
         match self.inner.config.tiers[tier].draft {
             None => Ok((self.acquire(tier).await?, None)),
             Some(d) => {
-                let draft = self.acquire(d).await?;
+                // Check first: while we hold the draft's lease, waiting for
+                // room that only releasing it could make would never end.
+                let cfg = &self.inner.config;
+                let (t, dt) = (&cfg.tiers[tier], &cfg.tiers[d]);
+                let needed = t.cost.total + dt.cost.total;
+                if needed > cfg.memory.model_allowance() || cfg.memory.max_loaded < 2 {
+                    return Err(PoolError::PairTooLarge {
+                        tier: t.name.clone(),
+                        draft: dt.name.clone(),
+                        needed: ByteSize(needed),
+                        allowance: ByteSize(cfg.memory.model_allowance()),
+                        max_loaded: cfg.memory.max_loaded,
+                    });
+                }
+                // Neither load evicts the other half of the pair.
+                let draft = self.acquire_with(d, &[tier]).await?;
                 let target = self.acquire_with(tier, &[d]).await?;
                 Ok((target, Some(draft)))
             }
