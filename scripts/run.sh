@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh >&2
 cargo build --release >&2
-XNAI_BIN=target/release/xnai-model-router scripts/fetch-models.sh
+XNAI_BIN=target/release/xnai-model-router scripts/fetch-models.sh >&2
 if [ "${1:-}" = "--ask" ]; then
   shift
   exec target/release/xnai-model-router ask --all --max-tokens 96 "${*:-Why is the sky blue?}"
