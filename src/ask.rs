@@ -96,17 +96,7 @@ pub async fn ask<E: Engine>(
     if question.trim().is_empty() {
         return Err(Error::invalid("question", "must not be empty"));
     }
-    if opts.max_tokens == Some(0) {
-        return Err(Error::invalid("max_tokens", "must be at least 1, got 0"));
-    }
-    if let Some(t) = opts.temperature {
-        if !(0.0..=5.0).contains(&t) {
-            return Err(Error::invalid(
-                "temperature",
-                format!("{t} is outside [0, 5]"),
-            ));
-        }
-    }
+    crate::router::check_generation_args(opts.max_tokens, opts.temperature)?;
     if !(opts.top_p > 0.0 && opts.top_p <= 1.0) {
         return Err(Error::invalid(
             "top_p",

@@ -67,8 +67,8 @@ fn run_baseline_process(
     tokens: u32,
     context: u32,
 ) -> anyhow::Result<f64> {
-    let out = Command::new(std::env::current_exe()?)
-        .args(["bench", "decode-loop", "--model"])
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.args(["bench", "decode-loop", "--model"])
         .arg(model)
         .args([
             "--threads",
@@ -77,20 +77,25 @@ fn run_baseline_process(
             &tokens.to_string(),
         ])
         .args(["--context", &context.to_string()])
-        .env("XNAI_LOG", "error")
-        .output()?;
+        .env("XNAI_LOG", "error");
+    Ok(child_stdout(&mut cmd, "baseline process")?.trim().parse()?)
+}
+
+/// Runs `cmd` to completion and returns its stdout; a failure carries its stderr.
+fn child_stdout(cmd: &mut Command, what: &str) -> anyhow::Result<String> {
+    let out = cmd.output()?;
     anyhow::ensure!(
         out.status.success(),
-        "baseline process failed: {}",
+        "{what} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Runs llama-bench once and returns its average tokens per second.
 fn run_llama_bench(bin: &Path, model: &Path, threads: u32, tokens: u32) -> anyhow::Result<f64> {
-    let out = Command::new(bin)
-        .arg("-m")
+    let mut cmd = Command::new(bin);
+    cmd.arg("-m")
         .arg(model)
         .args([
             "-t",
@@ -100,14 +105,8 @@ fn run_llama_bench(bin: &Path, model: &Path, threads: u32, tokens: u32) -> anyho
             "-n",
             &tokens.to_string(),
         ])
-        .args(["-r", "1", "-o", "json"])
-        .output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "llama-bench failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        .args(["-r", "1", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&child_stdout(&mut cmd, "llama-bench")?)?;
     v[0]["avg_ts"]
         .as_f64()
         .ok_or_else(|| anyhow::anyhow!("llama-bench printed no avg_ts: {v}"))

@@ -23,6 +23,31 @@ pub const MAX_TOKENS_LIMIT: u32 = 32_768;
 /// Highest sampling temperature accepted.
 pub const MAX_TEMPERATURE: f32 = 2.0;
 
+/// Checks the generation arguments every entry point accepts.
+///
+/// # Errors
+///
+/// [`Error::InvalidInput`] naming `max_tokens` or `temperature` and the value.
+pub fn check_generation_args(max_tokens: Option<u32>, temperature: Option<f32>) -> Result<()> {
+    if let Some(m) = max_tokens {
+        if m == 0 || m > MAX_TOKENS_LIMIT {
+            return Err(Error::invalid(
+                "max_tokens",
+                format!("{m} is outside 1..={MAX_TOKENS_LIMIT}"),
+            ));
+        }
+    }
+    if let Some(t) = temperature {
+        if !(0.0..=MAX_TEMPERATURE).contains(&t) || t.is_nan() {
+            return Err(Error::invalid(
+                "temperature",
+                format!("{t} is outside [0, {MAX_TEMPERATURE}]"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// One query as a caller sends it.
 #[derive(Debug, Clone, Default)]
 pub struct RouteRequest {
@@ -213,22 +238,7 @@ impl<E: Engine> Router<E> {
                 "must not be empty or only whitespace",
             ));
         }
-        if let Some(m) = req.max_tokens {
-            if m == 0 || m > MAX_TOKENS_LIMIT {
-                return Err(Error::invalid(
-                    "max_tokens",
-                    format!("{m} is outside 1..={MAX_TOKENS_LIMIT}"),
-                ));
-            }
-        }
-        if let Some(t) = req.temperature {
-            if !(0.0..=MAX_TEMPERATURE).contains(&t) || t.is_nan() {
-                return Err(Error::invalid(
-                    "temperature",
-                    format!("{t} is outside [0, {MAX_TEMPERATURE}]"),
-                ));
-            }
-        }
+        check_generation_args(req.max_tokens, req.temperature)?;
         for (i, m) in req.history.iter().enumerate() {
             if !matches!(m.role.as_str(), "system" | "user" | "assistant") {
                 return Err(Error::invalid(

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::synthetic_gguf;
+use common::synthetic_ladder;
 use std::sync::Arc;
 use std::time::Duration;
 use xnai_model_router::config::Config;
@@ -12,26 +12,9 @@ use xnai_model_router::engine::fake::{FakeEngine, Script};
 use xnai_model_router::engine::GenerateRequest;
 use xnai_model_router::pool::{PoolError, TierPool};
 
-const MIB: u64 = 1 << 20;
-
-/// A ladder of synthetic models a, b, c with 1, 2, 3 MiB of weights.
+/// The synthetic ladder a, b, c with this memory section.
 fn config(memory: &str) -> (tempfile::TempDir, Arc<Config>) {
-    let dir = tempfile::tempdir().unwrap();
-    for (i, n) in ["a", "b", "c"].iter().enumerate() {
-        synthetic_gguf(dir.path(), &format!("{n}.gguf"), (i as u64 + 1) * MIB);
-    }
-    let yaml = format!(
-        "memory: {memory}
-tiers:
-  - {{ name: a, role: router, model: a.gguf, threshold: 0.5, max_tokens: 8, context: 64 }}
-  - {{ name: b, role: refine, model: b.gguf, threshold: 0.7, max_tokens: 8, context: 64 }}
-  - {{ name: c, role: expert, model: c.gguf, threshold: 0.9, max_tokens: 8, context: 64 }}
-"
-    );
-    let path = dir.path().join("tiers.yaml");
-    std::fs::write(&path, yaml).unwrap();
-    let c = Config::load(&path).unwrap();
-    (dir, Arc::new(c))
+    synthetic_ladder(&format!("memory: {memory}"))
 }
 
 fn names(pool: &TierPool<FakeEngine>) -> Vec<String> {

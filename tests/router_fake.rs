@@ -4,34 +4,18 @@
 
 mod common;
 
-use common::synthetic_gguf;
-use std::sync::Arc;
+use common::synthetic_ladder;
 use xnai_model_router::cascade::{Outcome, RoutedBy};
-use xnai_model_router::config::Config;
 use xnai_model_router::engine::fake::{FakeEngine, Script};
 use xnai_model_router::router::{RouteRequest, Router};
 use xnai_model_router::Error;
 
 fn router(routing: &str, scripts: &[(&str, Script)]) -> (tempfile::TempDir, Router<FakeEngine>) {
-    let dir = tempfile::tempdir().unwrap();
-    for n in ["a", "b", "c"] {
-        synthetic_gguf(dir.path(), &format!("{n}.gguf"), 1 << 20);
-    }
-    let yaml = format!(
-        "routing: {routing}
-tiers:
-  - {{ name: a, role: router, model: a.gguf, threshold: 0.5, max_tokens: 64, context: 64 }}
-  - {{ name: b, role: refine, model: b.gguf, threshold: 0.7, max_tokens: 64, context: 64 }}
-  - {{ name: c, role: expert, model: c.gguf, threshold: 0.9, max_tokens: 64, context: 64 }}
-"
-    );
-    let path = dir.path().join("tiers.yaml");
-    std::fs::write(&path, yaml).unwrap();
+    let (dir, config) = synthetic_ladder(&format!("routing: {routing}"));
     let engine = FakeEngine::new();
     for (tier, s) in scripts {
         engine.script(tier, s.clone());
     }
-    let config = Arc::new(Config::load(&path).unwrap());
     (dir, Router::new(engine, config))
 }
 

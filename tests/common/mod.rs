@@ -95,3 +95,29 @@ pub fn truncated_copy(src: &Path, dir: &Path, name: &str, keep: u64) -> PathBuf 
     std::fs::write(&path, &data[..keep as usize]).unwrap();
     path
 }
+
+/// A ladder a, b, c of synthetic models (1, 2, 3 MiB of weights) with
+/// `header` (memory and routing sections) on top, validated.
+pub fn synthetic_ladder(
+    header: &str,
+) -> (
+    tempfile::TempDir,
+    std::sync::Arc<xnai_model_router::config::Config>,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    for (i, n) in ["a", "b", "c"].iter().enumerate() {
+        synthetic_gguf(dir.path(), &format!("{n}.gguf"), (i as u64 + 1) << 20);
+    }
+    let yaml = format!(
+        "{header}
+tiers:
+  - {{ name: a, role: router, model: a.gguf, threshold: 0.5, max_tokens: 64, context: 64 }}
+  - {{ name: b, role: refine, model: b.gguf, threshold: 0.7, max_tokens: 64, context: 64 }}
+  - {{ name: c, role: expert, model: c.gguf, threshold: 0.9, max_tokens: 64, context: 64 }}
+"
+    );
+    let path = dir.path().join("tiers.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let config = xnai_model_router::config::Config::load(&path).unwrap();
+    (dir, std::sync::Arc::new(config))
+}
