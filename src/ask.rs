@@ -128,6 +128,7 @@ pub async fn ask<E: Engine>(
         stop: opts.stop.clone(),
         ignore_eos: false,
         cancel: Cancel::default(),
+        progress: Default::default(),
         speculation: t.speculation(draft.as_ref().map(|d| d.model_id())),
     };
     let g = lease.generate(request).await?;

@@ -201,6 +201,7 @@ pub async fn engine_bench(
         stop: Vec::new(),
         ignore_eos: true,
         cancel: Cancel::default(),
+        progress: Default::default(),
         speculation: Default::default(),
     };
     // Warm-up: page the weights in, as llama-bench's own warm-up run does.
@@ -321,6 +322,7 @@ pub async fn speculative_bench(
         stop: Vec::new(),
         ignore_eos: true,
         cancel: Cancel::default(),
+        progress: Default::default(),
         speculation,
     };
     // Warm-up: page in both models.

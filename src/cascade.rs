@@ -189,6 +189,7 @@ mod tests {
                 token_budget: 4096,
                 history: 8,
             },
+            server: Default::default(),
             tiers: Vec::new(),
         };
         let c = classify("Debug this function: fn f() {}");

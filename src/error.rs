@@ -21,6 +21,11 @@ pub enum Error {
     Quantize(#[from] QuantizeError),
     #[error(transparent)]
     Route(#[from] RouteError),
+    #[error(transparent)]
+    Busy(#[from] crate::queue::Busy),
+    /// The caller cancelled the request (or went away); the model stays loaded.
+    #[error("cancelled{}", .stage.as_deref().map(|s| format!(" {s}")).unwrap_or_default())]
+    Cancelled { stage: Option<String> },
     /// A caller's argument is wrong: names the field and the value.
     #[error("{field}: {message}")]
     InvalidInput { field: String, message: String },

@@ -12,15 +12,20 @@
 //! - [`engine`]: the inference trait; llama.cpp on its own thread; a scripted fake.
 //! - [`pool`]: lazy loading, LRU eviction inside a byte budget, RAII leases.
 //! - [`ask`]: one question on one tier, with timings and memory.
+//! - [`queue`]: one request at a time, a bounded line, resident tiers first without starving anyone.
+//! - [`activity`]: what a call is doing now (queued, loading, generating) for progress reports.
 //! - [`router`]: the routing service: classify, cascade, history, per-tier statistics.
 //! - [`status`]: the ladder with its costs, as text.
 //! - [`vocab`]: whether one model can draft for another (llama.cpp's rule).
 //! - [`quantize`]: derives models of other weight types with llama.cpp's quantizer.
 //! - [`bench`]: generation speed against llama.cpp's own llama-bench.
+//! - [`http`]: MCP over HTTP (Streamable HTTP and the older SSE), guards, limits, health and metrics.
 //! - [`mcp`]: the MCP tools (route_query, get_tier_status, force_escalate) and the manifest.
 //! - [`memory`]: measured process memory.
+//! - [`metrics`]: Prometheus metrics for `GET /metrics`.
 //! - [`error`]: the crate error gathering each domain's.
 
+pub mod activity;
 pub mod ask;
 pub mod bench;
 pub mod cascade;
@@ -31,10 +36,13 @@ pub mod engine;
 pub mod error;
 pub mod estimate;
 pub mod gguf;
+pub mod http;
 pub mod mcp;
 pub mod memory;
+pub mod metrics;
 pub mod pool;
 pub mod quantize;
+pub mod queue;
 pub mod router;
 pub mod status;
 pub mod vocab;

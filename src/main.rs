@@ -9,6 +9,7 @@ use std::sync::Arc;
 use xnai_model_router::ask::{ask, AskOptions};
 use xnai_model_router::config::{self, Config, ConfigError};
 use xnai_model_router::engine::llama::LlamaEngine;
+use xnai_model_router::http::HttpOptions;
 use xnai_model_router::mcp::{self, McpServer};
 use xnai_model_router::pool::TierPool;
 use xnai_model_router::router::Router;
@@ -37,6 +38,8 @@ struct Cli {
 enum Transport {
     /// MCP over standard input/output (what MCP clients spawn).
     Stdio,
+    /// MCP over HTTP: Streamable HTTP at /mcp and the older SSE transport at /sse.
+    Http,
 }
 
 #[derive(Subcommand)]
@@ -45,6 +48,21 @@ enum Cmd {
     Serve {
         #[arg(long, value_enum, default_value = "stdio")]
         transport: Transport,
+        /// Address for --transport http. Loopback by default; any other
+        /// address requires a token.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        bind: std::net::SocketAddr,
+        /// File holding the bearer token HTTP clients must send (the
+        /// XNAI_HTTP_TOKEN environment variable is the other way; never on
+        /// the command line).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        /// Also accept this Host name (repeatable), e.g. the machine's LAN name.
+        #[arg(long)]
+        allow_host: Vec<String>,
+        /// Also accept this browser Origin (repeatable), e.g. https://app.example.com.
+        #[arg(long)]
+        allow_origin: Vec<String>,
     },
     /// Print mcp-manifest.json: the server, how to launch it, its tools and schemas.
     Manifest,
@@ -195,10 +213,22 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Cmd::Serve { transport } => {
+        Cmd::Serve {
+            transport,
+            bind,
+            token_file,
+            allow_host,
+            allow_origin,
+        } => {
             let config = Arc::new(load_config(&cli.config)?);
+            let http = HttpOptions {
+                bind,
+                token: read_token(token_file.as_deref())?,
+                allow_hosts: allow_host,
+                allow_origins: allow_origin,
+            };
             let rt = tokio::runtime::Runtime::new()?;
-            rt.block_on(serve(config, transport))?;
+            rt.block_on(serve(config, transport, http))?;
         }
         Cmd::Manifest => {
             println!("{}", serde_json::to_string_pretty(&mcp::manifest())?);
@@ -385,14 +415,65 @@ fn exe() -> String {
     std::env::current_exe().map_or_else(|_| "xnai-model-router".into(), |p| p.display().to_string())
 }
 
-async fn serve(config: Arc<Config>, transport: Transport) -> anyhow::Result<()> {
+/// The HTTP token: from --token-file, else XNAI_HTTP_TOKEN; never argv.
+fn read_token(file: Option<&Path>) -> anyhow::Result<Option<String>> {
+    let token = match file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("reading --token-file {}", path.display()))?,
+        ),
+        None => std::env::var("XNAI_HTTP_TOKEN").ok(),
+    };
+    match token.map(|t| t.trim().to_string()) {
+        Some(t) if t.is_empty() => bail!(
+            "the HTTP token is empty ({}); put a long random string there",
+            file.map_or("XNAI_HTTP_TOKEN".to_string(), |p| p.display().to_string())
+        ),
+        Some(t) if t.len() < 16 => bail!(
+            "the HTTP token is {} characters; use at least 16 (e.g. `openssl rand -hex 32`)",
+            t.len()
+        ),
+        t => Ok(t),
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
+
+async fn serve(config: Arc<Config>, transport: Transport, http: HttpOptions) -> anyhow::Result<()> {
     let config_path =
         std::fs::canonicalize(&config.source).unwrap_or_else(|_| config.source.clone());
     use rmcp::ServiceExt;
     let tiers = config.tier_names();
+    let grace = std::time::Duration::from_secs(config.server.shutdown_grace_secs);
     let router = Arc::new(Router::new(LlamaEngine::new(), config));
-    let server = McpServer::new(router);
+    let hangup = tokio_util::sync::CancellationToken::new();
+    let server = McpServer::new(router.clone()).with_hangup(hangup.clone());
     match transport {
+        Transport::Http => {
+            let bind = http.bind;
+            xnai_model_router::http::serve(router, http, shutdown_signal(), |addr| {
+                tracing::info!(%tiers, %addr, "serving MCP over HTTP");
+                eprintln!(
+                    "xnai-model-router: MCP over HTTP on {addr}\n  Streamable HTTP: http://{addr}/mcp\n  SSE (older clients): http://{addr}/sse\n  health: http://{addr}/healthz   metrics: http://{addr}/metrics"
+                );
+            })
+            .await
+            .with_context(|| format!("serving HTTP on {bind}"))?;
+        }
         Transport::Stdio => {
             tracing::info!(%tiers, "serving MCP over stdio");
             if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
@@ -407,11 +488,22 @@ async fn serve(config: Arc<Config>, transport: Transport) -> anyhow::Result<()> 
                     exe()
                 );
             }
-            server
-                .serve(rmcp::transport::stdio())
-                .await?
-                .waiting()
-                .await?;
+            let running = server.serve(rmcp::transport::stdio()).await?;
+            tokio::select! {
+                r = running.waiting() => { r?; }
+                _ = shutdown_signal() => {
+                    // Let the request in flight finish, up to the grace period.
+                    let deadline = std::time::Instant::now() + grace;
+                    while (router.queue().running() || router.queue().queued() > 0)
+                        && std::time::Instant::now() < deadline
+                    {
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
+                    hangup.cancel();
+                    // A cancelled call answers within a decode step; let it.
+                    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                }
+            }
         }
     }
     Ok(())

@@ -6,7 +6,8 @@
 //! load, the budget, an unknown request id) become tool results with
 //! `isError: true` and a message that names the tier and the reason.
 
-use crate::engine::{Engine, Message};
+use crate::activity::{Activity, Call};
+use crate::engine::{Cancel, Engine, Message};
 use crate::error::Error;
 use crate::pool::PoolError;
 use crate::router::{RouteRequest, RouteResult, Router, TierStatusReport};
@@ -15,12 +16,25 @@ use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::tool::ToolCallContext;
 use rmcp::model::JsonObject;
 use rmcp::model::{
-    CallToolResult, ContentBlock, Implementation, ServerCapabilities, ServerConfig, Tool,
+    CallToolResult, ContentBlock, Implementation, ProgressNotificationParam, ServerCapabilities,
+    ServerConfig, Tool,
 };
-use rmcp::{tool, tool_handler, tool_router, ErrorData, ServerHandler};
+use rmcp::service::RequestContext;
+use rmcp::{tool, tool_handler, tool_router, ErrorData, RoleServer, ServerHandler};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// How often a call with a progressToken hears how it is going, at most.
+pub const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Put into an HTTP request's extensions by the transport: cancelled when
+/// the client drops the connection that waits for the answer.
+#[derive(Debug, Clone)]
+pub struct Disconnect(pub CancellationToken);
 
 /// Conversation context for route_query.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
@@ -127,6 +141,9 @@ fn portable(schema: Arc<JsonObject>) -> Arc<JsonObject> {
 pub struct McpServer<E: Engine> {
     router: Arc<Router<E>>,
     tool_router: ToolRouter<Self>,
+    /// Cancels every call of this server (or session) when it fires: the
+    /// connection went away, or shutdown's grace period ended.
+    hangup: CancellationToken,
 }
 
 impl<E: Engine> Clone for McpServer<E> {
@@ -134,7 +151,73 @@ impl<E: Engine> Clone for McpServer<E> {
         McpServer {
             router: self.router.clone(),
             tool_router: self.tool_router.clone(),
+            hangup: self.hangup.clone(),
         }
+    }
+}
+
+impl<E: Engine> McpServer<E> {
+    /// Runs one routing call: links its cancellation to the client's
+    /// `notifications/cancelled`, a dropped HTTP connection and the
+    /// server's hangup; sends `notifications/progress` at most every
+    /// [`PROGRESS_INTERVAL`] when the call carries a progressToken. Every
+    /// progress notification is sent before this returns, so before the
+    /// result.
+    async fn run_call<T, F, Fut>(&self, ctx: &RequestContext<RoleServer>, f: F) -> T
+    where
+        F: FnOnce(Call) -> Fut,
+        Fut: Future<Output = T>,
+    {
+        let call = Call {
+            cancel: Cancel::child_of(&ctx.ct),
+            activity: Activity::default(),
+        };
+        let done = CancellationToken::new();
+        let mut sources = vec![self.hangup.clone()];
+        if let Some(parts) = ctx.extensions.get::<axum::http::request::Parts>() {
+            if let Some(Disconnect(token)) = parts.extensions.get::<Disconnect>() {
+                sources.push(token.clone());
+            }
+        }
+        for source in sources {
+            let (cancel, done) = (call.cancel.clone(), done.clone());
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = source.cancelled() => cancel.cancel(),
+                    _ = done.cancelled() => {}
+                }
+            });
+        }
+        let reporter = ctx.meta.get_progress_token().map(|token| {
+            let (peer, activity, done) = (ctx.peer.clone(), call.activity.clone(), done.clone());
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(PROGRESS_INTERVAL);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let mut last = f64::NEG_INFINITY;
+                loop {
+                    tokio::select! {
+                        biased;
+                        _ = done.cancelled() => break,
+                        _ = tick.tick() => {}
+                    }
+                    let now = activity.snapshot();
+                    if now.progress > last {
+                        last = now.progress;
+                        let mut p = ProgressNotificationParam::new(token.clone(), now.progress);
+                        p.message = Some(now.message);
+                        if peer.notify_progress(p).await.is_err() {
+                            break; // the client is gone
+                        }
+                    }
+                }
+            })
+        });
+        let out = f(call).await;
+        done.cancel();
+        if let Some(r) = reporter {
+            let _ = r.await;
+        }
+        out
     }
 }
 
@@ -216,7 +299,18 @@ impl<E: Engine> McpServer<E> {
         McpServer {
             router,
             tool_router: Self::tool_router(),
+            hangup: CancellationToken::new(),
         }
+    }
+
+    /// The same tools, with every call cancelled when `hangup` fires.
+    pub fn with_hangup(mut self, hangup: CancellationToken) -> Self {
+        self.hangup = hangup;
+        self
+    }
+
+    pub fn router(&self) -> &Arc<Router<E>> {
+        &self.router
     }
 
     /// The tools as declared to clients (names, descriptions, schemas).
@@ -231,6 +325,7 @@ impl<E: Engine> McpServer<E> {
     )]
     async fn route_query(
         &self,
+        ctx: RequestContext<RoleServer>,
         Args(args): Args<RouteQueryArgs>,
     ) -> Result<CallToolResult, ErrorData> {
         let context = args.context.unwrap_or_default();
@@ -242,7 +337,12 @@ impl<E: Engine> McpServer<E> {
             max_tokens: args.max_tokens,
             temperature: args.temperature,
         };
-        to_tool_result(self.router.route(request).await, route_summary)
+        let result = self
+            .run_call(&ctx, |call| async move {
+                self.router.route(request, &call).await
+            })
+            .await;
+        to_tool_result(result, route_summary)
     }
 
     #[tool(
@@ -260,11 +360,15 @@ impl<E: Engine> McpServer<E> {
     )]
     async fn force_escalate(
         &self,
+        ctx: RequestContext<RoleServer>,
         Args(args): Args<ForceEscalateArgs>,
     ) -> Result<CallToolResult, ErrorData> {
         let result = self
-            .router
-            .escalate(&args.request_id, args.target_tier.as_deref())
+            .run_call(&ctx, |call| async move {
+                self.router
+                    .escalate(&args.request_id, args.target_tier.as_deref(), &call)
+                    .await
+            })
             .await;
         to_tool_result(result, route_summary)
     }

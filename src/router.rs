@@ -2,16 +2,19 @@
 //! run the confidence cascade through the pool, remember recent requests for
 //! force_escalate, and keep per-tier statistics for get_tier_status.
 
+use crate::activity::Call;
 use crate::cascade::{self, Draft, Outcome, Position, RoutedBy};
 use crate::classify::{classify, Complexity};
 use crate::confidence::confidence;
 use crate::config::Config;
 use crate::engine::{
-    Cancel, Engine, EngineError, FinishReason, GenerateRequest, Message, PromptFormat, Sampling,
+    Engine, EngineError, FinishReason, GenerateRequest, Message, PromptFormat, Sampling,
 };
 use crate::engine::{SpecStats, Speculation};
 use crate::error::{Error, Result};
+use crate::metrics::{AttemptRecord, Live, LiveTier, Metrics};
 use crate::pool::TierPool;
+use crate::queue::Scheduler;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
@@ -91,7 +94,8 @@ pub struct Attempt {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 pub struct Timings {
     pub classify_ms: f64,
-    /// Waiting for an in-use model to free up and for the inference thread.
+    /// Waiting in the request queue, for an in-use model to free up and
+    /// for the inference thread.
     pub queue_ms: f64,
     pub load_ms: f64,
     /// Prompt processing and generation, all attempts.
@@ -202,6 +206,8 @@ struct State {
 pub struct Router<E: Engine> {
     pool: TierPool<E>,
     config: Arc<Config>,
+    queue: Scheduler,
+    metrics: Metrics,
     /// A std mutex: short bookkeeping only, never held across `.await`.
     state: Mutex<State>,
 }
@@ -215,6 +221,8 @@ impl<E: Engine> Router<E> {
         let stats = vec![TierStats::default(); config.tiers.len()];
         Router {
             pool: TierPool::new(engine, config.clone()),
+            queue: Scheduler::new(config.server.queue_depth, config.server.max_bypass),
+            metrics: Metrics::default(),
             config,
             state: Mutex::new(State {
                 stats,
@@ -229,6 +237,11 @@ impl<E: Engine> Router<E> {
 
     pub fn config(&self) -> &Arc<Config> {
         &self.config
+    }
+
+    /// The inference queue (for metrics).
+    pub fn queue(&self) -> &Scheduler {
+        &self.queue
     }
 
     fn check(&self, req: &RouteRequest) -> Result<Option<usize>> {
@@ -280,8 +293,18 @@ impl<E: Engine> Router<E> {
     /// [`Error::InvalidInput`] for bad arguments (including a query longer
     /// than the tier's context); a pool or engine error when the first tier
     /// cannot load or answer.
-    pub async fn route(&self, req: RouteRequest) -> Result<RouteResult> {
+    pub async fn route(&self, req: RouteRequest, call: &Call) -> Result<RouteResult> {
         let started = Instant::now();
+        let result = self.route_inner(req, call, started).await;
+        self.count(result, started)
+    }
+
+    async fn route_inner(
+        &self,
+        req: RouteRequest,
+        call: &Call,
+        started: Instant,
+    ) -> Result<RouteResult> {
         let preferred = self.check(&req)?;
         let t = Instant::now();
         let complexity = classify(&req.query);
@@ -297,7 +320,9 @@ impl<E: Engine> Router<E> {
             _ => None,
         };
         let mut result = self
-            .cascade(req, complexity, start, fallback, routed_by, None, started)
+            .cascade(
+                req, complexity, start, fallback, routed_by, None, started, call,
+            )
             .await?;
         result.timings.classify_ms = classify_ms;
         Ok(result)
@@ -311,8 +336,38 @@ impl<E: Engine> Router<E> {
     /// [`RouteError`] for an unknown or expired id, a request already at the
     /// top, or a target that is not higher; [`Error::InvalidInput`] for an
     /// unknown target name.
-    pub async fn escalate(&self, id: &str, target: Option<&str>) -> Result<RouteResult> {
+    pub async fn escalate(
+        &self,
+        id: &str,
+        target: Option<&str>,
+        call: &Call,
+    ) -> Result<RouteResult> {
         let started = Instant::now();
+        let result = self.escalate_inner(id, target, call, started).await;
+        self.count(result, started)
+    }
+
+    /// Records a finished request in the metrics.
+    fn count(&self, result: Result<RouteResult>, started: Instant) -> Result<RouteResult> {
+        let (outcome, tier) = match &result {
+            Ok(r) => ("answered", Some(r.tier.as_str())),
+            Err(Error::Busy(_)) => ("busy", None),
+            Err(Error::Cancelled { .. }) => ("cancelled", None),
+            Err(Error::InvalidInput { .. }) | Err(Error::Route(_)) => ("invalid", None),
+            Err(_) => ("failed", None),
+        };
+        self.metrics
+            .request(outcome, tier, started.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn escalate_inner(
+        &self,
+        id: &str,
+        target: Option<&str>,
+        call: &Call,
+        started: Instant,
+    ) -> Result<RouteResult> {
         let record = {
             let st = self.state.lock().unwrap();
             st.history.iter().find(|r| r.id == id).cloned()
@@ -366,6 +421,7 @@ impl<E: Engine> Router<E> {
                 RoutedBy::ForceEscalate,
                 Some(draft),
                 started,
+                call,
             )
             .await?;
         result.escalated_from = Some(record.id);
@@ -382,12 +438,25 @@ impl<E: Engine> Router<E> {
         routed_by: RoutedBy,
         mut draft: Option<Draft>,
         started: Instant,
+        call: &Call,
     ) -> Result<RouteResult> {
+        let resident = || self.pool.resident_tiers();
+        call.activity.queued(self.queue.queued());
+        let _turn = tokio::select! {
+            turn = self.queue.admit(start, &resident) => turn?,
+            _ = call.cancel.cancelled() => {
+                return Err(Error::Cancelled { stage: Some("while queued".into()) })
+            }
+        };
+        let waited_ms = ms_since(started);
         let cfg = &self.config;
         let routing = &cfg.routing;
         let mut tier = start;
         let mut attempts: Vec<Attempt> = Vec::new();
-        let mut timings = Timings::default();
+        let mut timings = Timings {
+            queue_ms: waited_ms,
+            ..Timings::default()
+        };
         let mut answer: Option<(usize, String, f64, u32, f64)> = None;
         let mut tokens_used = 0u32;
         let mut escalations = 0u32;
@@ -434,15 +503,20 @@ impl<E: Engine> Router<E> {
                 },
                 stop: Vec::new(),
                 ignore_eos: false,
-                cancel: Cancel::default(),
+                cancel: call.cancel.clone(),
+                progress: Default::default(),
                 speculation: Speculation::Off,
             };
+            call.activity.loading(&t.name);
+            // A load is not interrupted (the pool's bookkeeping stays whole);
+            // a cancellation during it stops the generation before its first token.
             let outcome = match self.pool.acquire_with_draft(tier).await {
                 Err(e) => Err(Error::from(e)),
                 Ok((lease, draft_lease)) => {
                     attempt.load_ms =
                         lease.load_ms + draft_lease.as_ref().map_or(0.0, |d| d.load_ms);
                     let mut request = request;
+                    request.progress = call.activity.generating(&t.name, max_tokens);
                     request.speculation = t.speculation(draft_lease.as_ref().map(|d| d.model_id()));
                     let called = Instant::now();
                     let g = lease.generate(request).await;
@@ -489,6 +563,15 @@ impl<E: Engine> Router<E> {
                     break;
                 }
             };
+            if g.finish == FinishReason::Cancelled {
+                self.state.lock().unwrap().stats[tier].attempts += 1;
+                return Err(Error::Cancelled {
+                    stage: Some(format!(
+                        "at tier {} after {} tokens",
+                        t.name, g.completion_tokens
+                    )),
+                });
+            }
             let conf = confidence(&g.token_probs);
             tokens_used += g.completion_tokens;
             attempt.confidence = conf;
@@ -534,6 +617,15 @@ impl<E: Engine> Router<E> {
                     s.escalations_out += 1;
                 }
             }
+            self.metrics.attempt(&AttemptRecord {
+                tier: &t.name,
+                seconds: (attempt.load_ms + attempt.queue_ms + attempt.generate_ms) / 1e3,
+                tokens: g.completion_tokens,
+                generate_seconds: g.generate_ms / 1e3,
+                escalated: outcome == Outcome::Escalated,
+                drafted: g.speculative.as_ref().map_or(0, |s| u64::from(s.drafted)),
+                accepted: g.speculative.as_ref().map_or(0, |s| u64::from(s.accepted)),
+            });
             attempts.push(attempt);
             answer = Some((
                 tier,
@@ -604,6 +696,37 @@ impl<E: Engine> Router<E> {
             max_loaded: st.max_loaded,
             loaded: st.resident.into_iter().map(|r| r.tier).collect(),
         }
+    }
+
+    /// The Prometheus text exposition of this router's metrics.
+    pub fn metrics_text(&self) -> String {
+        let pool = self.pool.status();
+        let tiers = self
+            .config
+            .tiers
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let c = &pool.counters[i].1;
+                let loaded = pool.resident.iter().any(|r| r.tier == t.name);
+                LiveTier {
+                    name: t.name.clone(),
+                    loads: c.loads,
+                    evictions: c.evictions,
+                    loaded,
+                    estimated_bytes: t.cost.total,
+                }
+            })
+            .collect();
+        self.metrics.render(Live {
+            tiers,
+            resident_bytes: pool.estimated_bytes,
+            process_rss: pool.process_rss,
+            queue_waiting: self.queue.queued(),
+            queue_running: self.queue.running(),
+            queue_depth: self.queue.depth(),
+            rejected: self.queue.rejected(),
+        })
     }
 
     /// Every tier with its residency, costs and statistics, and the memory picture.

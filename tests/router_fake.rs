@@ -5,6 +5,7 @@
 mod common;
 
 use common::synthetic_ladder;
+use xnai_model_router::activity::Call;
 use xnai_model_router::cascade::{Outcome, RoutedBy};
 use xnai_model_router::engine::fake::{FakeEngine, Script};
 use xnai_model_router::router::{RouteRequest, Router};
@@ -47,7 +48,10 @@ async fn escalates_until_a_tier_is_confident() {
         "{}",
         &[("a", prob(0.3)), ("b", prob(0.8)), ("c", prob(0.99))],
     );
-    let res = r.route(ask("What time is it?")).await.unwrap();
+    let res = r
+        .route(ask("What time is it?"), &Call::default())
+        .await
+        .unwrap();
     assert_eq!(res.routed_by, RoutedBy::Classifier);
     assert_eq!(
         outcomes(&res),
@@ -66,7 +70,10 @@ async fn stops_at_the_top_or_at_the_escalation_limit() {
         "{}",
         &[("a", prob(0.1)), ("b", prob(0.1)), ("c", prob(0.1))],
     );
-    let res = r.route(ask("What time is it?")).await.unwrap();
+    let res = r
+        .route(ask("What time is it?"), &Call::default())
+        .await
+        .unwrap();
     assert_eq!(res.attempts.len(), 3);
     assert_eq!(res.attempts[2].outcome, Outcome::TopTierReached);
 
@@ -74,7 +81,10 @@ async fn stops_at_the_top_or_at_the_escalation_limit() {
         "{ max_escalations: 1 }",
         &[("a", prob(0.1)), ("b", prob(0.1))],
     );
-    let res = r.route(ask("What time is it?")).await.unwrap();
+    let res = r
+        .route(ask("What time is it?"), &Call::default())
+        .await
+        .unwrap();
     assert_eq!(
         outcomes(&res),
         vec![
@@ -91,7 +101,10 @@ async fn a_failing_upper_tier_leaves_the_lower_answer_standing() {
         ..Script::default()
     };
     let (_d, r) = router("{}", &[("a", prob(0.2)), ("b", broken)]);
-    let res = r.route(ask("What time is it?")).await.unwrap();
+    let res = r
+        .route(ask("What time is it?"), &Call::default())
+        .await
+        .unwrap();
     assert_eq!(res.tier, "a");
     assert_eq!(res.attempts[1].outcome, Outcome::Failed);
     let err = res.attempts[1].error.as_deref().unwrap();
@@ -112,7 +125,10 @@ async fn a_domain_tier_that_cannot_load_falls_back() {
         &[("c", broken), ("b", prob(0.95))],
     );
     let res = r
-        .route(ask("Debug this function: fn main() { let x = 1; }"))
+        .route(
+            ask("Debug this function: fn main() { let x = 1; }"),
+            &Call::default(),
+        )
         .await
         .unwrap();
     assert_eq!(res.routed_by, RoutedBy::Domain);
@@ -129,7 +145,7 @@ async fn the_first_tier_failing_without_fallback_is_an_error_naming_it() {
     };
     let (_d, r) = router("{}", &[("a", broken)]);
     let err = r
-        .route(ask("What time is it?"))
+        .route(ask("What time is it?"), &Call::default())
         .await
         .unwrap_err()
         .to_string();
@@ -142,20 +158,29 @@ async fn force_escalate_history_is_bounded_and_goes_up() {
         "{ history: 2 }",
         &[("a", prob(0.99)), ("b", prob(0.99)), ("c", prob(0.99))],
     );
-    let first = r.route(ask("What time is it?")).await.unwrap();
+    let first = r
+        .route(ask("What time is it?"), &Call::default())
+        .await
+        .unwrap();
     assert_eq!(first.tier, "a");
-    let up = r.escalate(&first.request_id, None).await.unwrap();
+    let up = r
+        .escalate(&first.request_id, None, &Call::default())
+        .await
+        .unwrap();
     assert_eq!(up.tier, "b");
     assert_eq!(
         up.escalated_from.as_deref(),
         Some(first.request_id.as_str())
     );
     assert_eq!(up.routed_by, RoutedBy::ForceEscalate);
-    let top = r.escalate(&up.request_id, Some("c")).await.unwrap();
+    let top = r
+        .escalate(&up.request_id, Some("c"), &Call::default())
+        .await
+        .unwrap();
     assert_eq!(top.tier, "c");
     // Three requests recorded, two kept: the first has expired.
     let err = r
-        .escalate(&first.request_id, None)
+        .escalate(&first.request_id, None, &Call::default())
         .await
         .unwrap_err()
         .to_string();
@@ -164,12 +189,15 @@ async fn force_escalate_history_is_bounded_and_goes_up() {
         "{err}"
     );
     let err = r
-        .escalate(&top.request_id, None)
+        .escalate(&top.request_id, None, &Call::default())
         .await
         .unwrap_err()
         .to_string();
     assert!(err.contains("top tier"), "{err}");
-    let err = r.escalate(&up.request_id, Some("zzz")).await.unwrap_err();
+    let err = r
+        .escalate(&up.request_id, Some("zzz"), &Call::default())
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::InvalidInput { .. }), "{err}");
 }
 
@@ -177,7 +205,9 @@ async fn force_escalate_history_is_bounded_and_goes_up() {
 async fn status_counts_requests_and_escalations() {
     let (_d, r) = router("{}", &[("a", prob(0.1)), ("b", prob(0.99))]);
     for _ in 0..3 {
-        r.route(ask("What time is it?")).await.unwrap();
+        r.route(ask("What time is it?"), &Call::default())
+            .await
+            .unwrap();
     }
     let s = r.tier_status();
     assert_eq!(

@@ -5,7 +5,7 @@ pub mod raw;
 pub mod size;
 pub mod validate;
 
-pub use raw::{RawConfig, Role};
+pub use raw::{RawConfig, Role, ServerSettings};
 pub use size::ByteSize;
 
 use crate::estimate::{ModelCost, ModelShape};
@@ -127,6 +127,7 @@ pub struct Config {
     pub source: PathBuf,
     pub memory: MemoryConfig,
     pub routing: Routing,
+    pub server: ServerSettings,
     pub tiers: Vec<Tier>,
 }
 
@@ -182,6 +183,7 @@ impl Config {
                 ..raw::RawMemory::default()
             },
             routing: raw::RawRouting::default(),
+            server: ServerSettings::default(),
             tiers: vec![raw::RawTier {
                 name,
                 role: Role::Router,

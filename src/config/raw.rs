@@ -17,6 +17,9 @@ pub struct RawConfig {
     /// How queries are routed to tiers and escalated.
     #[serde(default)]
     pub routing: RawRouting,
+    /// The request queue and the HTTP server's limits.
+    #[serde(default)]
+    pub server: ServerSettings,
     /// The ladder, smallest and fastest first; later tiers are larger.
     pub tiers: Vec<RawTier>,
 }
@@ -115,6 +118,74 @@ impl Default for RawMemory {
             preload_next: false,
         }
     }
+}
+
+/// The request queue, shutdown and the HTTP transport's limits.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    /// Requests that may wait while one is being answered; one more gets a
+    /// busy error at once. Default: 16.
+    #[serde(default = "default_queue_depth")]
+    pub queue_depth: usize,
+    /// How many times a waiting request may be overtaken by a later one for
+    /// a tier that is already resident (avoids load/evict thrashing when
+    /// agents alternate tiers, without starving anyone). 0 keeps strict
+    /// arrival order. Default: 4.
+    #[serde(default = "default_max_bypass")]
+    pub max_bypass: u32,
+    /// Seconds in-flight requests may take to finish after SIGINT/SIGTERM
+    /// before they are cancelled. Default: 30.
+    #[serde(default = "default_shutdown_grace")]
+    pub shutdown_grace_secs: u64,
+    /// Largest HTTP request body accepted. Default: 1 MiB.
+    #[serde(default = "default_max_body")]
+    pub max_body: ByteSize,
+    /// Most HTTP sessions open at once (Streamable HTTP and SSE together).
+    /// Default: 64.
+    #[serde(default = "default_max_sessions")]
+    pub max_sessions: usize,
+    /// Seconds after which an HTTP session with no activity is closed.
+    /// Default: 600.
+    #[serde(default = "default_session_idle")]
+    pub session_idle_secs: u64,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings {
+            queue_depth: default_queue_depth(),
+            max_bypass: default_max_bypass(),
+            shutdown_grace_secs: default_shutdown_grace(),
+            max_body: default_max_body(),
+            max_sessions: default_max_sessions(),
+            session_idle_secs: default_session_idle(),
+        }
+    }
+}
+
+fn default_queue_depth() -> usize {
+    16
+}
+
+fn default_max_bypass() -> u32 {
+    4
+}
+
+fn default_shutdown_grace() -> u64 {
+    30
+}
+
+fn default_max_body() -> ByteSize {
+    ByteSize(1 << 20)
+}
+
+fn default_max_sessions() -> usize {
+    64
+}
+
+fn default_session_idle() -> u64 {
+    600
 }
 
 fn default_budget() -> ByteSize {

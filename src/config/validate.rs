@@ -238,12 +238,14 @@ pub fn validate(raw: RawConfig, source: &Path) -> Result<Config, ConfigError> {
     }
 
     let routing = resolve_routing(&raw, &mut bad);
+    check_server(&raw.server, &mut bad);
 
     if problems.is_empty() {
         Ok(Config {
             source: source.to_path_buf(),
             memory,
             routing,
+            server: raw.server.clone(),
             tiers,
         })
     } else {
@@ -311,6 +313,28 @@ fn resolve_routing(raw: &RawConfig, bad: &mut impl FnMut(String, String)) -> Rou
         hand_over_draft: r.hand_over_draft,
         token_budget: r.token_budget,
         history: r.history,
+    }
+}
+
+/// The server section has no names to resolve, only bounds.
+fn check_server(s: &super::raw::ServerSettings, bad: &mut impl FnMut(String, String)) {
+    if s.max_body.0 < 1024 {
+        bad(
+            "server.max_body".into(),
+            format!("must be at least 1 KiB, got {}", s.max_body),
+        );
+    }
+    if s.max_sessions == 0 {
+        bad(
+            "server.max_sessions".into(),
+            "must be at least 1, got 0".into(),
+        );
+    }
+    if s.session_idle_secs == 0 {
+        bad(
+            "server.session_idle_secs".into(),
+            "must be at least 1, got 0".into(),
+        );
     }
 }
 

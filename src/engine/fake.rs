@@ -107,11 +107,24 @@ impl Engine for FakeEngine {
             .cloned()
             .ok_or(EngineError::NotLoaded(id))?;
         let script = self.script_for(&tier);
-        if !script.delay.is_zero() {
-            tokio::time::sleep(script.delay).await;
-        }
         let words: Vec<&str> = script.text.split_whitespace().collect();
-        let n = words.len().min(request.max_tokens as usize);
+        let limit = words.len().min(request.max_tokens as usize);
+        // The delay is spread over the words, one "token" each, so progress
+        // and cancellation behave as in a real generation.
+        let per_word = script.delay / limit.max(1) as u32;
+        let mut n = 0;
+        let mut cancelled = false;
+        while n < limit {
+            if request.cancel.is_cancelled() {
+                cancelled = true;
+                break;
+            }
+            if !per_word.is_zero() {
+                tokio::time::sleep(per_word).await;
+            }
+            n += 1;
+            request.progress.set(n as u32);
+        }
         let text = words[..n].join(" ");
         Ok(Generation {
             text,
@@ -123,7 +136,9 @@ impl Engine for FakeEngine {
                 .map(|m| m.content.len() as u32 / 4)
                 .sum(),
             completion_tokens: n as u32,
-            finish: if n < words.len() {
+            finish: if cancelled {
+                FinishReason::Cancelled
+            } else if n < words.len() {
                 FinishReason::Length
             } else {
                 FinishReason::EndOfText

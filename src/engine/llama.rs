@@ -342,6 +342,7 @@ fn generate(
         req.max_tokens as usize,
         req.ignore_eos,
         req.cancel.clone(),
+        req.progress.clone(),
     );
     let mut sampler = Sampler::new(req.sampling);
     let last_logits = batch.n_tokens() - 1;
@@ -386,6 +387,7 @@ pub(super) struct Output<'m> {
     max_tokens: usize,
     ignore_eos: bool,
     cancel: super::Cancel,
+    progress: super::Progress,
     pub ids: Vec<u32>,
     pub probs: Vec<f32>,
     pub text: Vec<u8>,
@@ -400,6 +402,7 @@ impl<'m> Output<'m> {
         max_tokens: usize,
         ignore_eos: bool,
         cancel: super::Cancel,
+        progress: super::Progress,
     ) -> Self {
         Output {
             model,
@@ -408,6 +411,7 @@ impl<'m> Output<'m> {
             max_tokens,
             ignore_eos,
             cancel,
+            progress,
             ids: Vec::with_capacity(budget),
             probs: Vec::with_capacity(budget),
             text: Vec::new(),
@@ -436,6 +440,7 @@ impl<'m> Output<'m> {
         }
         self.ids.push(token);
         self.probs.push(prob);
+        self.progress.set(self.ids.len() as u32);
         let old_len = self.text.len();
         self.model
             .vocab()

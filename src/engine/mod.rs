@@ -17,7 +17,7 @@ pub use sampling::Sampling;
 use serde::Serialize;
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 /// Handle of a model loaded by an engine.
@@ -60,16 +60,41 @@ impl Message {
     }
 }
 
-/// A flag a caller sets to stop a generation at the next token.
+/// A flag a caller sets to stop a generation at the next token; waiting
+/// for a queue slot or a model ends too.
 #[derive(Debug, Clone, Default)]
-pub struct Cancel(Arc<AtomicBool>);
+pub struct Cancel(tokio_util::sync::CancellationToken);
 
 impl Cancel {
     pub fn cancel(&self) {
-        self.0.store(true, Ordering::Relaxed);
+        self.0.cancel();
     }
 
     pub fn is_cancelled(&self) -> bool {
+        self.0.is_cancelled()
+    }
+
+    /// Resolves once cancelled.
+    pub async fn cancelled(&self) {
+        self.0.cancelled().await
+    }
+
+    /// Cancelled with `parent` (and on its own).
+    pub fn child_of(parent: &tokio_util::sync::CancellationToken) -> Self {
+        Cancel(parent.child_token())
+    }
+}
+
+/// Tokens emitted so far by a running generation, for progress reports.
+#[derive(Debug, Clone, Default)]
+pub struct Progress(Arc<AtomicU32>);
+
+impl Progress {
+    pub fn set(&self, tokens: u32) {
+        self.0.store(tokens, Ordering::Relaxed);
+    }
+
+    pub fn tokens(&self) -> u32 {
         self.0.load(Ordering::Relaxed)
     }
 }
@@ -135,6 +160,8 @@ pub struct GenerateRequest {
     /// Keep generating past end-of-generation tokens (benchmarks only).
     pub ignore_eos: bool,
     pub cancel: Cancel,
+    /// Updated with the number of tokens emitted as they are emitted.
+    pub progress: Progress,
     pub speculation: Speculation,
 }
 
@@ -148,6 +175,7 @@ impl GenerateRequest {
             stop: Vec::new(),
             ignore_eos: false,
             cancel: Cancel::default(),
+            progress: Progress::default(),
             speculation: Speculation::Off,
         }
     }

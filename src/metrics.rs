@@ -1,0 +1,337 @@
+//! Prometheus metrics (`GET /metrics`), with the prometheus-client crate.
+//!
+//! Counters and histograms are updated by the router as requests finish;
+//! the pool and queue figures (loads, evictions, resident bytes, queue
+//! depth) are read at scrape time from their owners, so they can never
+//! drift from what get_tier_status shows.
+
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TierLabel {
+    pub tier: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: String,
+}
+
+fn seconds_histogram() -> Histogram {
+    // 10 ms .. ~82 s
+    Histogram::new(exponential_buckets(0.01, 2.0, 14))
+}
+
+/// What the router records as requests run.
+#[derive(Debug)]
+pub struct Metrics {
+    requests: Family<OutcomeLabel, Counter>,
+    answers: Family<TierLabel, Counter>,
+    attempts: Family<TierLabel, Counter>,
+    escalations: Family<TierLabel, Counter>,
+    request_seconds: Histogram,
+    attempt_seconds: Family<TierLabel, Histogram, fn() -> Histogram>,
+    tokens: Family<TierLabel, Counter>,
+    generate_seconds: Family<TierLabel, Counter<f64, AtomicU64>>,
+    drafted: Family<TierLabel, Counter>,
+    accepted: Family<TierLabel, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            requests: Family::default(),
+            answers: Family::default(),
+            attempts: Family::default(),
+            escalations: Family::default(),
+            request_seconds: seconds_histogram(),
+            attempt_seconds: Family::new_with_constructor(seconds_histogram),
+            tokens: Family::default(),
+            generate_seconds: Family::default(),
+            drafted: Family::default(),
+            accepted: Family::default(),
+        }
+    }
+}
+
+fn tier(name: &str) -> TierLabel {
+    TierLabel { tier: name.into() }
+}
+
+/// One finished attempt, as the metrics see it.
+pub struct AttemptRecord<'a> {
+    pub tier: &'a str,
+    pub seconds: f64,
+    pub tokens: u32,
+    pub generate_seconds: f64,
+    pub escalated: bool,
+    pub drafted: u64,
+    pub accepted: u64,
+}
+
+impl Metrics {
+    pub fn attempt(&self, a: &AttemptRecord) {
+        let t = tier(a.tier);
+        self.attempts.get_or_create(&t).inc();
+        self.attempt_seconds.get_or_create(&t).observe(a.seconds);
+        self.tokens.get_or_create(&t).inc_by(u64::from(a.tokens));
+        self.generate_seconds
+            .get_or_create(&t)
+            .inc_by(a.generate_seconds);
+        if a.escalated {
+            self.escalations.get_or_create(&t).inc();
+        }
+        if a.drafted > 0 {
+            self.drafted.get_or_create(&t).inc_by(a.drafted);
+            self.accepted.get_or_create(&t).inc_by(a.accepted);
+        }
+    }
+
+    /// A request ended: `answered_by` is the tier of the answer, if any;
+    /// `outcome` is answered, busy, cancelled, invalid or failed.
+    pub fn request(&self, outcome: &str, answered_by: Option<&str>, seconds: f64) {
+        self.requests
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.into(),
+            })
+            .inc();
+        if let Some(name) = answered_by {
+            self.answers.get_or_create(&tier(name)).inc();
+            self.request_seconds.observe(seconds);
+        }
+    }
+
+    /// The text exposition: these metrics plus the scrape-time `live` ones.
+    pub fn render(&self, live: Live) -> String {
+        let mut r = Registry::with_prefix("xnai");
+        r.register(
+            "requests",
+            "Tool calls that route a query, by outcome (answered, busy, cancelled, invalid, failed)",
+            self.requests.clone(),
+        );
+        r.register(
+            "answers",
+            "Requests whose final answer came from the tier",
+            self.answers.clone(),
+        );
+        r.register(
+            "attempts",
+            "Generation attempts per tier",
+            self.attempts.clone(),
+        );
+        r.register(
+            "escalations",
+            "Attempts at the tier that escalated to the next one",
+            self.escalations.clone(),
+        );
+        r.register(
+            "request_duration_seconds",
+            "Time from call to answer, queue wait included",
+            self.request_seconds.clone(),
+        );
+        r.register(
+            "attempt_duration_seconds",
+            "Load + generation time of one attempt",
+            self.attempt_seconds.clone(),
+        );
+        r.register(
+            "generated_tokens",
+            "Tokens generated per tier; rate(generated_tokens) / rate(generation_seconds) is tokens/s",
+            self.tokens.clone(),
+        );
+        r.register(
+            "generation_seconds",
+            "Seconds spent generating per tier",
+            self.generate_seconds.clone(),
+        );
+        r.register(
+            "speculative_drafted_tokens",
+            "Tokens proposed by the draft (model or n-gram)",
+            self.drafted.clone(),
+        );
+        r.register(
+            "speculative_accepted_tokens",
+            "Drafted tokens the target accepted",
+            self.accepted.clone(),
+        );
+        r.register_collector(Box::new(live));
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &r)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+/// One tier's pool figures at scrape time.
+#[derive(Debug, Default)]
+pub struct LiveTier {
+    pub name: String,
+    pub loads: u64,
+    pub evictions: u64,
+    pub loaded: bool,
+    /// The tier's estimated cost when resident.
+    pub estimated_bytes: u64,
+}
+
+/// Figures read at scrape time.
+#[derive(Debug, Default)]
+pub struct Live {
+    pub tiers: Vec<LiveTier>,
+    pub resident_bytes: u64,
+    pub process_rss: u64,
+    pub queue_waiting: usize,
+    pub queue_running: bool,
+    pub queue_depth: usize,
+    pub rejected: u64,
+}
+
+impl prometheus_client::collector::Collector for Live {
+    fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let per_tier = |e: &mut DescriptorEncoder,
+                        name: &str,
+                        help: &str,
+                        counter: bool,
+                        value: &dyn Fn(&LiveTier) -> u64|
+         -> Result<(), std::fmt::Error> {
+            let kind = if counter {
+                ConstCounter::new(0u64).metric_type()
+            } else {
+                ConstGauge::new(0i64).metric_type()
+            };
+            let mut m = e.encode_descriptor(name, help, None, kind)?;
+            for t in &self.tiers {
+                let label = tier(&t.name);
+                let f = m.encode_family(&label)?;
+                if counter {
+                    ConstCounter::new(value(t)).encode(f)?;
+                } else {
+                    ConstGauge::new(value(t) as i64).encode(f)?;
+                }
+            }
+            Ok(())
+        };
+        per_tier(&mut e, "model_loads", "Model loads per tier", true, &|t| {
+            t.loads
+        })?;
+        per_tier(
+            &mut e,
+            "model_evictions",
+            "Models evicted to make room, per tier",
+            true,
+            &|t| t.evictions,
+        )?;
+        per_tier(
+            &mut e,
+            "model_loaded",
+            "1 while the tier's model is resident",
+            false,
+            &|t| u64::from(t.loaded),
+        )?;
+        per_tier(
+            &mut e,
+            "model_estimated_bytes",
+            "Estimated memory of the tier's model when resident, else 0",
+            false,
+            &|t| if t.loaded { t.estimated_bytes } else { 0 },
+        )?;
+        let gauge = |e: &mut DescriptorEncoder, name: &str, help: &str, v: i64| {
+            let g = ConstGauge::new(v);
+            g.encode(e.encode_descriptor(name, help, None, g.metric_type())?)
+        };
+        gauge(
+            &mut e,
+            "resident_bytes",
+            "Estimated bytes of all resident models",
+            self.resident_bytes as i64,
+        )?;
+        gauge(
+            &mut e,
+            "process_resident_memory_bytes",
+            "Resident set size of this process",
+            self.process_rss as i64,
+        )?;
+        gauge(
+            &mut e,
+            "queue_waiting",
+            "Requests waiting for the inference thread",
+            self.queue_waiting as i64,
+        )?;
+        gauge(
+            &mut e,
+            "queue_running",
+            "1 while a request is being answered",
+            i64::from(self.queue_running),
+        )?;
+        gauge(
+            &mut e,
+            "queue_depth",
+            "Most requests that may wait (server.queue_depth)",
+            self.queue_depth as i64,
+        )?;
+        let c = ConstCounter::new(self.rejected);
+        c.encode(e.encode_descriptor(
+            "rejected_requests",
+            "Requests refused because the queue was full",
+            None,
+            c.metric_type(),
+        )?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_recorded_and_live_figures() {
+        let m = Metrics::default();
+        m.attempt(&AttemptRecord {
+            tier: "router",
+            seconds: 0.5,
+            tokens: 12,
+            generate_seconds: 0.25,
+            escalated: true,
+            drafted: 8,
+            accepted: 6,
+        });
+        m.request("answered", Some("drafter"), 1.5);
+        m.request("busy", None, 0.0);
+        let text = m.render(Live {
+            tiers: vec![LiveTier {
+                name: "router".into(),
+                loads: 3,
+                evictions: 1,
+                loaded: true,
+                estimated_bytes: 1 << 20,
+            }],
+            resident_bytes: 1 << 20,
+            queue_depth: 16,
+            rejected: 1,
+            ..Live::default()
+        });
+        for line in [
+            "xnai_attempts_total{tier=\"router\"} 1",
+            "xnai_escalations_total{tier=\"router\"} 1",
+            "xnai_generated_tokens_total{tier=\"router\"} 12",
+            "xnai_speculative_accepted_tokens_total{tier=\"router\"} 6",
+            "xnai_answers_total{tier=\"drafter\"} 1",
+            "xnai_requests_total{outcome=\"busy\"} 1",
+            "xnai_request_duration_seconds_count 1",
+            "xnai_model_loads_total{tier=\"router\"} 3",
+            "xnai_model_evictions_total{tier=\"router\"} 1",
+            "xnai_model_loaded{tier=\"router\"} 1",
+            "xnai_queue_depth 16",
+            "xnai_rejected_requests_total 1",
+            "xnai_resident_bytes 1048576",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in:\n{text}");
+        }
+        assert!(text.ends_with("# EOF\n"));
+    }
+}
