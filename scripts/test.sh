@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One command from a fresh machine to a full test run: installs what is
 # missing, builds, fetches the real models the tests use, checks formatting
-# and lints, then runs every test (unit, real-model, CLI). .ci/run calls this.
+# and lints, then runs every test (unit, real-model, CLI, MCP over stdio and
+# HTTP) and the official MCP conformance suite. .ci/run calls this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
@@ -10,3 +11,4 @@ XNAI_BIN=target/release/xnai-model-router scripts/fetch-models.sh
 cargo fmt --check
 cargo clippy --release --all-targets -- -D warnings
 cargo test --release --all-targets
+XNAI_BIN=target/release/xnai-model-router scripts/conformance.sh
