@@ -564,7 +564,21 @@ impl<E: Engine> Router<E> {
                 }
             };
             if g.finish == FinishReason::Cancelled {
-                self.state.lock().unwrap().stats[tier].attempts += 1;
+                {
+                    let mut st = self.state.lock().unwrap();
+                    st.stats[tier].attempts += 1;
+                    st.stats[tier].tokens += u64::from(g.completion_tokens);
+                    st.stats[tier].generate_ms_sum += g.generate_ms;
+                }
+                self.metrics.attempt(&AttemptRecord {
+                    tier: &t.name,
+                    seconds: (attempt.load_ms + g.prompt_ms + g.generate_ms) / 1e3,
+                    tokens: g.completion_tokens,
+                    generate_seconds: g.generate_ms / 1e3,
+                    escalated: false,
+                    drafted: 0,
+                    accepted: 0,
+                });
                 return Err(Error::Cancelled {
                     stage: Some(format!(
                         "at tier {} after {} tokens",
