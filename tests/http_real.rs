@@ -738,3 +738,53 @@ async fn sigterm_lets_the_request_in_flight_finish() {
         .unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+#[tokio::test]
+async fn sessions_are_limited_and_idle_ones_expire() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = yaml_with_server(dir.path(), "  max_sessions: 1\n  session_idle_secs: 1");
+    let server = Server::start(&config, &[], &[]).await;
+    let http = reqwest::Client::new();
+    let mcp = format!("{}/mcp", server.base);
+    let init = || {
+        http.post(&mcp)
+            .header("accept", "application/json, text/event-stream")
+            .json(&initialize())
+            .send()
+    };
+    let first = init().await.unwrap();
+    assert_eq!(first.status(), 200);
+    let session = first.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    drop(first);
+
+    let r = init().await.unwrap();
+    assert_eq!(r.status(), 503);
+    let body: Value = r.json().await.unwrap();
+    let msg = body["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("too many open sessions: 1 of 1"), "{msg}");
+    let r = http
+        .get(format!("{}/sse", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503, "the SSE transport shares the limit");
+
+    // Idle past session_idle_secs: the session is gone, its place free.
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    let r = http
+        .post(&mcp)
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-session-id", &session)
+        .header("mcp-protocol-version", "2025-06-18")
+        .json(&json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404, "{}", r.text().await.unwrap());
+    let again = init().await.unwrap();
+    assert_eq!(again.status(), 200);
+}

@@ -55,7 +55,11 @@ fn escalating_yaml(dir: &Path) -> std::path::PathBuf {
     path
 }
 
-async fn call(client: &Client, tool: &'static str, args: Value) -> Result<CallToolResult, String> {
+async fn call(
+    client: &rmcp::Peer<RoleClient>,
+    tool: &'static str,
+    args: Value,
+) -> Result<CallToolResult, String> {
     let obj = args.as_object().cloned().unwrap_or_default();
     client
         .call_tool(CallToolRequestParams::new(tool).with_arguments(obj))
@@ -420,5 +424,129 @@ async fn route_query_is_speculative_on_the_refiner_and_answers_as_without() {
         with["attempts"][0]["completion_tokens"],
         without["attempts"][0]["completion_tokens"]
     );
+    client.cancel().await.unwrap();
+}
+
+/// Records progress notifications.
+#[derive(Clone, Default)]
+struct Recorder {
+    progress: std::sync::Arc<std::sync::Mutex<Vec<(f64, String)>>>,
+}
+
+impl rmcp::ClientHandler for Recorder {
+    async fn on_progress(
+        &self,
+        p: rmcp::model::ProgressNotificationParam,
+        _context: rmcp::service::NotificationContext<RoleClient>,
+    ) {
+        self.progress
+            .lock()
+            .unwrap()
+            .push((p.progress, p.message.unwrap_or_default()));
+    }
+}
+
+fn tool_request(tool: &'static str, args: Value) -> rmcp::model::ClientRequest {
+    rmcp::model::ClientRequest::CallToolRequest(rmcp::model::CallToolRequest::new(
+        CallToolRequestParams::new(tool).with_arguments(args.as_object().cloned().unwrap()),
+    ))
+}
+
+#[tokio::test]
+async fn progress_and_cancellation_over_stdio() {
+    use rmcp::model::ServerResult;
+    use rmcp::service::PeerRequestOptions;
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_xnai-model-router"));
+    cmd.arg("serve")
+        .arg("--config")
+        .arg(default_yaml())
+        .env("XNAI_LOG", "warn");
+    let recorder = Recorder::default();
+    let client = recorder
+        .clone()
+        .serve(TokioChildProcess::new(cmd).unwrap())
+        .await
+        .unwrap();
+    let long = json!({"query": "Count from 1 to 1000, writing every number in words, one per line.",
+        "preferred_tier": "router", "max_tokens": 300});
+
+    // Progress: increasing, naming tier and phase, all before the result.
+    let handle = client
+        .send_cancellable_request(
+            tool_request(
+                "route_query",
+                json!({"query": "What is 2+2?", "preferred_tier": "router", "max_tokens": 16}),
+            ),
+            PeerRequestOptions::no_options(),
+        )
+        .await
+        .unwrap();
+    let ServerResult::CallToolResult(r) = handle.await_response().await.unwrap() else {
+        panic!("not a tool result")
+    };
+    assert_ne!(r.is_error, Some(true), "{:?}", r.content);
+    let seen = recorder.progress.lock().unwrap().clone();
+    assert!(
+        seen.iter()
+            .any(|(_, m)| m == "tier router: loading the model"),
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter()
+            .any(|(_, m)| m.starts_with("tier router: generating")),
+        "{seen:?}"
+    );
+    for w in seen.windows(2) {
+        assert!(w[1].0 > w[0].0, "{seen:?}");
+    }
+
+    // notifications/cancelled stops the generation; the next call works.
+    recorder.progress.lock().unwrap().clear();
+    let handle = client
+        .send_cancellable_request(
+            tool_request("route_query", long.clone()),
+            PeerRequestOptions::no_options(),
+        )
+        .await
+        .unwrap();
+    while !recorder
+        .progress
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|(_, m)| m.contains("generating") && !m.contains(", 0 of"))
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    handle.cancel(Some("test".into())).await.unwrap();
+    let cancelled_at = std::time::Instant::now();
+    let status = loop {
+        let s = call(&client, "get_tier_status", json!({})).await.unwrap();
+        let v = s.structured_content.unwrap();
+        // The cancelled attempt is counted once it has stopped.
+        if v["tiers"][0]["attempts"] == 2 {
+            break v;
+        }
+        assert!(cancelled_at.elapsed() < std::time::Duration::from_secs(5));
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    // The model stayed loaded.
+    assert!(
+        status["memory"]["loaded"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("router")),
+        "{status}"
+    );
+    assert_eq!(status["tiers"][0]["loads"], 1, "{status}");
+    let next = call(
+        &client,
+        "route_query",
+        json!({"query": "Say hi.", "preferred_tier": "router", "max_tokens": 8}),
+    )
+    .await
+    .unwrap();
+    assert_ne!(next.is_error, Some(true), "{:?}", next.content);
     client.cancel().await.unwrap();
 }

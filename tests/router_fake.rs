@@ -221,3 +221,111 @@ async fn status_counts_requests_and_escalations() {
     assert_eq!((s.tiers[1].attempts, s.tiers[1].requests_served), (3, 3));
     assert!(s.memory.loaded.len() <= 2);
 }
+
+fn at(tier: &str, q: &str) -> RouteRequest {
+    RouteRequest {
+        query: q.into(),
+        preferred_tier: Some(tier.into()),
+        ..RouteRequest::default()
+    }
+}
+
+fn slow(ms: u64) -> Script {
+    Script {
+        text: "one two three four".into(),
+        delay: std::time::Duration::from_millis(ms),
+        ..Script::default()
+    }
+}
+
+#[tokio::test]
+async fn the_queue_serves_a_resident_tier_first() {
+    let (_d, r) = router(
+        "{}\nserver: { queue_depth: 4, max_bypass: 2 }",
+        &[("a", slow(300)), ("c", slow(50))],
+    );
+    let r = std::sync::Arc::new(r);
+    r.route(at("a", "warm"), &Call::default()).await.unwrap();
+    let order = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let spawn = |tier: &'static str| {
+        let (r, order) = (r.clone(), order.clone());
+        tokio::spawn(async move {
+            let res = r.route(at(tier, "q"), &Call::default()).await.unwrap();
+            order.lock().unwrap().push(res.attempts[0].tier.clone());
+        })
+    };
+    let running = spawn("a");
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let swap = spawn("c"); // would evict nothing but is not resident
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let resident = spawn("a");
+    for t in [running, swap, resident] {
+        t.await.unwrap();
+    }
+    // The later request for the resident tier went before the one for c.
+    assert_eq!(*order.lock().unwrap(), ["a", "a", "c"]);
+}
+
+#[tokio::test]
+async fn a_request_cancelled_in_the_queue_frees_its_place() {
+    let (_d, r) = router("{}\nserver: { queue_depth: 1 }", &[("a", slow(400))]);
+    let r = std::sync::Arc::new(r);
+    let running = {
+        let r = r.clone();
+        tokio::spawn(async move { r.route(at("a", "first"), &Call::default()).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let call = Call::default();
+    let waiting = {
+        let (r, call) = (r.clone(), call.clone());
+        tokio::spawn(async move { r.route(at("a", "second"), &call).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    assert_eq!(r.queue().queued(), 1);
+    // The queue is full now.
+    let busy = r
+        .route(at("a", "third"), &Call::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(busy, Error::Busy(_)), "{busy}");
+    call.cancel.cancel();
+    let err = waiting.await.unwrap().unwrap_err();
+    assert!(err.to_string().contains("cancelled while queued"), "{err}");
+    assert_eq!(r.queue().queued(), 0);
+    // Its place is free again.
+    let third = {
+        let r = r.clone();
+        tokio::spawn(async move { r.route(at("a", "third"), &Call::default()).await })
+    };
+    running.await.unwrap().unwrap();
+    third.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn cancelling_a_running_generation_stops_it_and_keeps_the_model() {
+    let script = Script {
+        text: "w ".repeat(50),
+        delay: std::time::Duration::from_millis(1000),
+        ..Script::default()
+    };
+    let (_d, r) = router("{}", &[("a", script)]);
+    let r = std::sync::Arc::new(r);
+    let call = Call::default();
+    let task = {
+        let (r, call) = (r.clone(), call.clone());
+        tokio::spawn(async move { r.route(at("a", "long"), &call).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    call.cancel.cancel();
+    let err = task.await.unwrap().unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.starts_with("cancelled at tier a after "), "{msg}");
+    let tokens: u32 = msg
+        .trim_start_matches("cancelled at tier a after ")
+        .trim_end_matches(" tokens")
+        .parse()
+        .unwrap();
+    assert!((1..50).contains(&tokens), "{msg}");
+    assert_eq!(r.pool().resident_tiers(), vec![0]);
+    r.route(at("a", "again"), &Call::default()).await.unwrap();
+}
