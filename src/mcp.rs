@@ -61,9 +61,11 @@ pub struct RouteQueryArgs {
     pub preferred_tier: Option<String>,
     /// Most tokens per attempt (1..=32768); default: the tier's share of the token budget.
     #[serde(default)]
+    #[schemars(range(min = 1, max = 32768))]
     pub max_tokens: Option<u32>,
     /// Sampling temperature in [0, 2]; 0 or absent is greedy (deterministic).
     #[serde(default)]
+    #[schemars(range(min = 0, max = 2))]
     pub temperature: Option<f32>,
 }
 
@@ -100,7 +102,69 @@ impl<S, T: serde::de::DeserializeOwned> FromContextPart<ToolCallContext<'_, S>> 
 }
 
 fn input_schema<T: JsonSchema + 'static>() -> Arc<JsonObject> {
-    portable(schema_for_input::<T>().expect("argument types have object schemas"))
+    optional_not_null(portable(
+        schema_for_input::<T>().expect("argument types have object schemas"),
+    ))
+}
+
+/// Optional arguments are written `type: [T, "null"]` (or `anyOf` with
+/// null) by schemars; clients that coerce command-line values by the
+/// schema's `type` (the MCP Inspector CLI turns `max_tokens=16` into a
+/// number only when `type` is `"integer"`) then send strings. An optional
+/// argument is simply left out, so input schemas say `type: T`; the server
+/// still accepts an explicit null.
+fn optional_not_null(schema: Arc<JsonObject>) -> Arc<JsonObject> {
+    use serde_json::Value;
+    let defs = schema.get("$defs").cloned().unwrap_or(Value::Null);
+    fn fix(v: &mut Value, defs: &Value) {
+        let Value::Object(map) = v else {
+            if let Value::Array(items) = v {
+                items.iter_mut().for_each(|i| fix(i, defs));
+            }
+            return;
+        };
+        if let Some(Value::Array(types)) = map.get("type") {
+            let rest: Vec<Value> = types.iter().filter(|t| *t != "null").cloned().collect();
+            if rest.len() == 1 && rest.len() < types.len() {
+                map.insert("type".into(), rest[0].clone());
+                if map.get("default") == Some(&Value::Null) {
+                    map.remove("default");
+                }
+            }
+        }
+        if let Some(Value::Array(any)) = map.get("anyOf") {
+            let rest: Vec<Value> = any
+                .iter()
+                .filter(|s| s.get("type") != Some(&Value::from("null")))
+                .cloned()
+                .collect();
+            if let [Value::Object(only)] = rest.as_slice() {
+                let only = only.clone();
+                map.remove("anyOf");
+                if map.get("default") == Some(&Value::Null) {
+                    map.remove("default");
+                }
+                let target_type = only
+                    .get("$ref")
+                    .and_then(|r| r.as_str())
+                    .and_then(|r| r.strip_prefix("#/$defs/"))
+                    .and_then(|name| defs.get(name))
+                    .and_then(|d| d.get("type"))
+                    .cloned();
+                map.extend(only);
+                if let Some(t) = target_type {
+                    map.entry("type").or_insert(t);
+                }
+            }
+        }
+        map.values_mut().for_each(|x| fix(x, defs));
+    }
+    let mut value = Value::Object((*schema).clone());
+    fix(&mut value, &defs);
+    match value {
+        Value::Object(map) => Arc::new(map),
+        _ => schema,
+    }
 }
 
 fn output_schema<T: JsonSchema + 'static>() -> Arc<JsonObject> {
@@ -412,7 +476,19 @@ pub fn manifest() -> serde_json::Value {
                 "command": "xnai-model-router",
                 "args": ["serve", "--config", "tiers.yaml"],
                 "env": { "XNAI_MODELS_DIR": "~/.cache/xnai-model-router/models" }
-            }
+            },
+            "streamable-http": {
+                "start": "xnai-model-router serve --transport http --bind 127.0.0.1:8080 --config tiers.yaml",
+                "url": "http://127.0.0.1:8080/mcp",
+                "protocol": "MCP Streamable HTTP, with sessions (Mcp-Session-Id)"
+            },
+            "sse": {
+                "start": "xnai-model-router serve --transport http --bind 127.0.0.1:8080 --config tiers.yaml",
+                "url": "http://127.0.0.1:8080/sse",
+                "protocol": "HTTP+SSE of protocol revision 2024-11-05: GET /sse announces POST /message?sessionId=..."
+            },
+            "http_auth": "optional bearer token (Authorization: Bearer <token>) from XNAI_HTTP_TOKEN or --token-file; required when binding to a non-loopback address",
+            "http_endpoints": { "health": "/healthz", "metrics": "/metrics (Prometheus text)" }
         },
         "tools": tools,
     })
