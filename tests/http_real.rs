@@ -562,6 +562,10 @@ async fn cancelled_generations_stop_early_and_the_next_call_succeeds() {
         stopped_after < Duration::from_secs(2),
         "took {stopped_after:?}"
     );
+    eprintln!(
+        "notifications/cancelled: stopped after {cancelled_tokens} of {full_tokens} tokens, \
+         seen as cancelled {stopped_after:?} after the notification"
+    );
 
     // The model stayed loaded and the next call works.
     let next = ok(&call(
@@ -635,10 +639,60 @@ async fn cancelled_generations_stop_early_and_the_next_call_succeeds() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let dropped_tokens = tokens(&m) - before;
+    eprintln!(
+        "dropped Streamable HTTP response: stopped after {dropped_tokens} tokens, {:?} after the drop",
+        dropped_at.elapsed()
+    );
     assert!(
         dropped_tokens < full_tokens / 2.0,
         "the dropped request ran {dropped_tokens} of {full_tokens} tokens"
     );
+
+    // The older SSE transport: the client goes away mid-generation (its
+    // event stream closes), which ends the session and cancels its call.
+    let client = Recorder::default()
+        .serve(sse_transport(&server.base).await)
+        .await
+        .unwrap();
+    let recorder = client.service().clone();
+    let before = tokens(&server.metrics().await);
+    let _handle = client
+        .send_cancellable_request(
+            tool_request("route_query", args.clone()),
+            PeerRequestOptions::no_options(),
+        )
+        .await
+        .unwrap();
+    while !recorder
+        .progress
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|(_, m)| m.contains("generating") && !m.contains(", 0 of"))
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(client);
+    let dropped_at = Instant::now();
+    let m = loop {
+        let m = server.metrics().await;
+        if metric(&m, "xnai_requests_total{outcome=\"cancelled\"}") == 3.0 {
+            break m;
+        }
+        assert!(
+            dropped_at.elapsed() < Duration::from_secs(5),
+            "not cancelled: {m}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(tokens(&m) - before < full_tokens / 2.0);
+    let health: Value = reqwest::get(format!("{}/healthz", server.base))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["resident"], json!(["router"]));
 }
 
 #[tokio::test]
