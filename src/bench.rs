@@ -289,6 +289,24 @@ pub struct SpecBench {
     pub identical: bool,
     /// n-gram mode on the rewrite prompt.
     pub ngram: SpecPromptResult,
+    /// What the pair costs on this machine, and the best speedup those
+    /// costs allow.
+    pub cost: SpecCost,
+}
+
+/// The costs that bound a draft/target pair's speedup, measured in the run.
+#[derive(Debug, Clone, Serialize)]
+pub struct SpecCost {
+    /// Target-only decoding, per token.
+    pub target_ms_per_token: f64,
+    /// Drafting, per drafted token.
+    pub draft_ms_per_token: f64,
+    /// One verification pass (draft_max + 1 positions) with acceptance.
+    pub verify_ms_per_pass: f64,
+    /// The speedup if every draft were accepted at draft_max:
+    /// (K + 1) x target / (K x draft + verify). Better acceptance or
+    /// scheduling cannot beat it; only cheaper drafting or verifying can.
+    pub ceiling_speedup: f64,
 }
 
 /// Target-only vs speculative greedy, interleaved A/B in one process.
@@ -428,6 +446,19 @@ pub async fn speculative_bench(
         prompts.push(r);
     }
     let (ngram, ..) = run_ab(REWRITE_PROMPT, Speculation::Ngram { params }).await?;
+    let k = f64::from(params.draft_max);
+    let target_ms_per_token = ratio(base_ms, total as f64);
+    let draft_ms_per_token = ratio(prompts.iter().map(|p| p.draft_ms).sum(), drafted as f64);
+    let verify_ms_per_pass = ratio(prompts.iter().map(|p| p.verify_ms).sum(), passes as f64);
+    let cost = SpecCost {
+        target_ms_per_token,
+        draft_ms_per_token,
+        verify_ms_per_pass,
+        ceiling_speedup: ratio(
+            (k + 1.0) * target_ms_per_token,
+            k * draft_ms_per_token + verify_ms_per_pass,
+        ),
+    };
     engine.unload(d.id).await;
     engine.unload(t.id).await;
     let target_tps = total as f64 / (base_ms / 1e3);
@@ -445,6 +476,7 @@ pub async fn speculative_bench(
         acceptance_rate: ratio(accepted as f64, drafted as f64),
         mean_accepted_per_pass: ratio(total as f64, passes as f64),
         ngram,
+        cost,
     })
 }
 
@@ -488,6 +520,17 @@ pub fn render_spec(r: &SpecBench) -> String {
         r.acceptance_rate * 100.0,
         r.mean_accepted_per_pass,
         r.identical
+    );
+    let c = &r.cost;
+    let _ = writeln!(
+        s,
+        "costs: target {:.1} ms/token, draft {:.1} ms/token, verify {:.1} ms/pass; \
+         ceiling at 100% acceptance and draft_max {}: {:.2}x",
+        c.target_ms_per_token,
+        c.draft_ms_per_token,
+        c.verify_ms_per_pass,
+        r.draft_max,
+        c.ceiling_speedup
     );
     s
 }
