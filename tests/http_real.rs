@@ -841,4 +841,20 @@ async fn sessions_are_limited_and_idle_ones_expire() {
     assert_eq!(r.status(), 404, "{}", r.text().await.unwrap());
     let again = init().await.unwrap();
     assert_eq!(again.status(), 200);
+    let id = again.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    drop(again);
+
+    // DELETE ends a session at once (200) and frees its place.
+    let r = http
+        .delete(&mcp)
+        .header("mcp-session-id", &id)
+        .header("mcp-protocol-version", "2025-06-18")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(init().await.unwrap().status(), 200);
 }

@@ -148,7 +148,13 @@ async fn admit<E: Engine>(
         ));
         return Response::from_parts(parts, body);
     }
-    next.run(req).await
+    let ending_session = path == "/mcp" && req.method() == Method::DELETE;
+    let mut response = next.run(req).await;
+    if ending_session && response.status() == StatusCode::ACCEPTED {
+        // rmcp answers 202; clients (the Python SDK) expect 200 and warn.
+        *response.status_mut() = StatusCode::OK;
+    }
+    response
 }
 
 async fn healthz<E: Engine>(State(app): State<Arc<AppState<E>>>) -> Response {
