@@ -42,24 +42,7 @@ impl Inboxes {
 }
 
 fn new_session_id() -> String {
-    format!("{:032x}", rand_u128())
-}
-
-fn rand_u128() -> u128 {
-    use std::hash::{BuildHasher, Hasher};
-    // Two independently seeded SipHash outputs: unguessable enough for a
-    // session id that also needs the Host/Origin checks and token to use.
-    let a = std::collections::hash_map::RandomState::new()
-        .build_hasher()
-        .finish();
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(a);
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    (u128::from(a) << 64) | u128::from(h.finish())
+    uuid::Uuid::new_v4().simple().to_string()
 }
 
 /// `GET /sse`: opens a session.
