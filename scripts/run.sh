@@ -4,6 +4,8 @@
 # default ladder (tiers.yaml) over stdio, the way an MCP client launches it.
 #   scripts/run.sh            set up, then serve MCP on stdin/stdout
 #   scripts/run.sh --ask Q    set up, then ask Q through every tier and exit
+#   scripts/run.sh --transport http [--bind 127.0.0.1:8080]
+#                             set up, then serve Streamable HTTP (/mcp) and SSE (/sse)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh >&2
