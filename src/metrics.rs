@@ -177,6 +177,10 @@ pub struct LiveTier {
     pub loaded: bool,
     /// The tier's estimated cost when resident.
     pub estimated_bytes: u64,
+    /// Mean generation speed over the tier's attempts so far.
+    pub tokens_per_second: f64,
+    /// Accepted / drafted over its speculative attempts, if any.
+    pub acceptance: Option<f64>,
 }
 
 /// Figures read at scrape time.
@@ -239,6 +243,32 @@ impl prometheus_client::collector::Collector for Live {
             "Estimated memory of the tier's model when resident, else 0",
             false,
             &|t| if t.loaded { t.estimated_bytes } else { 0 },
+        )?;
+        let ratio_per_tier = |e: &mut DescriptorEncoder,
+                              name: &str,
+                              help: &str,
+                              value: &dyn Fn(&LiveTier) -> Option<f64>|
+         -> Result<(), std::fmt::Error> {
+            let mut m =
+                e.encode_descriptor(name, help, None, ConstGauge::new(0.0f64).metric_type())?;
+            for t in &self.tiers {
+                if let Some(v) = value(t) {
+                    ConstGauge::new(v).encode(m.encode_family(&tier(&t.name))?)?;
+                }
+            }
+            Ok(())
+        };
+        ratio_per_tier(
+            &mut e,
+            "tokens_per_second",
+            "Mean generation speed of the tier's attempts so far",
+            &|t| Some(t.tokens_per_second),
+        )?;
+        ratio_per_tier(
+            &mut e,
+            "speculative_acceptance_ratio",
+            "Accepted / drafted tokens over the tier's speculative attempts",
+            &|t| t.acceptance,
         )?;
         let gauge = |e: &mut DescriptorEncoder, name: &str, help: &str, v: i64| {
             let g = ConstGauge::new(v);
@@ -309,6 +339,8 @@ mod tests {
                 evictions: 1,
                 loaded: true,
                 estimated_bytes: 1 << 20,
+                tokens_per_second: 50.5,
+                acceptance: Some(0.75),
             }],
             resident_bytes: 1 << 20,
             queue_depth: 16,
@@ -329,6 +361,8 @@ mod tests {
             "xnai_queue_depth 16",
             "xnai_rejected_requests_total 1",
             "xnai_resident_bytes 1048576",
+            "xnai_tokens_per_second{tier=\"router\"} 50.5",
+            "xnai_speculative_acceptance_ratio{tier=\"router\"} 0.75",
         ] {
             assert!(text.contains(line), "missing {line:?} in:\n{text}");
         }

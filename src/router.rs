@@ -715,21 +715,19 @@ impl<E: Engine> Router<E> {
     /// The Prometheus text exposition of this router's metrics.
     pub fn metrics_text(&self) -> String {
         let pool = self.pool.status();
-        let tiers = self
-            .config
+        let status = self.tier_status();
+        let tiers = status
             .tiers
             .iter()
             .enumerate()
-            .map(|(i, t)| {
-                let c = &pool.counters[i].1;
-                let loaded = pool.resident.iter().any(|r| r.tier == t.name);
-                LiveTier {
-                    name: t.name.clone(),
-                    loads: c.loads,
-                    evictions: c.evictions,
-                    loaded,
-                    estimated_bytes: t.cost.total,
-                }
+            .map(|(i, t)| LiveTier {
+                name: t.name.clone(),
+                loads: t.loads,
+                evictions: t.evictions,
+                loaded: t.loaded,
+                estimated_bytes: self.config.tiers[i].cost.total,
+                tokens_per_second: t.tokens_per_second,
+                acceptance: t.speculative.as_ref().map(|s| s.acceptance_rate),
             })
             .collect();
         self.metrics.render(Live {
