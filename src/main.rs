@@ -489,8 +489,11 @@ async fn serve(config: Arc<Config>, transport: Transport, http: HttpOptions) -> 
                 );
             }
             let running = server.serve(rmcp::transport::stdio()).await?;
+            // In its own task: dropping `waiting()` would drop the service
+            // and cancel the request in flight at once.
+            let service = tokio::spawn(running.waiting());
             tokio::select! {
-                r = running.waiting() => { r?; }
+                r = service => { r??; }
                 _ = shutdown_signal() => {
                     // Let the request in flight finish, up to the grace period.
                     let deadline = std::time::Instant::now() + grace;

@@ -550,3 +550,53 @@ async fn progress_and_cancellation_over_stdio() {
     assert_ne!(next.is_error, Some(true), "{:?}", next.content);
     client.cancel().await.unwrap();
 }
+
+#[tokio::test]
+async fn sigterm_over_stdio_lets_the_call_in_flight_finish() {
+    use rmcp::model::ServerResult;
+    use rmcp::service::PeerRequestOptions;
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_xnai-model-router"));
+    cmd.arg("serve")
+        .arg("--config")
+        .arg(default_yaml())
+        .env("XNAI_LOG", "warn");
+    let transport = TokioChildProcess::new(cmd).unwrap();
+    let pid = transport.id().expect("the server's pid");
+    let recorder = Recorder::default();
+    let client = recorder.clone().serve(transport).await.unwrap();
+    let handle = client
+        .send_cancellable_request(
+            tool_request(
+                "route_query",
+                json!({"query": "Count from 1 to 100 in words.", "preferred_tier": "router", "max_tokens": 100}),
+            ),
+            PeerRequestOptions::no_options(),
+        )
+        .await
+        .unwrap();
+    while !recorder
+        .progress
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|(_, m)| m.contains("generating") && !m.contains(", 0 of"))
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let ServerResult::CallToolResult(r) = handle.await_response().await.unwrap() else {
+        panic!("not a tool result")
+    };
+    assert_ne!(r.is_error, Some(true), "{:?}", r.content);
+    let done = r.structured_content.unwrap();
+    assert_eq!(done["attempts"][0]["tier"], "router");
+    assert!(
+        done["tokens"]["completion"].as_u64().unwrap() > 10,
+        "{done}"
+    );
+}
