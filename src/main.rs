@@ -496,12 +496,7 @@ async fn serve(config: Arc<Config>, transport: Transport, http: HttpOptions) -> 
                 r = service => { r??; }
                 _ = shutdown_signal() => {
                     // Let the request in flight finish, up to the grace period.
-                    let deadline = std::time::Instant::now() + grace;
-                    while (router.queue().running() || router.queue().queued() > 0)
-                        && std::time::Instant::now() < deadline
-                    {
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    }
+                    router.queue().wait_idle(grace).await;
                     hangup.cancel();
                     // A cancelled call answers within a decode step; let it.
                     tokio::time::sleep(std::time::Duration::from_millis(300)).await;

@@ -199,6 +199,24 @@ impl Scheduler {
     pub fn depth(&self) -> usize {
         self.depth
     }
+
+    /// Waits until nothing runs or waits, at most `within` (shutdown's
+    /// drain); true if the queue went idle.
+    pub async fn wait_idle(&self, within: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            {
+                let st = self.state.lock().unwrap();
+                if !st.running && st.waiting.is_empty() {
+                    return true;
+                }
+            }
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
 }
 
 #[cfg(test)]

@@ -714,7 +714,6 @@ impl<E: Engine> Router<E> {
 
     /// The Prometheus text exposition of this router's metrics.
     pub fn metrics_text(&self) -> String {
-        let pool = self.pool.status();
         let status = self.tier_status();
         let tiers = status
             .tiers
@@ -732,8 +731,8 @@ impl<E: Engine> Router<E> {
             .collect();
         self.metrics.render(Live {
             tiers,
-            resident_bytes: pool.estimated_bytes,
-            process_rss: pool.process_rss,
+            resident_bytes: status.memory.estimated_in_use,
+            process_rss: status.memory.process_rss,
             queue_waiting: self.queue.queued(),
             queue_running: self.queue.running(),
             queue_depth: self.queue.depth(),

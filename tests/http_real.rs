@@ -6,18 +6,19 @@
 
 mod common;
 
+use common::client::{tokens_flowing, tool_request, Recorder};
+
 use futures::{SinkExt, StreamExt};
 use rmcp::model::{
-    CallToolRequest, CallToolRequestParams, CallToolResult, ClientJsonRpcMessage, ClientRequest,
-    ProgressNotificationParam, ServerJsonRpcMessage, ServerResult,
+    CallToolRequestParams, CallToolResult, ClientJsonRpcMessage, ServerJsonRpcMessage, ServerResult,
 };
-use rmcp::service::{NotificationContext, PeerRequestOptions, RunningService};
+use rmcp::service::{PeerRequestOptions, RunningService};
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use rmcp::transport::StreamableHttpClientTransport;
-use rmcp::{ClientHandler, RoleClient, ServiceExt};
+use rmcp::{RoleClient, ServiceExt};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncBufReadExt;
 
@@ -65,6 +66,23 @@ impl Server {
         }
     }
 
+    /// Waits (at most 5 s) until `n` requests have been cancelled; the
+    /// metrics text at that moment.
+    async fn cancelled(&self, n: u32) -> String {
+        let since = Instant::now();
+        loop {
+            let m = self.metrics().await;
+            if metric(&m, "xnai_requests_total{outcome=\"cancelled\"}") == f64::from(n) {
+                return m;
+            }
+            assert!(
+                since.elapsed() < Duration::from_secs(5),
+                "not cancelled: {m}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     async fn metrics(&self) -> String {
         let r = reqwest::Client::new()
             .get(format!("{}/metrics", self.base))
@@ -106,25 +124,6 @@ fn yaml_with_server(dir: &Path, server: &str) -> PathBuf {
     let path = dir.join("tiers.yaml");
     std::fs::write(&path, format!("{text}\nserver:\n{server}\n")).unwrap();
     path
-}
-
-/// A client that records progress notifications as they arrive.
-#[derive(Clone, Default)]
-struct Recorder {
-    progress: Arc<Mutex<Vec<(f64, String)>>>,
-}
-
-impl ClientHandler for Recorder {
-    async fn on_progress(
-        &self,
-        p: ProgressNotificationParam,
-        _context: NotificationContext<RoleClient>,
-    ) {
-        self.progress
-            .lock()
-            .unwrap()
-            .push((p.progress, p.message.unwrap_or_default()));
-    }
 }
 
 type Client = RunningService<RoleClient, Recorder>;
@@ -228,12 +227,6 @@ async fn call(client: &Client, tool: &'static str, args: Value) -> CallToolResul
 fn ok(r: &CallToolResult) -> Value {
     assert_ne!(r.is_error, Some(true), "tool failed: {:?}", r.content);
     r.structured_content.clone().expect("structuredContent")
-}
-
-fn tool_request(tool: &'static str, args: Value) -> ClientRequest {
-    ClientRequest::CallToolRequest(CallToolRequest::new(
-        CallToolRequestParams::new(tool).with_arguments(args.as_object().cloned().unwrap()),
-    ))
 }
 
 /// route_query at the router tier with progress recorded; then
@@ -528,30 +521,10 @@ async fn cancelled_generations_stop_early_and_the_next_call_succeeds() {
         )
         .await
         .unwrap();
-    let started = Instant::now();
-    while !recorder
-        .progress
-        .lock()
-        .unwrap()
-        .iter()
-        .any(|(_, m)| m.contains("generating") && !m.contains(", 0 of"))
-    {
-        assert!(started.elapsed() < Duration::from_secs(30), "no progress");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    recorder.wait_for(tokens_flowing).await;
     handle.cancel(Some("test".into())).await.unwrap();
     let cancelled_at = Instant::now();
-    let m = loop {
-        let m = server.metrics().await;
-        if metric(&m, "xnai_requests_total{outcome=\"cancelled\"}") == 1.0 {
-            break m;
-        }
-        assert!(
-            cancelled_at.elapsed() < Duration::from_secs(5),
-            "not cancelled: {m}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let m = server.cancelled(1).await;
     let stopped_after = cancelled_at.elapsed();
     let cancelled_tokens = tokens(&m) - before;
     assert!(
@@ -627,17 +600,7 @@ async fn cancelled_generations_stop_early_and_the_next_call_succeeds() {
     }
     drop(body);
     let dropped_at = Instant::now();
-    let m = loop {
-        let m = server.metrics().await;
-        if metric(&m, "xnai_requests_total{outcome=\"cancelled\"}") == 2.0 {
-            break m;
-        }
-        assert!(
-            dropped_at.elapsed() < Duration::from_secs(5),
-            "not cancelled: {m}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let m = server.cancelled(2).await;
     let dropped_tokens = tokens(&m) - before;
     eprintln!(
         "dropped Streamable HTTP response: stopped after {dropped_tokens} tokens, {:?} after the drop",
@@ -663,28 +626,9 @@ async fn cancelled_generations_stop_early_and_the_next_call_succeeds() {
         )
         .await
         .unwrap();
-    while !recorder
-        .progress
-        .lock()
-        .unwrap()
-        .iter()
-        .any(|(_, m)| m.contains("generating") && !m.contains(", 0 of"))
-    {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    recorder.wait_for(tokens_flowing).await;
     drop(client);
-    let dropped_at = Instant::now();
-    let m = loop {
-        let m = server.metrics().await;
-        if metric(&m, "xnai_requests_total{outcome=\"cancelled\"}") == 3.0 {
-            break m;
-        }
-        assert!(
-            dropped_at.elapsed() < Duration::from_secs(5),
-            "not cancelled: {m}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let m = server.cancelled(3).await;
     assert!(tokens(&m) - before < full_tokens / 2.0);
     let health: Value = reqwest::get(format!("{}/healthz", server.base))
         .await
@@ -765,15 +709,7 @@ async fn sigterm_lets_the_request_in_flight_finish() {
         )
         .await
         .unwrap();
-    while !recorder
-        .progress
-        .lock()
-        .unwrap()
-        .iter()
-        .any(|(_, m)| m.contains("generating"))
-    {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    recorder.wait_for(|m| m.contains("generating")).await;
     let pid = server.child.id().unwrap();
     assert!(std::process::Command::new("kill")
         .args(["-TERM", &pid.to_string()])

@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::client::{tokens_flowing, tool_request, Recorder};
+
 use rmcp::model::{CallToolRequestParams, CallToolResult};
 use rmcp::service::RunningService;
 use rmcp::transport::TokioChildProcess;
@@ -427,31 +429,6 @@ async fn route_query_is_speculative_on_the_refiner_and_answers_as_without() {
     client.cancel().await.unwrap();
 }
 
-/// Records progress notifications.
-#[derive(Clone, Default)]
-struct Recorder {
-    progress: std::sync::Arc<std::sync::Mutex<Vec<(f64, String)>>>,
-}
-
-impl rmcp::ClientHandler for Recorder {
-    async fn on_progress(
-        &self,
-        p: rmcp::model::ProgressNotificationParam,
-        _context: rmcp::service::NotificationContext<RoleClient>,
-    ) {
-        self.progress
-            .lock()
-            .unwrap()
-            .push((p.progress, p.message.unwrap_or_default()));
-    }
-}
-
-fn tool_request(tool: &'static str, args: Value) -> rmcp::model::ClientRequest {
-    rmcp::model::ClientRequest::CallToolRequest(rmcp::model::CallToolRequest::new(
-        CallToolRequestParams::new(tool).with_arguments(args.as_object().cloned().unwrap()),
-    ))
-}
-
 #[tokio::test]
 async fn progress_and_cancellation_over_stdio() {
     use rmcp::model::ServerResult;
@@ -510,15 +487,7 @@ async fn progress_and_cancellation_over_stdio() {
         )
         .await
         .unwrap();
-    while !recorder
-        .progress
-        .lock()
-        .unwrap()
-        .iter()
-        .any(|(_, m)| m.contains("generating") && !m.contains(", 0 of"))
-    {
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    recorder.wait_for(tokens_flowing).await;
     handle.cancel(Some("test".into())).await.unwrap();
     let cancelled_at = std::time::Instant::now();
     let status = loop {
@@ -575,15 +544,7 @@ async fn sigterm_over_stdio_lets_the_call_in_flight_finish() {
         )
         .await
         .unwrap();
-    while !recorder
-        .progress
-        .lock()
-        .unwrap()
-        .iter()
-        .any(|(_, m)| m.contains("generating") && !m.contains(", 0 of"))
-    {
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    recorder.wait_for(tokens_flowing).await;
     assert!(std::process::Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status()

@@ -275,21 +275,12 @@ pub async fn serve<E: Engine>(
                 "shutting down: finishing in-flight requests"
             );
             draining.cancel();
-            let deadline = Instant::now() + grace;
-            while (router.queue().running() || router.queue().queued() > 0)
-                && Instant::now() < deadline
-            {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            if router.queue().running() || router.queue().queued() > 0 {
+            if !router.queue().wait_idle(grace).await {
                 tracing::warn!("grace period over: cancelling in-flight requests");
             }
             hangup.cancel();
             // Let cancelled calls answer before the streams close.
-            let until = Instant::now() + Duration::from_secs(5);
-            while router.queue().running() && Instant::now() < until {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            router.queue().wait_idle(Duration::from_secs(5)).await;
             sessions_ct.cancel();
         }
     };

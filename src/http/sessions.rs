@@ -68,6 +68,10 @@ impl Ledger {
     pub fn check_room(&self) -> Result<(), Full> {
         let mut open = self.open.lock().unwrap();
         self.expire(&mut open);
+        self.room(&open)
+    }
+
+    fn room(&self, open: &HashMap<String, Instant>) -> Result<(), Full> {
         if open.len() >= self.max {
             return Err(Full {
                 open: open.len(),
@@ -87,13 +91,7 @@ impl Ledger {
     pub fn open(&self, id: &str) -> Result<Vec<String>, Full> {
         let mut open = self.open.lock().unwrap();
         let expired = self.expire(&mut open);
-        if open.len() >= self.max {
-            return Err(Full {
-                open: open.len(),
-                max: self.max,
-                idle_secs: self.idle.as_secs(),
-            });
-        }
+        self.room(&open)?;
         open.insert(id.to_string(), Instant::now());
         Ok(expired)
     }

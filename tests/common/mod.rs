@@ -2,6 +2,8 @@
 //! for config and pool-policy tests that do not need real weights.
 #![allow(dead_code)]
 
+pub mod client;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
