@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the system packages the build and tests need (cmake, clang,
-# libclang-dev for bindgen), only those that are missing. Idempotent: with
+# libclang-dev for bindgen, redis-server for the scale-out tests), only those that are missing. Idempotent: with
 # everything present it touches nothing and needs no network.
 set -euo pipefail
 need=()
@@ -9,6 +9,8 @@ for pkg in cmake clang libclang-dev; do
 done
 command -v cargo >/dev/null || { echo "install-deps: cargo not found: install Rust (rustup) first" >&2; exit 1; }
 command -v python3 >/dev/null || need+=(python3 python3-pip)
+# redis-server: the Redis scale-out tests start their own on loopback ports.
+command -v redis-server >/dev/null || need+=(redis-server)
 # npm installs Node 22 and the MCP conformance suite (scripts/conformance.sh).
 command -v npm >/dev/null || need+=(npm)
 [ ${#need[@]} -eq 0 ] && exit 0

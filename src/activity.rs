@@ -12,9 +12,35 @@ use std::sync::{Arc, Mutex};
 #[derive(Debug, Clone, PartialEq)]
 enum Phase {
     Starting,
-    Queued { ahead: usize },
-    Loading { tier: String },
-    Generating { tier: String, max_tokens: u32 },
+    Queued {
+        ahead: usize,
+    },
+    /// A remote tier's job is in its stream, not yet taken.
+    WaitingForWorker {
+        tier: String,
+    },
+    /// A worker took it.
+    Claimed {
+        tier: String,
+        worker: String,
+    },
+    Loading {
+        tier: String,
+        worker: Option<String>,
+    },
+    Generating {
+        tier: String,
+        max_tokens: u32,
+        worker: Option<String>,
+    },
+}
+
+/// `tier X` or `tier X on worker W`.
+fn place(tier: &str, worker: &Option<String>) -> String {
+    match worker {
+        Some(w) => format!("tier {tier} on worker {w}"),
+        None => format!("tier {tier}"),
+    }
 }
 
 #[derive(Debug)]
@@ -63,18 +89,35 @@ impl Activity {
         self.set(Phase::Queued { ahead });
     }
 
-    pub fn loading(&self, tier: &str) {
-        self.set(Phase::Loading { tier: tier.into() });
+    pub fn waiting_for_worker(&self, tier: &str) {
+        self.set(Phase::WaitingForWorker { tier: tier.into() });
     }
 
-    /// Starts an attempt; the returned counter goes to the engine.
-    pub fn generating(&self, tier: &str, max_tokens: u32) -> Progress {
+    pub fn claimed(&self, tier: &str, worker: &str) {
+        self.set(Phase::Claimed {
+            tier: tier.into(),
+            worker: worker.into(),
+        });
+    }
+
+    /// Loading `tier`'s model, here (`worker` None) or on a worker.
+    pub fn loading(&self, tier: &str, worker: Option<&str>) {
+        self.set(Phase::Loading {
+            tier: tier.into(),
+            worker: worker.map(Into::into),
+        });
+    }
+
+    /// Starts an attempt; the returned counter goes to the engine (or is
+    /// set from a worker's reports).
+    pub fn generating(&self, tier: &str, max_tokens: u32, worker: Option<&str>) -> Progress {
         let mut st = self.0.lock().unwrap();
         st.tokens_before += st.current.tokens();
         st.current = Progress::default();
         st.phase = Phase::Generating {
             tier: tier.into(),
             max_tokens,
+            worker: worker.map(Into::into),
         };
         st.steps += 1;
         st.current.clone()
@@ -86,9 +129,20 @@ impl Activity {
         let message = match &st.phase {
             Phase::Starting => "starting".to_string(),
             Phase::Queued { ahead } => format!("queued: {ahead} request(s) ahead"),
-            Phase::Loading { tier } => format!("tier {tier}: loading the model"),
-            Phase::Generating { tier, max_tokens } => {
-                format!("tier {tier}: generating, {tokens} of {max_tokens} tokens")
+            Phase::WaitingForWorker { tier } => format!("tier {tier}: waiting for a worker"),
+            Phase::Claimed { tier, worker } => format!("tier {tier}: taken by worker {worker}"),
+            Phase::Loading { tier, worker } => {
+                format!("{}: loading the model", place(tier, worker))
+            }
+            Phase::Generating {
+                tier,
+                max_tokens,
+                worker,
+            } => {
+                format!(
+                    "{}: generating, {tokens} of {max_tokens} tokens",
+                    place(tier, worker)
+                )
             }
         };
         Snapshot {
@@ -122,20 +176,38 @@ mod tests {
         };
         a.queued(2);
         assert_eq!(check(&a), "queued: 2 request(s) ahead");
-        a.loading("drafter");
+        a.loading("drafter", None);
         assert_eq!(check(&a), "tier drafter: loading the model");
-        let p = a.generating("drafter", 64);
+        let p = a.generating("drafter", 64, None);
         p.set(10);
         assert_eq!(check(&a), "tier drafter: generating, 10 of 64 tokens");
         // The next attempt starts its own count; the total still grows.
-        let p = a.generating("refiner", 128);
+        let p = a.generating("refiner", 128, None);
         assert_eq!(check(&a), "tier refiner: generating, 0 of 128 tokens");
         p.set(1);
         check(&a);
+        // A remote attempt, taken over by a second worker after the first died.
+        a.waiting_for_worker("expert");
+        assert_eq!(check(&a), "tier expert: waiting for a worker");
+        a.claimed("expert", "w1");
+        assert_eq!(check(&a), "tier expert: taken by worker w1");
+        let p = a.generating("expert", 32, Some("w1"));
+        p.set(20);
+        assert_eq!(
+            check(&a),
+            "tier expert on worker w1: generating, 20 of 32 tokens"
+        );
+        a.claimed("expert", "w2");
+        check(&a);
+        a.generating("expert", 32, Some("w2"));
+        assert_eq!(
+            check(&a),
+            "tier expert on worker w2: generating, 0 of 32 tokens"
+        );
         // The same phase again is no step.
-        a.loading("x");
+        a.loading("x", None);
         let before = a.snapshot().progress;
-        a.loading("x");
+        a.loading("x", None);
         assert_eq!(a.snapshot().progress, before);
     }
 }

@@ -190,6 +190,7 @@ mod tests {
                 history: 8,
             },
             server: Default::default(),
+            redis: Default::default(),
             tiers: Vec::new(),
         };
         let c = classify("Debug this function: fn f() {}");

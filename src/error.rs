@@ -23,6 +23,8 @@ pub enum Error {
     Route(#[from] RouteError),
     #[error(transparent)]
     Busy(#[from] crate::queue::Busy),
+    #[error(transparent)]
+    Remote(#[from] crate::remote::RemoteError),
     /// The caller cancelled the request (or went away); the model stays loaded.
     #[error("cancelled{}", .stage.as_deref().map(|s| format!(" {s}")).unwrap_or_default())]
     Cancelled { stage: Option<String> },

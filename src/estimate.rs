@@ -24,7 +24,7 @@ const FIXED_OVERHEAD: u64 = 48 << 20;
 const KV_ELEMENT_BYTES: u64 = 2;
 
 /// The shape facts the estimate needs, read from the GGUF header.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct ModelShape {
     pub layers: u64,
     pub embedding: u64,
@@ -83,7 +83,7 @@ impl ModelShape {
 }
 
 /// Estimated resident bytes of one loaded model, by part.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct ModelCost {
     pub weights: u64,
     pub kv_cache: u64,

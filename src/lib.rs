@@ -20,6 +20,7 @@
 //! - [`quantize`]: derives models of other weight types with llama.cpp's quantizer.
 //! - [`bench`]: generation speed against llama.cpp's own llama-bench.
 //! - [`http`]: MCP over HTTP (Streamable HTTP and the older SSE), guards, limits, health and metrics.
+//! - [`remote`]: scale-out over Redis Streams: the front end's remote tiers and the worker.
 //! - [`mcp`]: the MCP tools (route_query, get_tier_status, force_escalate) and the manifest.
 //! - [`memory`]: measured process memory.
 //! - [`metrics`]: Prometheus metrics for `GET /metrics`.
@@ -43,6 +44,7 @@ pub mod metrics;
 pub mod pool;
 pub mod quantize;
 pub mod queue;
+pub mod remote;
 pub mod router;
 pub mod status;
 pub mod vocab;

@@ -7,11 +7,12 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use xnai_model_router::ask::{ask, AskOptions};
-use xnai_model_router::config::{self, Config, ConfigError};
+use xnai_model_router::config::{self, Config, ConfigError, Placement};
 use xnai_model_router::engine::llama::LlamaEngine;
 use xnai_model_router::http::HttpOptions;
 use xnai_model_router::mcp::{self, McpServer};
 use xnai_model_router::pool::TierPool;
+use xnai_model_router::remote::{Redis, RemoteTiers, Worker, WorkerOptions};
 use xnai_model_router::router::Router;
 use xnai_model_router::{bench, quantize, status};
 
@@ -63,6 +64,26 @@ enum Cmd {
         /// Also accept this browser Origin (repeatable), e.g. https://app.example.com.
         #[arg(long)]
         allow_origin: Vec<String>,
+        /// Redis for the remote tiers (those with `remote: true`), e.g.
+        /// redis://bigbox:6379; workers on other machines answer them.
+        #[arg(long, env = "XNAI_REDIS_URL")]
+        redis: Option<String>,
+        /// Treat every tier as remote (this machine only routes).
+        #[arg(long, requires = "redis")]
+        all_remote: bool,
+    },
+    /// Serve tiers from Redis for a front end (`serve --redis`) elsewhere.
+    Worker {
+        /// The Redis the front end uses, e.g. redis://bigbox:6379.
+        #[arg(long, env = "XNAI_REDIS_URL")]
+        redis: String,
+        /// Tiers to serve, comma-separated (default: every tier whose model
+        /// is here and fits this machine's memory budget).
+        #[arg(long, value_delimiter = ',')]
+        tiers: Vec<String>,
+        /// This worker's name in results and get_tier_status (default: host-pid).
+        #[arg(long)]
+        id: Option<String>,
     },
     /// Print mcp-manifest.json: the server, how to launch it, its tools and schemas.
     Manifest,
@@ -219,8 +240,33 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             token_file,
             allow_host,
             allow_origin,
+            redis,
+            all_remote,
         } => {
-            let config = Arc::new(load_config(&cli.config)?);
+            let placement = if all_remote {
+                Placement::AllRemote
+            } else {
+                Placement::AsWritten
+            };
+            let config = Arc::new(load_config_placed(&cli.config, &placement)?);
+            let remote_names: Vec<&str> = config
+                .remote_tiers()
+                .iter()
+                .map(|t| t.name.as_str())
+                .collect();
+            let redis = match redis {
+                Some(url) => {
+                    if remote_names.is_empty() {
+                        tracing::warn!("--redis is set but no tier is remote: mark tiers `remote: true` or pass --all-remote");
+                    }
+                    Some(Redis::open(&url)?)
+                }
+                None if !remote_names.is_empty() => bail!(
+                    "tiers {} are remote (remote: true) but no Redis is given: pass --redis URL or set XNAI_REDIS_URL",
+                    remote_names.join(", ")
+                ),
+                None => None,
+            };
             let http = HttpOptions {
                 bind,
                 token: read_token(token_file.as_deref())?,
@@ -228,7 +274,32 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 allow_origins: allow_origin,
             };
             let rt = tokio::runtime::Runtime::new()?;
-            rt.block_on(serve(config, transport, http))?;
+            rt.block_on(serve(config, transport, http, redis))?;
+        }
+        Cmd::Worker { redis, tiers, id } => {
+            let (config, served, skipped) =
+                Config::load_for_worker(&cli.config, &tiers).map_err(config_hint)?;
+            for p in skipped {
+                eprintln!("worker: not serving: {p}");
+            }
+            let redis = Redis::open(&redis)?;
+            let opts = WorkerOptions {
+                id: id.unwrap_or_else(xnai_model_router::remote::worker::default_id),
+                tiers: served,
+                settings: config.redis.clone(),
+            };
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(async {
+                let pool = TierPool::new(LlamaEngine::new(), Arc::new(config));
+                let worker = Arc::new(Worker::new(pool, redis, opts));
+                let stop = tokio_util::sync::CancellationToken::new();
+                let on_signal = stop.clone();
+                tokio::spawn(async move {
+                    shutdown_signal().await;
+                    on_signal.cancel();
+                });
+                worker.run(stop).await;
+            });
         }
         Cmd::Manifest => {
             println!("{}", serde_json::to_string_pretty(&mcp::manifest())?);
@@ -453,13 +524,23 @@ async fn shutdown_signal() {
     }
 }
 
-async fn serve(config: Arc<Config>, transport: Transport, http: HttpOptions) -> anyhow::Result<()> {
+async fn serve(
+    config: Arc<Config>,
+    transport: Transport,
+    http: HttpOptions,
+    redis: Option<Redis>,
+) -> anyhow::Result<()> {
     let config_path =
         std::fs::canonicalize(&config.source).unwrap_or_else(|_| config.source.clone());
     use rmcp::ServiceExt;
     let tiers = config.tier_names();
     let grace = std::time::Duration::from_secs(config.server.shutdown_grace_secs);
-    let router = Arc::new(Router::new(LlamaEngine::new(), config));
+    let redis_settings = config.redis.clone();
+    let mut router = Router::new(LlamaEngine::new(), config);
+    if let Some(redis) = redis {
+        router = router.with_remote(RemoteTiers::new(redis, redis_settings));
+    }
+    let router = Arc::new(router);
     let hangup = tokio_util::sync::CancellationToken::new();
     let server = McpServer::new(router.clone()).with_hangup(hangup.clone());
     match transport {
@@ -512,11 +593,18 @@ fn cores() -> u32 {
 }
 
 fn load_config(path: &Path) -> anyhow::Result<Config> {
-    match Config::load(path) {
-        Ok(c) => Ok(c),
-        Err(e @ ConfigError::Read { .. }) => {
-            Err(e).context("pass --config FILE or set XNAI_CONFIG (the default is ./tiers.yaml)")
-        }
-        Err(e) => Err(e.into()),
+    load_config_placed(path, &Placement::AsWritten)
+}
+
+fn load_config_placed(path: &Path, placement: &Placement) -> anyhow::Result<Config> {
+    Config::load_placed(path, placement).map_err(config_hint)
+}
+
+/// A config error, with where the config is looked for when it is missing.
+fn config_hint(e: ConfigError) -> anyhow::Error {
+    match e {
+        e @ ConfigError::Read { .. } => anyhow::Error::new(e)
+            .context("pass --config FILE or set XNAI_CONFIG (the default is ./tiers.yaml)"),
+        e => e.into(),
     }
 }

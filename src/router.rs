@@ -6,15 +6,17 @@ use crate::activity::Call;
 use crate::cascade::{self, Draft, Outcome, Position, RoutedBy};
 use crate::classify::{classify, Complexity};
 use crate::confidence::confidence;
-use crate::config::Config;
+use crate::config::{Config, Tier};
 use crate::engine::{
-    Engine, EngineError, FinishReason, GenerateRequest, Message, PromptFormat, Sampling,
+    Engine, EngineError, FinishReason, GenerateRequest, Generation, Message, PromptFormat, Sampling,
 };
 use crate::engine::{SpecStats, Speculation};
 use crate::error::{Error, Result};
 use crate::metrics::{AttemptRecord, Live, LiveTier, Metrics};
 use crate::pool::TierPool;
 use crate::queue::Scheduler;
+use crate::remote::wire::{unix_ms, Handoff, Job, JOB_VERSION};
+use crate::remote::{RemoteError, RemoteStatus, RemoteTiers};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
@@ -89,6 +91,9 @@ pub struct Attempt {
     /// Drafting and acceptance, when this attempt was decoded speculatively.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub speculative: Option<SpecStats>,
+    /// The worker that answered, when the tier is remote (served through Redis).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
@@ -208,6 +213,8 @@ pub struct Router<E: Engine> {
     config: Arc<Config>,
     queue: Scheduler,
     metrics: Metrics,
+    /// Tiers served through Redis, when `serve --redis` is on.
+    remote: Option<RemoteTiers>,
     /// A std mutex: short bookkeeping only, never held across `.await`.
     state: Mutex<State>,
 }
@@ -223,12 +230,24 @@ impl<E: Engine> Router<E> {
             pool: TierPool::new(engine, config.clone()),
             queue: Scheduler::new(config.server.queue_depth, config.server.max_bypass),
             metrics: Metrics::default(),
+            remote: None,
             config,
             state: Mutex::new(State {
                 stats,
                 ..State::default()
             }),
         }
+    }
+
+    /// Serves the config's remote tiers through `remote`.
+    pub fn with_remote(mut self, remote: RemoteTiers) -> Self {
+        self.remote = Some(remote);
+        self
+    }
+
+    /// Redis and its workers, when remote tiers are on.
+    pub fn remote_status(&self) -> Option<RemoteStatus> {
+        self.remote.as_ref().map(RemoteTiers::status)
     }
 
     pub fn pool(&self) -> &TierPool<E> {
@@ -441,22 +460,15 @@ impl<E: Engine> Router<E> {
         call: &Call,
     ) -> Result<RouteResult> {
         let resident = || self.pool.resident_tiers();
-        call.activity.queued(self.queue.queued());
-        let _turn = tokio::select! {
-            turn = self.queue.admit(start, &resident) => turn?,
-            _ = call.cancel.cancelled() => {
-                return Err(Error::Cancelled { stage: Some("while queued".into()) })
-            }
-        };
-        let waited_ms = ms_since(started);
+        // The local inference thread's turn, taken before the first local
+        // attempt and kept for the rest of the cascade; remote attempts
+        // run without it.
+        let mut turn = None;
         let cfg = &self.config;
         let routing = &cfg.routing;
         let mut tier = start;
         let mut attempts: Vec<Attempt> = Vec::new();
-        let mut timings = Timings {
-            queue_ms: waited_ms,
-            ..Timings::default()
-        };
+        let mut timings = Timings::default();
         let mut answer: Option<(usize, String, f64, u32, f64)> = None;
         let mut tokens_used = 0u32;
         let mut escalations = 0u32;
@@ -484,6 +496,7 @@ impl<E: Engine> Router<E> {
                 prompt_format: None,
                 error: None,
                 speculative: None,
+                worker: None,
             };
             let request = GenerateRequest {
                 messages: cascade::messages(
@@ -507,40 +520,36 @@ impl<E: Engine> Router<E> {
                 progress: Default::default(),
                 speculation: Speculation::Off,
             };
-            call.activity.loading(&t.name);
-            // A load is not interrupted (the pool's bookkeeping stays whole);
-            // a cancellation during it stops the generation before its first token.
-            let outcome = match self.pool.acquire_with_draft(tier).await {
-                Err(e) => Err(Error::from(e)),
-                Ok((lease, draft_lease)) => {
-                    attempt.load_ms =
-                        lease.load_ms + draft_lease.as_ref().map_or(0.0, |d| d.load_ms);
-                    let mut request = request;
-                    request.progress = call.activity.generating(&t.name, max_tokens);
-                    request.speculation = t.speculation(draft_lease.as_ref().map(|d| d.model_id()));
-                    let called = Instant::now();
-                    let g = lease.generate(request).await;
-                    let wall = ms_since(called);
-                    drop(lease);
-                    drop(draft_lease);
-                    self.pool.preload_after(tier);
-                    match g {
-                        Err(EngineError::PromptTooLong { tokens, context }) => {
-                            return Err(Error::invalid(
-                                "query",
-                                format!(
-                                    "the prompt is {tokens} tokens but tier {} holds {context} (its context): shorten the query or history",
-                                    t.name
-                                ),
-                            ));
+            let outcome = if t.remote {
+                turn = None;
+                let handoff = draft.as_ref().filter(|_| routing.hand_over_draft);
+                self.remote_attempt(t, request, handoff, call, &mut attempt)
+                    .await
+            } else {
+                if turn.is_none() {
+                    let waited = Instant::now();
+                    call.activity.queued(self.queue.queued());
+                    turn = Some(tokio::select! {
+                        turn = self.queue.admit(tier, &resident) => turn?,
+                        _ = call.cancel.cancelled() => {
+                            return Err(Error::Cancelled { stage: Some("while queued".into()) })
                         }
-                        Err(e) => Err(e.into()),
-                        Ok(g) => {
-                            attempt.queue_ms = (wall - g.prompt_ms - g.generate_ms).max(0.0);
-                            Ok(g)
-                        }
-                    }
+                    });
+                    timings.queue_ms += ms_since(waited);
                 }
+                self.local_attempt(tier, request, call, &mut attempt).await
+            };
+            let outcome = match outcome {
+                Err(Error::Engine(EngineError::PromptTooLong { tokens, context })) => {
+                    return Err(Error::invalid(
+                        "query",
+                        format!(
+                            "the prompt is {tokens} tokens but tier {} holds {context} (its context): shorten the query or history",
+                            t.name
+                        ),
+                    ));
+                }
+                o => o,
             };
             timings.load_ms += attempt.load_ms;
             let g = match outcome {
@@ -700,6 +709,67 @@ impl<E: Engine> Router<E> {
         })
     }
 
+    /// One attempt on a tier of this process's pool.
+    async fn local_attempt(
+        &self,
+        tier: usize,
+        mut request: GenerateRequest,
+        call: &Call,
+        attempt: &mut Attempt,
+    ) -> Result<Generation> {
+        let t = &self.config.tiers[tier];
+        call.activity.loading(&t.name, None);
+        // A load is not interrupted (the pool's bookkeeping stays whole);
+        // a cancellation during it stops the generation before its first token.
+        let (lease, draft_lease) = self.pool.acquire_with_draft(tier).await?;
+        attempt.load_ms = lease.load_ms + draft_lease.as_ref().map_or(0.0, |d| d.load_ms);
+        request.progress = call.activity.generating(&t.name, request.max_tokens, None);
+        request.speculation = t.speculation(draft_lease.as_ref().map(|d| d.model_id()));
+        let called = Instant::now();
+        let g = lease.generate(request).await;
+        let wall = ms_since(called);
+        drop(lease);
+        drop(draft_lease);
+        self.pool.preload_after(tier);
+        let g = g?;
+        attempt.queue_ms = (wall - g.prompt_ms - g.generate_ms).max(0.0);
+        Ok(g)
+    }
+
+    /// One attempt on a remote tier: a job on its Redis stream, answered
+    /// by whichever worker takes it.
+    async fn remote_attempt(
+        &self,
+        t: &Tier,
+        request: GenerateRequest,
+        handoff: Option<&Draft>,
+        call: &Call,
+        attempt: &mut Attempt,
+    ) -> Result<Generation> {
+        let remote = self.remote.as_ref().ok_or_else(|| RemoteError::NoRedis {
+            tier: t.name.clone(),
+        })?;
+        let job = Job {
+            version: JOB_VERSION,
+            attempt: uuid::Uuid::new_v4().to_string(),
+            tier: t.name.clone(),
+            messages: request.messages,
+            max_tokens: request.max_tokens,
+            sampling: request.sampling,
+            handoff: handoff.map(|d| Handoff {
+                from_tier: d.tier.clone(),
+                confidence: d.confidence,
+                draft: d.answer.clone(),
+            }),
+            enqueued_unix_ms: unix_ms(),
+        };
+        let served = remote.run(job, call).await?;
+        attempt.worker = Some(served.worker);
+        attempt.load_ms = served.load_ms;
+        attempt.queue_ms = served.wait_ms;
+        Ok(served.generation)
+    }
+
     fn memory(&self) -> MemorySnapshot {
         let st = self.pool.status();
         MemorySnapshot {
@@ -743,6 +813,7 @@ impl<E: Engine> Router<E> {
     /// Every tier with its residency, costs and statistics, and the memory picture.
     pub fn tier_status(&self) -> TierStatusReport {
         let pool = self.pool.status();
+        let remote = self.remote_status();
         let st = self.state.lock().unwrap();
         let tiers = self
             .config
@@ -754,6 +825,13 @@ impl<E: Engine> Router<E> {
                 let counters = &pool.counters[i].1;
                 let s = &st.stats[i];
                 TierStatus {
+                    remote: t.remote,
+                    workers: remote
+                        .iter()
+                        .flat_map(|r| &r.workers)
+                        .filter(|w| w.healthy && w.info.tiers.contains(&t.name))
+                        .map(|w| w.info.id.clone())
+                        .collect(),
                     name: t.name.clone(),
                     role: t.role.as_str().into(),
                     model: t.model.display().to_string(),
@@ -799,6 +877,7 @@ impl<E: Engine> Router<E> {
             .unwrap_or((0, 0));
         TierStatusReport {
             tiers,
+            remote,
             memory: StatusMemory {
                 budget: pool.budget,
                 reserve: pool.reserve,
@@ -818,6 +897,10 @@ impl<E: Engine> Router<E> {
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct TierStatus {
     pub name: String,
+    /// Served by workers through Redis rather than by this process.
+    pub remote: bool,
+    /// Healthy workers that serve it (remote tiers).
+    pub workers: Vec<String>,
     pub role: String,
     pub model: String,
     pub threshold: f64,
@@ -861,5 +944,8 @@ pub struct StatusMemory {
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct TierStatusReport {
     pub tiers: Vec<TierStatus>,
+    /// Redis and its workers, when this server has remote tiers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote: Option<RemoteStatus>,
     pub memory: StatusMemory,
 }

@@ -5,7 +5,7 @@ pub mod raw;
 pub mod size;
 pub mod validate;
 
-pub use raw::{RawConfig, Role, ServerSettings};
+pub use raw::{RawConfig, RedisSettings, Role, ServerSettings};
 pub use size::ByteSize;
 
 use crate::estimate::{ModelCost, ModelShape};
@@ -94,6 +94,9 @@ pub struct Tier {
     pub threads: u32,
     pub mlock: bool,
     pub speculative: raw::RawSpeculative,
+    /// Served by workers through Redis; its model was not inspected here
+    /// (shape and cost are zero).
+    pub remote: bool,
     pub has_chat_template: bool,
     pub shape: ModelShape,
     /// Estimated resident bytes once loaded.
@@ -128,7 +131,21 @@ pub struct Config {
     pub memory: MemoryConfig,
     pub routing: Routing,
     pub server: ServerSettings,
+    pub redis: RedisSettings,
     pub tiers: Vec<Tier>,
+}
+
+/// Which tiers this process runs itself; the others are remote (served
+/// through Redis) and their model files are not looked at.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum Placement {
+    /// As tiers.yaml says: tiers with `remote: true` are remote.
+    #[default]
+    AsWritten,
+    /// Every tier is remote (`serve --redis URL --all-remote`).
+    AllRemote,
+    /// Only these tiers (and the tiers drafting for them) are local: a worker.
+    Only(Vec<String>),
 }
 
 impl Config {
@@ -139,11 +156,98 @@ impl Config {
     /// [`ConfigError`]: unreadable file, YAML that does not parse (with line
     /// and column), or every validation problem at once.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Self::load_placed(path, &Placement::AsWritten)
+    }
+
+    /// As [`Config::load`], with `placement` deciding which tiers are remote.
+    ///
+    /// # Errors
+    ///
+    /// As [`Config::load`]; also an unknown tier name in `placement`.
+    pub fn load_placed(path: &Path, placement: &Placement) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|reason| ConfigError::Read {
             path: path.to_path_buf(),
             reason,
         })?;
-        Self::from_yaml(&text, path)
+        let raw: RawConfig = yaml_serde::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        validate::validate_placed(raw, path, placement)
+    }
+
+    /// A worker's view of the config at `path`: the tiers in `serve` (and
+    /// those drafting for them) are local, the rest remote. With `serve`
+    /// empty, every tier whose model is present and fits this machine's
+    /// budget is served; the others are returned as skipped problems.
+    ///
+    /// # Errors
+    ///
+    /// As [`Config::load`]; with `serve` empty, also when no tier fits.
+    pub fn load_for_worker(
+        path: &Path,
+        serve: &[String],
+    ) -> Result<(Config, Vec<usize>, Vec<Problem>), ConfigError> {
+        let index = |c: &Config, names: &[String]| -> Vec<usize> {
+            names
+                .iter()
+                .filter_map(|n| c.tier(n).map(|t| t.index))
+                .collect()
+        };
+        if !serve.is_empty() {
+            let c = Self::load_placed(path, &Placement::Only(serve.to_vec()))?;
+            let served = index(&c, serve);
+            return Ok((c, served, Vec::new()));
+        }
+        let all = Self::load_placed(path, &Placement::AllRemote)?;
+        let mut names: Vec<String> = all.tiers.iter().map(|t| t.name.clone()).collect();
+        let mut skipped = Vec::new();
+        loop {
+            let problems = match Self::load_placed(path, &Placement::Only(names.clone())) {
+                Ok(c) => {
+                    let served = index(&c, &names);
+                    return Ok((c, served, skipped));
+                }
+                Err(ConfigError::Invalid { problems, .. }) => problems,
+                Err(e) => return Err(e),
+            };
+            // Only a tier's own model (or its draft's) may rule it out.
+            let mut out = Vec::new();
+            for p in &problems {
+                let tier = p
+                    .field
+                    .strip_prefix("tiers[")
+                    .and_then(|r| r.split_once("]."))
+                    .filter(|(_, f)| *f == "model" || *f == "draft")
+                    .and_then(|(i, _)| i.parse::<usize>().ok());
+                match tier {
+                    Some(i) => out.push(i),
+                    None => {
+                        return Err(ConfigError::Invalid {
+                            path: path.to_path_buf(),
+                            problems,
+                        })
+                    }
+                }
+            }
+            let before = names.len();
+            for &i in &out {
+                let bad = &all.tiers[i];
+                names.retain(|n| n != &bad.name && all.tier(n).and_then(|t| t.draft) != Some(i));
+            }
+            skipped.extend(problems);
+            if names.is_empty() || names.len() == before {
+                return Err(ConfigError::Invalid {
+                    path: path.to_path_buf(),
+                    problems: skipped,
+                });
+            }
+        }
+    }
+
+    /// Tiers served through Redis.
+    pub fn remote_tiers(&self) -> Vec<&Tier> {
+        self.tiers.iter().filter(|t| t.remote).collect()
     }
 
     /// Parses and validates `text` as if read from `path` (relative model
@@ -184,6 +288,7 @@ impl Config {
             },
             routing: raw::RawRouting::default(),
             server: ServerSettings::default(),
+            redis: RedisSettings::default(),
             tiers: vec![raw::RawTier {
                 name,
                 role: Role::Router,
@@ -195,6 +300,7 @@ impl Config {
                 threads: None,
                 mlock: false,
                 speculative: raw::RawSpeculative::default(),
+                remote: false,
             }],
         };
         validate::validate(

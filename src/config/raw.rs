@@ -20,6 +20,9 @@ pub struct RawConfig {
     /// The request queue and the HTTP server's limits.
     #[serde(default)]
     pub server: ServerSettings,
+    /// Scale-out over Redis Streams (`serve --redis`, `worker`).
+    #[serde(default)]
+    pub redis: RedisSettings,
     /// The ladder, smallest and fastest first; later tiers are larger.
     pub tiers: Vec<RawTier>,
 }
@@ -164,6 +167,73 @@ impl Default for ServerSettings {
     }
 }
 
+/// Scale-out over Redis Streams: delivery, retention and failure timings.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSettings {
+    /// Milliseconds a job may sit unacknowledged with a worker that stopped
+    /// renewing it (died or hung) before another worker takes it over.
+    /// Default: 30000.
+    #[serde(default = "default_claim_idle_ms")]
+    pub claim_idle_ms: u64,
+    /// Approximate most entries kept per job stream (XADD MAXLEN ~).
+    /// Default: 10000.
+    #[serde(default = "default_stream_maxlen")]
+    pub stream_maxlen: usize,
+    /// Seconds results, progress and cancel keys live. Default: 600.
+    #[serde(default = "default_result_ttl")]
+    pub result_ttl_secs: u64,
+    /// Seconds between worker heartbeats; a worker is listed until three
+    /// are missed. Default: 2.
+    #[serde(default = "default_heartbeat")]
+    pub heartbeat_secs: u64,
+    /// Seconds a remote attempt may take, queueing included, before the
+    /// front end gives up on it. Default: 900.
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout_secs: u64,
+    /// Seconds an in-flight remote attempt waits for an unreachable Redis
+    /// to come back before failing. Default: 30.
+    #[serde(default = "default_outage")]
+    pub outage_secs: u64,
+}
+
+impl Default for RedisSettings {
+    fn default() -> Self {
+        RedisSettings {
+            claim_idle_ms: default_claim_idle_ms(),
+            stream_maxlen: default_stream_maxlen(),
+            result_ttl_secs: default_result_ttl(),
+            heartbeat_secs: default_heartbeat(),
+            request_timeout_secs: default_request_timeout(),
+            outage_secs: default_outage(),
+        }
+    }
+}
+
+fn default_claim_idle_ms() -> u64 {
+    30_000
+}
+
+fn default_stream_maxlen() -> usize {
+    10_000
+}
+
+fn default_result_ttl() -> u64 {
+    600
+}
+
+fn default_heartbeat() -> u64 {
+    2
+}
+
+fn default_request_timeout() -> u64 {
+    900
+}
+
+fn default_outage() -> u64 {
+    30
+}
+
 fn default_queue_depth() -> usize {
     16
 }
@@ -256,6 +326,11 @@ pub struct RawTier {
     /// Speculative decoding settings (used with `draft`, or for n-gram drafting).
     #[serde(default)]
     pub speculative: RawSpeculative,
+    /// Served by `worker` processes through Redis (`serve --redis URL`), not
+    /// by the front end: its model file need not exist on the front end's
+    /// machine. Default: false.
+    #[serde(default)]
+    pub remote: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]

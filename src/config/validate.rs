@@ -3,9 +3,9 @@
 
 use super::raw::{RawConfig, RawTier};
 use super::size::ByteSize;
-use super::{Config, ConfigError, MemoryConfig, Problem, Routing, Tier};
+use super::{Config, ConfigError, MemoryConfig, Placement, Problem, Routing, Tier};
 use crate::classify::Level;
-use crate::estimate::{estimate, ModelShape};
+use crate::estimate::{estimate, ModelCost, ModelShape};
 use crate::gguf;
 use std::path::{Path, PathBuf};
 
@@ -64,9 +64,59 @@ fn default_threads() -> u32 {
 ///
 /// [`ConfigError::Invalid`] with every problem found.
 pub fn validate(raw: RawConfig, source: &Path) -> Result<Config, ConfigError> {
+    validate_placed(raw, source, &Placement::AsWritten)
+}
+
+/// Which of `raw`'s tiers are remote under `placement`; unknown names in
+/// [`Placement::Only`] are reported through `bad`.
+fn remote_flags(
+    raw: &RawConfig,
+    placement: &Placement,
+    bad: &mut impl FnMut(String, String),
+) -> Vec<bool> {
+    match placement {
+        Placement::AsWritten => raw.tiers.iter().map(|t| t.remote).collect(),
+        Placement::AllRemote => vec![true; raw.tiers.len()],
+        Placement::Only(names) => {
+            for n in names {
+                if !raw.tiers.iter().any(|t| &t.name == n) {
+                    let known: Vec<_> = raw.tiers.iter().map(|t| t.name.as_str()).collect();
+                    bad(
+                        "--tiers".into(),
+                        format!("unknown tier {n:?} (tiers: {})", known.join(", ")),
+                    );
+                }
+            }
+            let served = |t: &RawTier| names.contains(&t.name);
+            raw.tiers
+                .iter()
+                .map(|t| {
+                    let drafts_for_served = raw
+                        .tiers
+                        .iter()
+                        .any(|o| served(o) && o.draft.as_deref() == Some(t.name.as_str()));
+                    !(served(t) || drafts_for_served)
+                })
+                .collect()
+        }
+    }
+}
+
+/// Validates `raw` with `placement` deciding which tiers this process runs;
+/// remote tiers keep their routing facts but their model files are not read.
+///
+/// # Errors
+///
+/// [`ConfigError::Invalid`] with every problem found.
+pub fn validate_placed(
+    raw: RawConfig,
+    source: &Path,
+    placement: &Placement,
+) -> Result<Config, ConfigError> {
     let base_dir = source.parent().unwrap_or(Path::new("."));
     let mut problems = Vec::new();
     let mut bad = |field: String, message: String| problems.push(Problem { field, message });
+    let remote = remote_flags(&raw, placement, &mut bad);
 
     let m = &raw.memory;
     if m.max_loaded == 0 {
@@ -169,6 +219,10 @@ pub fn validate(raw: RawConfig, source: &Path) -> Result<Config, ConfigError> {
                 );
             }
         }
+        if remote[i] {
+            tiers.push(remote_tier(t, i));
+            continue;
+        }
         match resolve_tier(t, i, base_dir) {
             Ok(tier) => {
                 if tier.cost.total > allowance {
@@ -206,6 +260,18 @@ pub fn validate(raw: RawConfig, source: &Path) -> Result<Config, ConfigError> {
                 continue;
             }
             tiers[i].draft = Some(j);
+            if tiers[j].remote && !tiers[i].remote {
+                bad(
+                    format!("tiers[{i}].draft"),
+                    format!(
+                        "{d:?} is remote but {:?} is not: a tier and its draft run in the same process",
+                        tiers[i].name
+                    ),
+                );
+            }
+            if tiers[i].remote || tiers[j].remote {
+                continue;
+            }
             if let Err(why) = vocab_compatible(&tiers[j].model, &tiers[i].model) {
                 bad(
                     format!("tiers[{i}].draft"),
@@ -239,6 +305,7 @@ pub fn validate(raw: RawConfig, source: &Path) -> Result<Config, ConfigError> {
 
     let routing = resolve_routing(&raw, &mut bad);
     check_server(&raw.server, &mut bad);
+    check_redis(&raw.redis, &mut bad);
 
     if problems.is_empty() {
         Ok(Config {
@@ -246,6 +313,7 @@ pub fn validate(raw: RawConfig, source: &Path) -> Result<Config, ConfigError> {
             memory,
             routing,
             server: raw.server.clone(),
+            redis: raw.redis.clone(),
             tiers,
         })
     } else {
@@ -338,6 +406,43 @@ fn check_server(s: &super::raw::ServerSettings, bad: &mut impl FnMut(String, Str
     }
 }
 
+fn check_redis(r: &super::raw::RedisSettings, bad: &mut impl FnMut(String, String)) {
+    let mut at_least = |field: &str, value: u64, min: u64| {
+        if value < min {
+            bad(
+                format!("redis.{field}"),
+                format!("must be at least {min}, got {value}"),
+            );
+        }
+    };
+    at_least("claim_idle_ms", r.claim_idle_ms, 100);
+    at_least("stream_maxlen", r.stream_maxlen as u64, 1);
+    at_least("result_ttl_secs", r.result_ttl_secs, 1);
+    at_least("heartbeat_secs", r.heartbeat_secs, 1);
+    at_least("request_timeout_secs", r.request_timeout_secs, 1);
+}
+
+/// A tier served elsewhere: routing facts only, the model file unread.
+fn remote_tier(t: &RawTier, index: usize) -> Tier {
+    Tier {
+        index,
+        name: t.name.clone(),
+        role: t.role,
+        model: PathBuf::from(&t.model),
+        threshold: t.threshold,
+        max_tokens: t.max_tokens,
+        draft: None,
+        context: t.context.unwrap_or(DEFAULT_CONTEXT),
+        threads: t.threads.unwrap_or_else(default_threads),
+        mlock: t.mlock,
+        speculative: t.speculative.clone(),
+        remote: true,
+        has_chat_template: false,
+        shape: ModelShape::default(),
+        cost: ModelCost::default(),
+    }
+}
+
 /// Resolves one tier's model file and cost; the error names the field.
 fn resolve_tier(
     t: &RawTier,
@@ -384,6 +489,7 @@ fn resolve_tier(
         threads: t.threads.unwrap_or_else(default_threads),
         mlock: t.mlock,
         speculative: t.speculative.clone(),
+        remote: false,
         has_chat_template: info.has_chat_template(),
         shape,
         cost,

@@ -211,7 +211,7 @@ pub enum PromptFormat {
 }
 
 /// A finished generation.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Generation {
     pub text: String,
     pub token_ids: Vec<u32>,

@@ -8,7 +8,8 @@
 //! property of the model, not of the sampling temperature.
 
 /// How to pick tokens.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Sampling {
     /// Always the most probable token: deterministic.
     Greedy,

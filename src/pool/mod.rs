@@ -32,6 +32,8 @@ pub enum PoolError {
         allowance: ByteSize,
         max_loaded: usize,
     },
+    #[error("tier {tier} is served by remote workers (remote: true), not by this process")]
+    Remote { tier: String },
     #[error(transparent)]
     Engine(#[from] EngineError),
 }
@@ -282,6 +284,11 @@ impl<E: Engine> TierPool<E> {
     async fn acquire_with(&self, tier: usize, protect: &[usize]) -> Result<Lease<E>, PoolError> {
         let inner = &self.inner;
         let t = &inner.config.tiers[tier];
+        if t.remote {
+            return Err(PoolError::Remote {
+                tier: t.name.clone(),
+            });
+        }
         let started = Instant::now();
         loop {
             // Register for wake-ups before looking, so no release is missed.
@@ -395,7 +402,8 @@ impl<E: Engine> TierPool<E> {
     /// Runs in the background; failures are logged, never returned.
     pub fn preload_after(&self, tier: usize) {
         let next = tier + 1;
-        if !self.inner.config.memory.preload_next || next >= self.inner.config.tiers.len() {
+        let tiers = &self.inner.config.tiers;
+        if !self.inner.config.memory.preload_next || next >= tiers.len() || tiers[next].remote {
             return;
         }
         if self.resident_tiers().contains(&next) {
