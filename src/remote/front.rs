@@ -170,18 +170,7 @@ impl RemoteTiers {
             .await
             .map_err(|e| self.unreachable(&tier, e))?;
         if !self.has_worker(&tier) {
-            let workers = read_workers(&mut con)
-                .await
-                .map_err(|e| self.unreachable(&tier, e))?;
-            let serves = workers.iter().any(|w| w.tiers.contains(&tier));
-            self.health.lock().unwrap().workers = workers;
-            if !serves {
-                return Err(RemoteError::NoWorker {
-                    tier,
-                    url: self.redis.shown.clone(),
-                }
-                .into());
-            }
+            self.wait_for_worker(&mut con, &tier).await?;
         }
         let entry: String = con
             .xadd_maxlen(
@@ -243,6 +232,34 @@ impl RemoteTiers {
             if let Some(served) = step? {
                 return Ok(served);
             }
+        }
+    }
+
+    /// A worker may be starting, or re-advertising after a Redis restart:
+    /// look again for up to three heartbeat intervals before giving up.
+    async fn wait_for_worker(
+        &self,
+        con: &mut MultiplexedConnection,
+        tier: &str,
+    ) -> Result<(), Error> {
+        let give_up = Instant::now() + Duration::from_secs(3 * self.settings.heartbeat_secs);
+        loop {
+            let workers = read_workers(con)
+                .await
+                .map_err(|e| self.unreachable(tier, e))?;
+            let serves = workers.iter().any(|w| w.tiers.iter().any(|t| t == tier));
+            self.health.lock().unwrap().workers = workers;
+            if serves {
+                return Ok(());
+            }
+            if Instant::now() >= give_up {
+                return Err(RemoteError::NoWorker {
+                    tier: tier.into(),
+                    url: self.redis.shown.clone(),
+                }
+                .into());
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
 

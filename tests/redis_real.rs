@@ -1,0 +1,653 @@
+//! Scale-out over Redis Streams with real Redis, real models and real
+//! processes: a front end (`serve --redis`, driven over MCP by rmcp's
+//! client) and `worker` processes. Each test starts its own `redis-server`
+//! (the Debian package; scripts/install-deps.sh installs it) on a free
+//! loopback port and stops it at the end.
+
+mod common;
+
+use common::client::{tokens_flowing, tool_request, Recorder};
+use common::SMOL_Q4;
+use redis::AsyncCommands;
+use rmcp::model::{CallToolRequestParams, CallToolResult, ServerResult};
+use rmcp::service::{PeerRequestOptions, RunningService};
+use rmcp::transport::TokioChildProcess;
+use rmcp::{RoleClient, ServiceExt};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// One scenario at a time: each runs several llama.cpp processes.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const BIN: &str = env!("CARGO_BIN_EXE_xnai-model-router");
+
+/// Counting in words: long enough to act in the middle of it.
+const LONG: &str = "Count from 1 to 1000, writing every number in words, one per line.";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A redis-server of our own, killed on drop.
+struct RedisServer {
+    port: u16,
+    child: Child,
+}
+
+impl RedisServer {
+    fn start() -> Self {
+        Self::on(free_port())
+    }
+
+    fn on(port: u16) -> Self {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server is missing: run scripts/install-deps.sh");
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "redis-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        RedisServer { port, child }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    async fn con(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    }
+
+    /// Kills it (no save) and starts an empty one on the same port.
+    fn restart(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        *self = Self::on(self.port);
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A `worker` process, killed on drop; its log is kept for failures.
+struct WorkerProc {
+    id: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl WorkerProc {
+    fn start(dir: &Path, config: &Path, url: &str, id: &str, tiers: &str) -> Self {
+        let log = dir.join(format!("{id}.log"));
+        let child = Command::new(BIN)
+            .args(["worker", "--redis", url, "--tiers", tiers, "--id", id])
+            .arg("--config")
+            .arg(config)
+            .env("XNAI_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        WorkerProc {
+            id: id.into(),
+            child,
+            log,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for WorkerProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// router (local) and drafter (remote): thresholds no answer of these tiny
+/// models meets, so a request starting at the router escalates to the
+/// remote drafter. Short Redis timings so reclaiming is quick.
+fn ladder(dir: &Path) -> PathBuf {
+    let model = common::real_model(SMOL_Q4);
+    let yaml = format!(
+        r#"redis:
+  claim_idle_ms: 1500
+  heartbeat_secs: 1
+  outage_secs: 10
+tiers:
+  - name: router
+    role: router
+    model: {m}
+    threshold: 0.999
+    max_tokens: 24
+    context: 1024
+  - name: drafter
+    role: draft
+    model: {m}
+    threshold: 0.9999
+    max_tokens: 48
+    context: 1024
+    remote: true
+"#,
+        m = model.display()
+    );
+    let path = dir.join("tiers.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+type Client = RunningService<RoleClient, Recorder>;
+
+async fn front_end(config: &Path, url: &str) -> (Client, Recorder) {
+    let mut cmd = tokio::process::Command::new(BIN);
+    cmd.arg("serve")
+        .arg("--config")
+        .arg(config)
+        .args(["--redis", url])
+        .env("XNAI_LOG", "warn");
+    let recorder = Recorder::default();
+    let client = recorder
+        .clone()
+        .serve(TokioChildProcess::new(cmd).unwrap())
+        .await
+        .unwrap();
+    (client, recorder)
+}
+
+async fn call(client: &Client, tool: &'static str, args: Value) -> CallToolResult {
+    let obj = args.as_object().cloned().unwrap_or_default();
+    client
+        .call_tool(CallToolRequestParams::new(tool).with_arguments(obj))
+        .await
+        .unwrap()
+}
+
+fn ok(r: &CallToolResult) -> Value {
+    assert_ne!(r.is_error, Some(true), "{:?}", r.content);
+    r.structured_content.clone().expect("structuredContent")
+}
+
+fn error_text(r: &CallToolResult) -> String {
+    assert_eq!(
+        r.is_error,
+        Some(true),
+        "expected a tool error: {:?}",
+        r.content
+    );
+    r.content[0].as_text().unwrap().text.clone()
+}
+
+/// Waits until get_tier_status lists these workers as healthy.
+async fn wait_for_workers(client: &Client, ids: &[&str]) {
+    let started = Instant::now();
+    loop {
+        let s = ok(&call(client, "get_tier_status", json!({})).await);
+        let healthy: Vec<String> = s["remote"]["workers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|w| w["healthy"] == true)
+            .map(|w| w["id"].as_str().unwrap().to_string())
+            .collect();
+        if ids.iter().all(|id| healthy.iter().any(|h| h == id)) {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "workers {ids:?} never showed up: {s}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn pending(con: &mut redis::aio::MultiplexedConnection, tier: &str) -> u64 {
+    let reply: redis::streams::StreamPendingReply = con
+        .xpending(format!("xnai:jobs:{tier}"), "workers")
+        .await
+        .unwrap();
+    reply.count() as u64
+}
+
+/// Every stored result, parsed.
+async fn results(con: &mut redis::aio::MultiplexedConnection) -> Vec<Value> {
+    let keys: Vec<String> = con.keys("xnai:result:*").await.unwrap();
+    let mut out = Vec::new();
+    for k in keys {
+        let v: String = con.get(&k).await.unwrap();
+        out.push(serde_json::from_str(&v).unwrap());
+    }
+    out
+}
+
+#[tokio::test]
+async fn two_workers_share_requests_and_escalation_crosses_machines() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = ladder(dir.path());
+    let redis = RedisServer::start();
+    let w1 = WorkerProc::start(dir.path(), &config, &redis.url(), "w1", "drafter");
+    let w2 = WorkerProc::start(dir.path(), &config, &redis.url(), "w2", "drafter");
+    let (client, recorder) = front_end(&config, &redis.url()).await;
+    wait_for_workers(&client, &["w1", "w2"]).await;
+
+    // Four at once on the remote tier: both workers answer some.
+    let questions = [
+        "Name a color.",
+        "Name a fruit.",
+        "Name an animal.",
+        "Name a city.",
+    ];
+    let calls = questions.iter().map(|q| {
+        call(
+            &client,
+            "route_query",
+            json!({"query": q, "preferred_tier": "drafter", "max_tokens": 24}),
+        )
+    });
+    let answers: Vec<Value> = futures::future::join_all(calls)
+        .await
+        .iter()
+        .map(ok)
+        .collect();
+    let mut by: Vec<String> = answers
+        .iter()
+        .map(|a| {
+            assert_eq!(a["tier"], "drafter");
+            assert!(!a["answer"].as_str().unwrap().is_empty(), "{a}");
+            a["attempts"][0]["worker"].as_str().unwrap().to_string()
+        })
+        .collect();
+    by.sort();
+    by.dedup();
+    assert_eq!(by, ["w1", "w2"], "requests did not spread: {answers:?}");
+
+    // A query the classifier starts at the (local) router escalates to the
+    // remote drafter, with the router's answer handed over in the job.
+    let r = ok(&call(
+        &client,
+        "route_query",
+        json!({"query": "What is 2+2?", "max_tokens": 16}),
+    )
+    .await);
+    let attempts = r["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2, "{r}");
+    assert_eq!(attempts[0]["tier"], "router");
+    assert!(attempts[0].get("worker").is_none(), "{r}");
+    assert_eq!(attempts[0]["outcome"], "escalated");
+    assert_eq!(attempts[1]["tier"], "drafter");
+    assert!(["w1", "w2"].contains(&attempts[1]["worker"].as_str().unwrap()));
+    assert_eq!(r["tier"], "drafter");
+    let mut con = redis.con().await;
+    let jobs: redis::streams::StreamRangeReply = con.xrange_all("xnai:jobs:drafter").await.unwrap();
+    let handed: Vec<Value> = jobs
+        .ids
+        .iter()
+        .filter_map(|e| e.get::<String>("job"))
+        .map(|j| serde_json::from_str::<Value>(&j).unwrap())
+        .filter(|j| j.get("handoff").is_some())
+        .collect();
+    assert_eq!(handed.len(), 1, "{handed:?}");
+    let h = &handed[0]["handoff"];
+    assert_eq!(h["from_tier"], "router");
+    assert_eq!(h["confidence"], attempts[0]["confidence"]);
+    let draft = h["draft"].as_str().unwrap();
+    let last = handed[0]["messages"].as_array().unwrap().last().unwrap()["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(last.contains(draft.trim()), "{last}");
+
+    // Progress came from the workers.
+    let seen = recorder.progress.lock().unwrap().clone();
+    assert!(
+        seen.iter()
+            .any(|(_, m)| m.starts_with("tier drafter on worker w")),
+        "{seen:?}"
+    );
+    // Status shows both workers on the remote tier; nothing left pending.
+    let s = ok(&call(&client, "get_tier_status", json!({})).await);
+    let drafter = &s["tiers"][1];
+    assert_eq!(drafter["remote"], true);
+    assert_eq!(drafter["workers"], json!(["w1", "w2"]), "{s}");
+    assert_eq!(s["remote"]["reachable"], true);
+    assert_eq!(pending(&mut con, "drafter").await, 0);
+    assert_eq!(results(&mut con).await.len(), 5);
+    client.cancel().await.unwrap();
+    drop((w1, w2));
+}
+
+#[tokio::test]
+async fn a_worker_killed_mid_answer_loses_nothing() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = ladder(dir.path());
+    let redis = RedisServer::start();
+    let mut workers = vec![
+        WorkerProc::start(dir.path(), &config, &redis.url(), "w1", "drafter"),
+        WorkerProc::start(dir.path(), &config, &redis.url(), "w2", "drafter"),
+    ];
+    let (client, recorder) = front_end(&config, &redis.url()).await;
+    wait_for_workers(&client, &["w1", "w2"]).await;
+
+    let handle = client
+        .send_cancellable_request(
+            tool_request(
+                "route_query",
+                json!({"query": LONG, "preferred_tier": "drafter", "max_tokens": 200}),
+            ),
+            PeerRequestOptions::no_options(),
+        )
+        .await
+        .unwrap();
+    recorder
+        .wait_for(|m| m.contains("on worker") && tokens_flowing(m))
+        .await;
+    let message = recorder.progress.lock().unwrap().last().unwrap().1.clone();
+    let victim = workers
+        .iter()
+        .position(|w| message.contains(&format!("on worker {}:", w.id)))
+        .unwrap_or_else(|| panic!("which worker? {message}"));
+    let mut dead = workers.remove(victim);
+    dead.child.kill().unwrap(); // SIGKILL: no goodbye, the entry stays pending
+    dead.child.wait().unwrap();
+    let killed_at = Instant::now();
+    let survivor = &workers[0];
+
+    let ServerResult::CallToolResult(r) = handle.await_response().await.unwrap() else {
+        panic!("not a tool result")
+    };
+    let r = ok(&r);
+    let took = killed_at.elapsed();
+    assert_eq!(r["attempts"][0]["worker"], survivor.id.as_str(), "{r}");
+    assert_eq!(r["attempts"].as_array().unwrap().len(), 1);
+    assert_eq!(r["tokens"]["completion"], 200, "a whole answer: {r}");
+    assert!(
+        survivor.log().contains("took over a job"),
+        "{}",
+        survivor.log()
+    );
+    // Progress went on from the survivor, still increasing.
+    let seen = recorder.progress.lock().unwrap().clone();
+    assert!(
+        seen.iter()
+            .any(|(_, m)| m.contains(&format!("on worker {}", survivor.id))),
+        "{seen:?}"
+    );
+    for w in seen.windows(2) {
+        assert!(w[1].0 > w[0].0, "{seen:?}");
+    }
+    // Exactly one answer stored, by the survivor; nothing pending.
+    let mut con = redis.con().await;
+    let stored = results(&mut con).await;
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    assert_eq!(stored[0]["worker"], survivor.id.as_str());
+    assert_eq!(pending(&mut con, "drafter").await, 0);
+    eprintln!("the survivor answered {took:?} after the kill");
+    client.cancel().await.unwrap();
+}
+
+#[tokio::test]
+async fn cancellation_reaches_the_worker() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = ladder(dir.path());
+    let redis = RedisServer::start();
+    let _w = WorkerProc::start(dir.path(), &config, &redis.url(), "w1", "drafter");
+    let (client, recorder) = front_end(&config, &redis.url()).await;
+    wait_for_workers(&client, &["w1"]).await;
+    let handle = client
+        .send_cancellable_request(
+            tool_request(
+                "route_query",
+                json!({"query": LONG, "preferred_tier": "drafter", "max_tokens": 400}),
+            ),
+            PeerRequestOptions::no_options(),
+        )
+        .await
+        .unwrap();
+    recorder.wait_for(tokens_flowing).await;
+    handle.cancel(Some("test".into())).await.unwrap();
+    // The worker stops early and says so in its stored result.
+    let mut con = redis.con().await;
+    let started = Instant::now();
+    let stored = loop {
+        let r = results(&mut con).await;
+        if !r.is_empty() {
+            break r;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "no result");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let g = &stored[0]["outcome"]["generation"];
+    assert_eq!(g["finish"], "cancelled", "{stored:?}");
+    assert!(g["completion_tokens"].as_u64().unwrap() < 400);
+    assert_eq!(pending(&mut con, "drafter").await, 0);
+    // The next request is answered.
+    let r = ok(&call(
+        &client,
+        "route_query",
+        json!({"query": "Name a color.", "preferred_tier": "drafter", "max_tokens": 8}),
+    )
+    .await);
+    assert_eq!(r["attempts"][0]["worker"], "w1");
+    client.cancel().await.unwrap();
+}
+
+#[tokio::test]
+async fn redis_restarted_mid_run_then_the_next_request_succeeds() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = ladder(dir.path());
+    let mut redis = RedisServer::start();
+    let w = WorkerProc::start(dir.path(), &config, &redis.url(), "w1", "drafter");
+    let (client, recorder) = front_end(&config, &redis.url()).await;
+    wait_for_workers(&client, &["w1"]).await;
+    let handle = client
+        .send_cancellable_request(
+            tool_request(
+                "route_query",
+                json!({"query": LONG, "preferred_tier": "drafter", "max_tokens": 48}),
+            ),
+            PeerRequestOptions::no_options(),
+        )
+        .await
+        .unwrap();
+    recorder.wait_for(tokens_flowing).await;
+    redis.restart(); // no persistence: every stream, group and key is gone
+    let ServerResult::CallToolResult(r) = handle.await_response().await.unwrap() else {
+        panic!("not a tool result")
+    };
+    // In flight: completed after reconnection, or a clear error.
+    if r.is_error == Some(true) {
+        let e = error_text(&r);
+        assert!(
+            e.contains("lost the request") && e.contains(&redis.url()),
+            "{e}"
+        );
+    } else {
+        assert_eq!(ok(&r)["attempts"][0]["worker"], "w1");
+    }
+    // The next request succeeds: the worker re-created its group and
+    // re-advertised itself, the front end reconnected.
+    let r = ok(&call(
+        &client,
+        "route_query",
+        json!({"query": "Name a color.", "preferred_tier": "drafter", "max_tokens": 8}),
+    )
+    .await);
+    assert_eq!(r["attempts"][0]["worker"], "w1");
+    assert!(
+        w.log().contains("reconnecting") || w.log().contains("creating it again"),
+        "{}",
+        w.log()
+    );
+    client.cancel().await.unwrap();
+}
+
+#[tokio::test]
+async fn poison_messages_go_to_the_dead_letter_stream() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = ladder(dir.path());
+    let redis = RedisServer::start();
+    let w = WorkerProc::start(dir.path(), &config, &redis.url(), "w1", "drafter");
+    let (client, _) = front_end(&config, &redis.url()).await;
+    wait_for_workers(&client, &["w1"]).await;
+    let mut con = redis.con().await;
+    let _: String = con
+        .xadd("xnai:jobs:drafter", "*", &[("job", "{not json")])
+        .await
+        .unwrap();
+    let _: String = con
+        .xadd("xnai:jobs:drafter", "*", &[("something", "else")])
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let dead = loop {
+        let d: redis::streams::StreamRangeReply = con.xrange_all("xnai:dead").await.unwrap();
+        if d.ids.len() >= 2 {
+            break d;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{}", w.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let reasons: Vec<String> = dead.ids.iter().map(|e| e.get("reason").unwrap()).collect();
+    assert!(reasons[0].contains("not a valid job"), "{reasons:?}");
+    assert!(reasons[1].contains("no `job` field"), "{reasons:?}");
+    assert_eq!(
+        dead.ids[0].get::<String>("stream").unwrap(),
+        "xnai:jobs:drafter"
+    );
+    assert_eq!(
+        pending(&mut con, "drafter").await,
+        0,
+        "acknowledged, not retried"
+    );
+    // The worker goes on serving.
+    let r = ok(&call(
+        &client,
+        "route_query",
+        json!({"query": "Name a color.", "preferred_tier": "drafter", "max_tokens": 8}),
+    )
+    .await);
+    assert_eq!(r["attempts"][0]["worker"], "w1");
+    client.cancel().await.unwrap();
+}
+
+#[tokio::test]
+async fn without_redis_local_tiers_answer_and_remote_ones_say_why() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = ladder(dir.path());
+    let port = free_port();
+    let url = format!("redis://127.0.0.1:{port}");
+    let (client, _) = front_end(&config, &url).await;
+    let r = ok(&call(
+        &client,
+        "route_query",
+        json!({"query": "Name a color.", "preferred_tier": "router", "max_tokens": 8}),
+    )
+    .await);
+    assert_eq!(r["tier"], "router");
+    let e = error_text(
+        &call(
+            &client,
+            "route_query",
+            json!({"query": "Name a color.", "preferred_tier": "drafter", "max_tokens": 8}),
+        )
+        .await,
+    );
+    assert!(
+        e.contains("tier drafter") && e.contains(&url) && e.contains("unreachable"),
+        "{e}"
+    );
+    let s = ok(&call(&client, "get_tier_status", json!({})).await);
+    assert_eq!(s["remote"]["reachable"], false, "{s}");
+    assert!(s["remote"]["error"].is_string());
+
+    // Redis and a worker come up: the front end reconnects by itself.
+    let redis = RedisServer::on(port);
+    let _w = WorkerProc::start(dir.path(), &config, &redis.url(), "w1", "drafter");
+    wait_for_workers(&client, &["w1"]).await;
+    let r = ok(&call(
+        &client,
+        "route_query",
+        json!({"query": "Name a color.", "preferred_tier": "drafter", "max_tokens": 8}),
+    )
+    .await);
+    assert_eq!(r["attempts"][0]["worker"], "w1");
+    client.cancel().await.unwrap();
+}
+
+#[test]
+fn remote_tiers_need_redis_and_workers_need_known_tiers() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = ladder(dir.path());
+    let out = Command::new(BIN)
+        .arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .env_remove("XNAI_REDIS_URL")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("tiers drafter are remote") && err.contains("--redis"),
+        "{err}"
+    );
+
+    let out = Command::new(BIN)
+        .args([
+            "worker",
+            "--redis",
+            "redis://127.0.0.1:1",
+            "--tiers",
+            "nope",
+        ])
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--tiers") && err.contains("unknown tier \"nope\""),
+        "{err}"
+    );
+
+    let out = Command::new(BIN)
+        .args(["worker", "--redis", "http://x"])
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is not a Redis URL"), "{err}");
+}
