@@ -84,6 +84,10 @@ enum Cmd {
         /// This worker's name in results and get_tier_status (default: host-pid).
         #[arg(long)]
         id: Option<String>,
+        /// CPU threads per generation, overriding the tiers' `threads`
+        /// (with several workers on one machine, split its cores).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        threads: Option<u32>,
     },
     /// Print mcp-manifest.json: the server, how to launch it, its tools and schemas.
     Manifest,
@@ -276,9 +280,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(serve(config, transport, http, redis))?;
         }
-        Cmd::Worker { redis, tiers, id } => {
-            let (config, served, skipped) =
+        Cmd::Worker {
+            redis,
+            tiers,
+            id,
+            threads,
+        } => {
+            let (mut config, served, skipped) =
                 Config::load_for_worker(&cli.config, &tiers).map_err(config_hint)?;
+            if let Some(n) = threads {
+                config.tiers.iter_mut().for_each(|t| t.threads = n);
+            }
             for p in skipped {
                 eprintln!("worker: not serving: {p}");
             }

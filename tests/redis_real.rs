@@ -102,6 +102,8 @@ impl WorkerProc {
         let log = dir.join(format!("{id}.log"));
         let child = Command::new(BIN)
             .args(["worker", "--redis", url, "--tiers", tiers, "--id", id])
+            // Two workers share this machine's cores.
+            .args(["--threads", "1"])
             .arg("--config")
             .arg(config)
             .env("XNAI_LOG", "info")
@@ -253,6 +255,7 @@ async fn two_workers_share_requests_and_escalation_crosses_machines() {
     let w2 = WorkerProc::start(dir.path(), &config, &redis.url(), "w2", "drafter");
     let (client, recorder) = front_end(&config, &redis.url()).await;
     wait_for_workers(&client, &["w1", "w2"]).await;
+    let t0 = Instant::now();
 
     // Four at once on the remote tier: both workers answer some.
     let questions = [
@@ -281,6 +284,7 @@ async fn two_workers_share_requests_and_escalation_crosses_machines() {
             a["attempts"][0]["worker"].as_str().unwrap().to_string()
         })
         .collect();
+    eprintln!("four answered after {:?}", t0.elapsed());
     by.sort();
     by.dedup();
     assert_eq!(by, ["w1", "w2"], "requests did not spread: {answers:?}");
@@ -293,6 +297,7 @@ async fn two_workers_share_requests_and_escalation_crosses_machines() {
         json!({"query": "What is 2+2?", "max_tokens": 16}),
     )
     .await);
+    eprintln!("escalated after {:?}: {r}", t0.elapsed());
     let attempts = r["attempts"].as_array().unwrap();
     assert_eq!(attempts.len(), 2, "{r}");
     assert_eq!(attempts[0]["tier"], "router");
