@@ -656,3 +656,72 @@ fn remote_tiers_need_redis_and_workers_need_known_tiers() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("is not a Redis URL"), "{err}");
 }
+
+fn signal(child: &Child, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig}");
+}
+
+#[tokio::test]
+async fn a_hung_worker_is_taken_over_and_its_late_answer_is_dropped() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = ladder(dir.path());
+    let redis = RedisServer::start();
+    let workers = [
+        WorkerProc::start(dir.path(), &config, &redis.url(), "w1", "drafter"),
+        WorkerProc::start(dir.path(), &config, &redis.url(), "w2", "drafter"),
+    ];
+    let (client, recorder) = front_end(&config, &redis.url()).await;
+    wait_for_workers(&client, &["w1", "w2"]).await;
+    let handle = client
+        .send_cancellable_request(
+            tool_request(
+                "route_query",
+                json!({"query": LONG, "preferred_tier": "drafter", "max_tokens": 120}),
+            ),
+            PeerRequestOptions::no_options(),
+        )
+        .await
+        .unwrap();
+    recorder
+        .wait_for(|m| m.contains("on worker") && tokens_flowing(m))
+        .await;
+    let message = recorder.progress.lock().unwrap().last().unwrap().1.clone();
+    let hung = if message.contains("on worker w1:") {
+        0
+    } else {
+        1
+    };
+    let (hung, survivor) = (&workers[hung], &workers[1 - hung]);
+    signal(&hung.child, "-STOP");
+    let ServerResult::CallToolResult(r) = handle.await_response().await.unwrap() else {
+        panic!("not a tool result")
+    };
+    let r = ok(&r);
+    assert_eq!(r["attempts"][0]["worker"], survivor.id.as_str(), "{r}");
+    // The hung worker wakes up, finishes, and finds the answer taken.
+    signal(&hung.child, "-CONT");
+    let started = Instant::now();
+    while !hung
+        .log()
+        .contains("another worker stored this result first")
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{}",
+            hung.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut con = redis.con().await;
+    let stored = results(&mut con).await;
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    assert_eq!(stored[0]["worker"], survivor.id.as_str());
+    assert_eq!(pending(&mut con, "drafter").await, 0);
+    client.cancel().await.unwrap();
+}
