@@ -188,6 +188,26 @@ enum BenchCmd {
         #[arg(long)]
         json: bool,
     },
+    /// The Redis hop against a local call, and N concurrent requests with
+    /// one worker against two (starts its own redis-server and workers).
+    Scaleout {
+        /// Tier to serve (default: the smallest).
+        #[arg(long)]
+        tier: Option<String>,
+        /// Concurrent requests per throughput round.
+        #[arg(long, default_value_t = 8)]
+        requests: usize,
+        #[arg(long, default_value_t = 64)]
+        max_tokens: u32,
+        /// Interleaved local/remote pairs for the hop latency.
+        #[arg(long, default_value_t = 30)]
+        samples: usize,
+        /// Use this Redis instead of starting a private redis-server.
+        #[arg(long)]
+        redis: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// The baseline's child process: llama.cpp's raw decode loop, prints tokens/s.
     #[command(hide = true)]
     DecodeLoop {
@@ -431,6 +451,35 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("{}", serde_json::to_string(&r)?);
             } else {
                 print!("{}", bench::render_spec(&r));
+            }
+        }
+        Cmd::Bench {
+            command:
+                BenchCmd::Scaleout {
+                    tier,
+                    requests,
+                    max_tokens,
+                    samples,
+                    redis,
+                    json,
+                },
+        } => {
+            use xnai_model_router::remote::bench as scale;
+            let opts = scale::ScaleoutOptions {
+                config: cli.config.clone(),
+                tier,
+                requests: requests.max(1),
+                max_tokens,
+                samples: samples.max(1),
+                redis,
+                cores: cores(),
+            };
+            let rt = tokio::runtime::Runtime::new()?;
+            let r = rt.block_on(scale::scaleout(&opts))?;
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                print!("{}", scale::render(&r));
             }
         }
         Cmd::Bench {

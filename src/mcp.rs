@@ -490,6 +490,11 @@ pub fn manifest() -> serde_json::Value {
             "http_auth": "optional bearer token (Authorization: Bearer <token>) from XNAI_HTTP_TOKEN or --token-file; required when binding to a non-loopback address",
             "http_endpoints": { "health": "/healthz", "metrics": "/metrics (Prometheus text)" }
         },
+        "scale_out": {
+            "front_end": "xnai-model-router serve --redis redis://HOST:6379 --config tiers.yaml (tiers with remote: true, or all with --all-remote, are served by workers)",
+            "worker": "xnai-model-router worker --redis redis://HOST:6379 --tiers NAME[,NAME] --config tiers.yaml",
+            "env": { "XNAI_REDIS_URL": "instead of --redis" }
+        },
         "tools": tools,
     })
 }

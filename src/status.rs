@@ -38,19 +38,28 @@ pub fn render(config: &Config, pool: Option<&PoolStatus>) -> String {
             .draft
             .map(|d| format!(" (draft: {})", config.tiers[d].name))
             .unwrap_or_default();
+        // A remote tier's model is on its workers' machines: no costs here.
+        let cost = |bytes: u64| {
+            if t.remote {
+                "-".to_string()
+            } else {
+                ByteSize(bytes).to_string()
+            }
+        };
+        let remote = if t.remote { "remote: " } else { "" };
         let _ = writeln!(
             out,
-            "{:<3} {:<10} {:<7} {:>9.2} {:>7} {:>6} {:>11} {:>11} {:>11} {:>11}  {}{}",
+            "{:<3} {:<10} {:<7} {:>9.2} {:>7} {:>6} {:>11} {:>11} {:>11} {:>11}  {remote}{}{}",
             t.index,
             t.name,
             t.role.as_str(),
             t.threshold,
             t.context,
             t.max_tokens,
-            ByteSize(t.cost.weights).to_string(),
-            ByteSize(t.cost.kv_cache).to_string(),
-            ByteSize(t.cost.compute).to_string(),
-            ByteSize(t.cost.total).to_string(),
+            cost(t.cost.weights),
+            cost(t.cost.kv_cache),
+            cost(t.cost.compute),
+            cost(t.cost.total),
             t.model.display(),
             draft
         );

@@ -298,3 +298,87 @@ fn routing_defaults_spread_levels_and_resolve_domains() {
     assert_eq!(c.routing.max_escalations, 2);
     assert!(c.routing.hand_over_draft);
 }
+
+#[test]
+fn remote_tiers_need_no_model_file_here_but_keep_their_routing_facts() {
+    let dir = dir_with_models();
+    let yaml = "redis: { claim_idle_ms: 2000 }
+tiers:
+  - { name: a, role: router, model: a.gguf, threshold: 0.5, max_tokens: 64 }
+  - { name: big, role: expert, model: /on/the/big/box.gguf, threshold: 0.9, max_tokens: 512, remote: true }
+";
+    assert_eq!(problems(dir.path(), yaml), Vec::<String>::new());
+    let c = Config::load(&dir.path().join("tiers.yaml")).unwrap();
+    let big = c.tier("big").unwrap();
+    assert!(big.remote && !c.tiers[0].remote);
+    assert_eq!(
+        (big.threshold, big.max_tokens, big.cost.total),
+        (0.9, 512, 0)
+    );
+    assert_eq!(c.redis.claim_idle_ms, 2000);
+    assert_eq!(c.redis.heartbeat_secs, 2, "defaults fill the rest");
+
+    // A local tier cannot be drafted by a remote one.
+    let yaml = "tiers:
+  - { name: a, role: router, model: a.gguf, threshold: 0.5, max_tokens: 64, remote: true }
+  - { name: b, role: refine, model: b.gguf, threshold: 0.7, max_tokens: 64, draft: a }
+";
+    assert_has(
+        &problems(dir.path(), yaml),
+        &["tiers[1].draft", "\"a\" is remote", "same process"],
+    );
+    let yaml = "redis: { claim_idle_ms: 5, heartbeat_secs: 0 }
+tiers:
+  - { name: a, role: router, model: a.gguf, threshold: 0.5, max_tokens: 64 }
+";
+    let p = problems(dir.path(), yaml);
+    assert_has(&p, &["redis.claim_idle_ms", "at least 100, got 5"]);
+    assert_has(&p, &["redis.heartbeat_secs", "got 0"]);
+}
+
+#[test]
+fn placement_decides_what_is_local() {
+    use xnai_model_router::config::Placement;
+    let dir = dir_with_models();
+    let path = dir.path().join("tiers.yaml");
+    std::fs::write(
+        &path,
+        "tiers:
+  - { name: a, role: router, model: a.gguf, threshold: 0.5, max_tokens: 64 }
+  - { name: b, role: refine, model: b.gguf, threshold: 0.7, max_tokens: 64, draft: a }
+  - { name: c, role: expert, model: missing.gguf, threshold: 0.9, max_tokens: 64 }
+",
+    )
+    .unwrap();
+    // As written, c's missing file is a problem; all remote, nothing is read.
+    assert!(Config::load(&path).is_err());
+    let all = Config::load_placed(&path, &Placement::AllRemote).unwrap();
+    assert!(all.tiers.iter().all(|t| t.remote));
+    // A worker serving b also runs b's draft a, locally.
+    let only = Config::load_placed(&path, &Placement::Only(vec!["b".into()])).unwrap();
+    let local: Vec<&str> = only
+        .tiers
+        .iter()
+        .filter(|t| !t.remote)
+        .map(|t| t.name.as_str())
+        .collect();
+    assert_eq!(local, ["a", "b"]);
+    match Config::load_placed(&path, &Placement::Only(vec!["zz".into()])) {
+        Err(ConfigError::Invalid { problems, .. }) => {
+            assert!(
+                problems
+                    .iter()
+                    .any(|p| p.field == "--tiers" && p.message.contains("unknown tier \"zz\"")),
+                "{problems:?}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    // A worker without --tiers serves what is here and says what it skips.
+    let (c, served, skipped) = Config::load_for_worker(&path, &[]).unwrap();
+    let names: Vec<&str> = served.iter().map(|&i| c.tiers[i].name.as_str()).collect();
+    assert_eq!(names, ["a", "b"]);
+    assert_eq!(skipped.len(), 1);
+    assert_eq!(skipped[0].field, "tiers[2].model");
+    assert!(skipped[0].message.contains("missing.gguf"));
+}
