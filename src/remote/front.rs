@@ -95,6 +95,9 @@ struct Health {
 /// The remote tiers of one front end.
 pub struct RemoteTiers {
     redis: Redis,
+    /// Connections of finished attempts, reused (each attempt blocks on
+    /// its own while it waits for events).
+    idle: Mutex<Vec<MultiplexedConnection>>,
     settings: RedisSettings,
     health: Arc<Mutex<Health>>,
     monitor: tokio::task::JoinHandle<()>,
@@ -114,6 +117,7 @@ impl RemoteTiers {
         let monitor = tokio::spawn(monitor(redis.clone(), settings.clone(), health.clone()));
         RemoteTiers {
             redis,
+            idle: Mutex::default(),
             settings,
             health,
             monitor,
@@ -164,13 +168,39 @@ impl RemoteTiers {
         let tier = job.tier.clone();
         let started = Instant::now();
         call.activity.waiting_for_worker(&tier);
-        let mut con = self
-            .redis
-            .connect()
-            .await
-            .map_err(|e| self.unreachable(&tier, e))?;
+        let reused = self.idle.lock().unwrap().pop();
+        let mut con = match reused {
+            Some(c) => c,
+            None => self
+                .redis
+                .connect()
+                .await
+                .map_err(|e| self.unreachable(&tier, e))?,
+        };
+        let outcome = self.attempt(job, call, &mut con, started).await;
+        // A connection that failed is dropped; the next attempt opens one.
+        if !matches!(
+            &outcome,
+            Err(Error::Remote(RemoteError::Unreachable { .. }))
+        ) {
+            let mut idle = self.idle.lock().unwrap();
+            if idle.len() < 16 {
+                idle.push(con);
+            }
+        }
+        outcome
+    }
+
+    async fn attempt(
+        &self,
+        job: Job,
+        call: &Call,
+        con: &mut MultiplexedConnection,
+        started: Instant,
+    ) -> Result<Served, Error> {
+        let tier = job.tier.clone();
         if !self.has_worker(&tier) {
-            self.wait_for_worker(&mut con, &tier).await?;
+            self.wait_for_worker(con, &tier).await?;
         }
         let entry: String = con
             .xadd_maxlen(
@@ -222,10 +252,10 @@ impl RemoteTiers {
                 _ = call.cancel.cancelled(), if watch.cancelled_at.is_none() => continue,
             };
             let step = match read {
-                Ok(reply) => watch.events(reply, call, &mut con).await,
+                Ok(reply) => watch.events(reply, call, con).await,
                 Err(e) if is_connection_error(&e) => {
-                    con = watch.reconnect(e).await?;
-                    watch.check_not_lost(&mut con).await
+                    *con = watch.reconnect(e).await?;
+                    watch.check_not_lost(con).await
                 }
                 Err(e) => Err(self.unreachable(&tier, e)),
             };

@@ -234,7 +234,11 @@ impl<E: Engine> Worker<E> {
                 return Ok(());
             }
         };
-        let answered: bool = con.exists(result_key(&job.attempt)).await?;
+        let (answered, cancelled): (bool, bool) = redis::pipe()
+            .exists(result_key(&job.attempt))
+            .exists(cancel_key(&job.attempt))
+            .query_async(con)
+            .await?;
         if answered {
             tracing::info!(attempt = %job.attempt, "already answered (a reclaimed duplicate); acknowledging");
             let _: u64 = con.xack(&key, GROUP, &[&entry.id]).await?;
@@ -249,7 +253,6 @@ impl<E: Engine> Worker<E> {
             },
         )
         .await?;
-        let cancelled: bool = con.exists(cancel_key(&job.attempt)).await?;
         let (outcome, load_ms) = if cancelled {
             (JobOutcome::Cancelled, 0.0)
         } else {
@@ -465,11 +468,13 @@ async fn publish(
     ttl: u64,
 ) -> redis::RedisResult<()> {
     let key = events_key(&job.attempt);
-    let _: String = con
+    redis::pipe()
         .xadd_maxlen(&key, StreamMaxlen::Approx(1000), "*", &e.fields())
-        .await?;
-    let _: bool = con.expire(&key, ttl as i64).await?;
-    Ok(())
+        .ignore()
+        .expire(&key, ttl as i64)
+        .ignore()
+        .query_async(con)
+        .await
 }
 
 /// What the side task of a running job needs.
