@@ -170,6 +170,11 @@ async fn healthz<E: Engine>(State(app): State<Arc<AppState<E>>>) -> Response {
             .map(|i| config.tiers[i].name.clone()).collect::<Vec<_>>(),
         "sessions": app.ledger.count(),
         "queue": { "waiting": app.router.queue().queued(), "depth": app.router.queue().depth() },
+        "remote": app.router.remote_status().map(|r| serde_json::json!({
+            "url": r.url,
+            "reachable": r.reachable,
+            "healthy_workers": r.workers.iter().filter(|w| w.healthy).count(),
+        })),
         "uptime_s": app.started.elapsed().as_secs(),
         "version": env!("CARGO_PKG_VERSION"),
     }))
