@@ -638,7 +638,7 @@ async fn serve(
                 r = service => { r??; }
                 _ = shutdown_signal() => {
                     // Let the request in flight finish, up to the grace period.
-                    router.queue().wait_idle(grace).await;
+                    router.wait_idle(grace).await;
                     hangup.cancel();
                     // A cancelled call answers within a decode step; let it.
                     tokio::time::sleep(std::time::Duration::from_millis(300)).await;

@@ -245,6 +245,22 @@ impl<E: Engine> Router<E> {
         self
     }
 
+    /// Waits up to `within` until no request runs or waits, locally or on
+    /// a remote worker; false when time ran out.
+    pub async fn wait_idle(&self, within: std::time::Duration) -> bool {
+        let deadline = Instant::now() + within;
+        if !self.queue.wait_idle(within).await {
+            return false;
+        }
+        while self.remote.as_ref().is_some_and(|r| r.in_flight() > 0) {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        true
+    }
+
     /// Redis and its workers, when remote tiers are on.
     pub fn remote_status(&self) -> Option<RemoteStatus> {
         self.remote.as_ref().map(RemoteTiers::status)

@@ -280,12 +280,12 @@ pub async fn serve<E: Engine>(
                 "shutting down: finishing in-flight requests"
             );
             draining.cancel();
-            if !router.queue().wait_idle(grace).await {
+            if !router.wait_idle(grace).await {
                 tracing::warn!("grace period over: cancelling in-flight requests");
             }
             hangup.cancel();
             // Let cancelled calls answer before the streams close.
-            router.queue().wait_idle(Duration::from_secs(5)).await;
+            router.wait_idle(Duration::from_secs(5)).await;
             sessions_ct.cancel();
         }
     };

@@ -98,6 +98,8 @@ pub struct RemoteTiers {
     /// Connections of finished attempts, reused (each attempt blocks on
     /// its own while it waits for events).
     idle: Mutex<Vec<MultiplexedConnection>>,
+    /// Attempts waiting on workers now (for a graceful shutdown).
+    in_flight: std::sync::atomic::AtomicUsize,
     settings: RedisSettings,
     health: Arc<Mutex<Health>>,
     monitor: tokio::task::JoinHandle<()>,
@@ -118,10 +120,16 @@ impl RemoteTiers {
         RemoteTiers {
             redis,
             idle: Mutex::default(),
+            in_flight: Default::default(),
             settings,
             health,
             monitor,
         }
+    }
+
+    /// Attempts waiting on workers now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// What the monitor saw last.
@@ -177,7 +185,10 @@ impl RemoteTiers {
                 .await
                 .map_err(|e| self.unreachable(&tier, e))?,
         };
+        use std::sync::atomic::Ordering::SeqCst;
+        self.in_flight.fetch_add(1, SeqCst);
         let outcome = self.attempt(job, call, &mut con, started).await;
+        self.in_flight.fetch_sub(1, SeqCst);
         // A connection that failed is dropped; the next attempt opens one.
         if !matches!(
             &outcome,
