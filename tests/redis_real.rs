@@ -134,13 +134,18 @@ impl Drop for WorkerProc {
 /// models meets, so a request starting at the router escalates to the
 /// remote drafter. Short Redis timings so reclaiming is quick.
 fn ladder(dir: &Path) -> PathBuf {
+    ladder_with(dir, "")
+}
+
+/// [`ladder`] with more `redis:` settings (indented lines).
+fn ladder_with(dir: &Path, redis: &str) -> PathBuf {
     let model = common::real_model(SMOL_Q4);
     let yaml = format!(
         r#"redis:
   claim_idle_ms: 1500
   heartbeat_secs: 1
   outage_secs: 10
-tiers:
+{redis}tiers:
   - name: router
     role: router
     model: {m}
@@ -722,6 +727,59 @@ async fn a_hung_worker_is_taken_over_and_its_late_answer_is_dropped() {
     let stored = results(&mut con).await;
     assert_eq!(stored.len(), 1, "{stored:?}");
     assert_eq!(stored[0]["worker"], survivor.id.as_str());
+    assert_eq!(pending(&mut con, "drafter").await, 0);
+    client.cancel().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_job_its_workers_keep_dying_on_is_failed_not_retried_forever() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = ladder_with(dir.path(), "  max_deliveries: 1\n");
+    let redis = RedisServer::start();
+    let mut workers = vec![
+        WorkerProc::start(dir.path(), &config, &redis.url(), "w1", "drafter"),
+        WorkerProc::start(dir.path(), &config, &redis.url(), "w2", "drafter"),
+    ];
+    let (client, recorder) = front_end(&config, &redis.url()).await;
+    wait_for_workers(&client, &["w1", "w2"]).await;
+    let handle = client
+        .send_cancellable_request(
+            tool_request(
+                "route_query",
+                json!({"query": LONG, "preferred_tier": "drafter", "max_tokens": 200}),
+            ),
+            PeerRequestOptions::no_options(),
+        )
+        .await
+        .unwrap();
+    recorder
+        .wait_for(|m| m.contains("on worker") && tokens_flowing(m))
+        .await;
+    let message = recorder.progress.lock().unwrap().last().unwrap().1.clone();
+    let victim = if message.contains("on worker w1:") {
+        0
+    } else {
+        1
+    };
+    let mut dead = workers.remove(victim);
+    dead.child.kill().unwrap();
+    dead.child.wait().unwrap();
+    let ServerResult::CallToolResult(r) = handle.await_response().await.unwrap() else {
+        panic!("not a tool result")
+    };
+    let e = error_text(&r);
+    assert!(
+        e.contains("delivered 2 times without an answer") && e.contains("max_deliveries is 1"),
+        "{e}"
+    );
+    let mut con = redis.con().await;
+    let d: redis::streams::StreamRangeReply = con.xrange_all("xnai:dead").await.unwrap();
+    assert_eq!(d.ids.len(), 1);
+    assert!(d.ids[0]
+        .get::<String>("reason")
+        .unwrap()
+        .contains("delivered 2 times"));
     assert_eq!(pending(&mut con, "drafter").await, 0);
     client.cancel().await.unwrap();
 }

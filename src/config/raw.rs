@@ -176,6 +176,10 @@ pub struct RedisSettings {
     /// Default: 30000.
     #[serde(default = "default_claim_idle_ms")]
     pub claim_idle_ms: u64,
+    /// Deliveries after which a job whose workers keep stopping on it is
+    /// failed and moved to the dead-letter stream. Default: 3.
+    #[serde(default = "default_max_deliveries")]
+    pub max_deliveries: usize,
     /// Approximate most entries kept per job stream (XADD MAXLEN ~).
     /// Default: 10000.
     #[serde(default = "default_stream_maxlen")]
@@ -201,6 +205,7 @@ impl Default for RedisSettings {
     fn default() -> Self {
         RedisSettings {
             claim_idle_ms: default_claim_idle_ms(),
+            max_deliveries: default_max_deliveries(),
             stream_maxlen: default_stream_maxlen(),
             result_ttl_secs: default_result_ttl(),
             heartbeat_secs: default_heartbeat(),
@@ -212,6 +217,10 @@ impl Default for RedisSettings {
 
 fn default_claim_idle_ms() -> u64 {
     30_000
+}
+
+fn default_max_deliveries() -> usize {
+    3
 }
 
 fn default_stream_maxlen() -> usize {

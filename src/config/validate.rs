@@ -417,6 +417,7 @@ fn check_redis(r: &super::raw::RedisSettings, bad: &mut impl FnMut(String, Strin
     };
     at_least("claim_idle_ms", r.claim_idle_ms, 100);
     at_least("stream_maxlen", r.stream_maxlen as u64, 1);
+    at_least("max_deliveries", r.max_deliveries as u64, 1);
     at_least("result_ttl_secs", r.result_ttl_secs, 1);
     at_least("heartbeat_secs", r.heartbeat_secs, 1);
     at_least("request_timeout_secs", r.request_timeout_secs, 1);

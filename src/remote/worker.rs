@@ -15,8 +15,8 @@ use crate::engine::{Cancel, Engine, EngineError, GenerateRequest, Progress};
 use crate::pool::TierPool;
 use redis::aio::MultiplexedConnection;
 use redis::streams::{
-    StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamMaxlen, StreamReadOptions,
-    StreamReadReply,
+    StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamMaxlen, StreamPendingCountReply,
+    StreamReadOptions, StreamReadReply,
 };
 use redis::AsyncCommands;
 use std::sync::{Arc, Mutex};
@@ -123,7 +123,12 @@ impl<E: Engine> Worker<E> {
             if Instant::now() >= next_claim {
                 for (i, key) in keys.iter().enumerate() {
                     for entry in self.reclaim(&mut con, key).await? {
-                        tracing::warn!(stream = %key, entry = %entry.id, "took over a job left by a stopped worker");
+                        let times = deliveries(&mut con, key, &entry.id).await?;
+                        if times > self.opts.settings.max_deliveries {
+                            self.give_up(&mut con, i, entry, times).await?;
+                            continue;
+                        }
+                        tracing::warn!(stream = %key, entry = %entry.id, times, "took over a job left by a stopped worker");
                         self.handle(&mut con, i, entry).await?;
                     }
                 }
@@ -211,27 +216,7 @@ impl<E: Engine> Worker<E> {
             Ok(job) => job,
             Err(reason) => {
                 tracing::warn!(stream = %key, entry = %entry.id, %reason, "malformed job moved to {DEAD_LETTER}");
-                let fields: Vec<(String, String)> = entry
-                    .map
-                    .keys()
-                    .map(|k| (k.clone(), entry.get::<String>(k).unwrap_or_default()))
-                    .collect();
-                let _: String = con
-                    .xadd_maxlen(
-                        DEAD_LETTER,
-                        StreamMaxlen::Approx(DEAD_LETTER_MAXLEN),
-                        "*",
-                        &[
-                            ("stream", key.clone()),
-                            ("entry", entry.id.clone()),
-                            ("reason", reason),
-                            ("worker", self.opts.id.clone()),
-                            ("fields", serde_json::to_string(&fields).unwrap_or_default()),
-                        ],
-                    )
-                    .await?;
-                let _: u64 = con.xack(&key, GROUP, &[&entry.id]).await?;
-                return Ok(());
+                return self.dead_letter(con, &key, &entry, reason).await;
             }
         };
         let (answered, cancelled): (bool, bool) = redis::pipe()
@@ -281,6 +266,72 @@ impl<E: Engine> Worker<E> {
         let _: u64 = con.xack(&key, GROUP, &[&entry.id]).await?;
         self.shared.lock().unwrap().jobs_done += 1;
         Ok(())
+    }
+
+    /// Moves `entry` of `key` to the dead-letter stream with `reason`, and
+    /// acknowledges it: it is never retried.
+    async fn dead_letter(
+        &self,
+        con: &mut MultiplexedConnection,
+        key: &str,
+        entry: &StreamId,
+        reason: String,
+    ) -> redis::RedisResult<()> {
+        let fields: Vec<(String, String)> = entry
+            .map
+            .keys()
+            .map(|k| (k.clone(), entry.get::<String>(k).unwrap_or_default()))
+            .collect();
+        let _: String = con
+            .xadd_maxlen(
+                DEAD_LETTER,
+                StreamMaxlen::Approx(DEAD_LETTER_MAXLEN),
+                "*",
+                &[
+                    ("stream", key.to_string()),
+                    ("entry", entry.id.clone()),
+                    ("reason", reason),
+                    ("worker", self.opts.id.clone()),
+                    ("fields", serde_json::to_string(&fields).unwrap_or_default()),
+                ],
+            )
+            .await?;
+        let _: u64 = con.xack(key, GROUP, &[&entry.id]).await?;
+        Ok(())
+    }
+
+    /// A job whose workers kept stopping on it: the front end gets a
+    /// failure (if it can be told) and the entry goes to the dead letters.
+    async fn give_up(
+        &self,
+        con: &mut MultiplexedConnection,
+        which: usize,
+        entry: StreamId,
+        times: usize,
+    ) -> redis::RedisResult<()> {
+        let key = jobs_key(&self.names[which]);
+        let reason = format!(
+            "delivered {times} times without an answer (redis.max_deliveries is {}): the workers that took it stopped",
+            self.opts.settings.max_deliveries
+        );
+        tracing::error!(stream = %key, entry = %entry.id, %reason, "giving up on a job");
+        let raw: Option<Vec<u8>> = entry.get("job");
+        if let Ok(job) = parse_job(raw.as_deref(), &self.names[which]) {
+            let result = JobResult {
+                worker: self.opts.id.clone(),
+                wait_ms: 0.0,
+                load_ms: 0.0,
+                outcome: JobOutcome::Failed {
+                    message: reason.clone(),
+                },
+            };
+            self.store(con, &job, &result).await?;
+            let done = Event::Done {
+                worker: self.opts.id.clone(),
+            };
+            self.event(con, &job, done).await?;
+        }
+        self.dead_letter(con, &key, &entry, reason).await
     }
 
     /// Runs the job on the local pool while a side task renews the entry,
@@ -459,6 +510,16 @@ impl<E: Engine> Worker<E> {
             heartbeat_secs: self.opts.settings.heartbeat_secs,
         }
     }
+}
+
+/// How many times `id` of `key` has been delivered (0 if not pending).
+async fn deliveries(
+    con: &mut MultiplexedConnection,
+    key: &str,
+    id: &str,
+) -> redis::RedisResult<usize> {
+    let reply: StreamPendingCountReply = con.xpending_count(key, GROUP, id, id, 1).await?;
+    Ok(reply.ids.first().map_or(0, |p| p.times_delivered))
 }
 
 async fn publish(
