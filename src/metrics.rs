@@ -193,6 +193,8 @@ pub struct Live {
     pub queue_running: bool,
     pub queue_depth: usize,
     pub rejected: u64,
+    /// With remote tiers: whether Redis answers, and healthy workers.
+    pub redis: Option<(bool, usize)>,
 }
 
 impl prometheus_client::collector::Collector for Live {
@@ -304,6 +306,20 @@ impl prometheus_client::collector::Collector for Live {
             "Most requests that may wait (server.queue_depth)",
             self.queue_depth as i64,
         )?;
+        if let Some((up, workers)) = self.redis {
+            gauge(
+                &mut e,
+                "redis_up",
+                "1 while Redis answers (remote tiers)",
+                i64::from(up),
+            )?;
+            gauge(
+                &mut e,
+                "remote_workers",
+                "Workers with a fresh heartbeat",
+                workers as i64,
+            )?;
+        }
         let c = ConstCounter::new(self.rejected);
         c.encode(e.encode_descriptor(
             "rejected_requests",
@@ -345,6 +361,7 @@ mod tests {
             resident_bytes: 1 << 20,
             queue_depth: 16,
             rejected: 1,
+            redis: Some((true, 2)),
             ..Live::default()
         });
         for line in [
@@ -359,6 +376,8 @@ mod tests {
             "xnai_model_evictions_total{tier=\"router\"} 1",
             "xnai_model_loaded{tier=\"router\"} 1",
             "xnai_queue_depth 16",
+            "xnai_redis_up 1",
+            "xnai_remote_workers 2",
             "xnai_rejected_requests_total 1",
             "xnai_resident_bytes 1048576",
             "xnai_tokens_per_second{tier=\"router\"} 50.5",

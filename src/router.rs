@@ -823,6 +823,10 @@ impl<E: Engine> Router<E> {
             queue_running: self.queue.running(),
             queue_depth: self.queue.depth(),
             rejected: self.queue.rejected(),
+            redis: status
+                .remote
+                .as_ref()
+                .map(|r| (r.reachable, r.workers.iter().filter(|w| w.healthy).count())),
         })
     }
 
