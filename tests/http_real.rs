@@ -6,12 +6,10 @@
 
 mod common;
 
-use common::client::{tokens_flowing, tool_request, Recorder};
+use common::client::{call, ok, tokens_flowing, tool_request, Recorder};
 
 use futures::{SinkExt, StreamExt};
-use rmcp::model::{
-    CallToolRequestParams, CallToolResult, ClientJsonRpcMessage, ServerJsonRpcMessage, ServerResult,
-};
+use rmcp::model::{ClientJsonRpcMessage, ServerJsonRpcMessage, ServerResult};
 use rmcp::service::{PeerRequestOptions, RunningService};
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use rmcp::transport::StreamableHttpClientTransport;
@@ -214,19 +212,6 @@ async fn sse_transport(
         }
     });
     (to_server, from_server)
-}
-
-async fn call(client: &Client, tool: &'static str, args: Value) -> CallToolResult {
-    let obj = args.as_object().cloned().unwrap_or_default();
-    client
-        .call_tool(CallToolRequestParams::new(tool).with_arguments(obj))
-        .await
-        .unwrap()
-}
-
-fn ok(r: &CallToolResult) -> Value {
-    assert_ne!(r.is_error, Some(true), "tool failed: {:?}", r.content);
-    r.structured_content.clone().expect("structuredContent")
 }
 
 /// route_query at the router tier with progress recorded; then

@@ -6,10 +6,10 @@
 
 mod common;
 
-use common::client::{tokens_flowing, tool_request, Recorder};
+use common::client::{call, ok, tokens_flowing, tool_request, Recorder};
 use common::SMOL_Q4;
 use redis::AsyncCommands;
-use rmcp::model::{CallToolRequestParams, CallToolResult, ServerResult};
+use rmcp::model::{CallToolResult, ServerResult};
 use rmcp::service::{PeerRequestOptions, RunningService};
 use rmcp::transport::TokioChildProcess;
 use rmcp::{RoleClient, ServiceExt};
@@ -185,19 +185,6 @@ async fn front_end(config: &Path, url: &str) -> (Client, Recorder) {
     (client, recorder)
 }
 
-async fn call(client: &Client, tool: &'static str, args: Value) -> CallToolResult {
-    let obj = args.as_object().cloned().unwrap_or_default();
-    client
-        .call_tool(CallToolRequestParams::new(tool).with_arguments(obj))
-        .await
-        .unwrap()
-}
-
-fn ok(r: &CallToolResult) -> Value {
-    assert_ne!(r.is_error, Some(true), "{:?}", r.content);
-    r.structured_content.clone().expect("structuredContent")
-}
-
 fn error_text(r: &CallToolResult) -> String {
     assert_eq!(
         r.is_error,
@@ -250,17 +237,134 @@ async fn results(con: &mut redis::aio::MultiplexedConnection) -> Vec<Value> {
     out
 }
 
+/// A front end, workers of the remote drafter tier, and a Redis of their own.
+struct Scene {
+    _dir: tempfile::TempDir,
+    redis: RedisServer,
+    workers: Vec<WorkerProc>,
+    client: Client,
+    recorder: Recorder,
+}
+
+impl Scene {
+    /// `redis` adds settings to the ladder's `redis:` section.
+    async fn start(redis: &str, workers: &[&str]) -> Scene {
+        let dir = tempfile::tempdir().unwrap();
+        let config = ladder_with(dir.path(), redis);
+        let redis = RedisServer::start();
+        let workers: Vec<WorkerProc> = workers
+            .iter()
+            .map(|id| WorkerProc::start(dir.path(), &config, &redis.url(), id, "drafter"))
+            .collect();
+        let (client, recorder) = front_end(&config, &redis.url()).await;
+        let ids: Vec<&str> = workers_ids(&workers);
+        wait_for_workers(&client, &ids).await;
+        Scene {
+            _dir: dir,
+            redis,
+            workers,
+            client,
+            recorder,
+        }
+    }
+
+    /// Sends the long counting prompt to the drafter; returns once a worker
+    /// reports tokens, with the index of that worker.
+    async fn long_request(
+        &self,
+        max_tokens: u32,
+    ) -> (rmcp::service::RequestHandle<RoleClient>, usize) {
+        let handle = self
+            .client
+            .send_cancellable_request(
+                tool_request(
+                    "route_query",
+                    json!({"query": LONG, "preferred_tier": "drafter", "max_tokens": max_tokens}),
+                ),
+                PeerRequestOptions::no_options(),
+            )
+            .await
+            .unwrap();
+        self.recorder
+            .wait_for(|m| m.contains("on worker") && tokens_flowing(m))
+            .await;
+        let message = self
+            .recorder
+            .progress
+            .lock()
+            .unwrap()
+            .last()
+            .unwrap()
+            .1
+            .clone();
+        let busy = self
+            .workers
+            .iter()
+            .position(|w| message.contains(&format!("on worker {}:", w.id)))
+            .unwrap_or_else(|| panic!("which worker? {message}"));
+        (handle, busy)
+    }
+
+    /// A short question to the remote tier; its result.
+    async fn ask_drafter(&self) -> Value {
+        ok(&call(
+            &self.client,
+            "route_query",
+            json!({"query": "Name a color.", "preferred_tier": "drafter", "max_tokens": 8}),
+        )
+        .await)
+    }
+
+    /// No job of the drafter pending, and what Redis stored.
+    async fn settled(&self) -> Vec<Value> {
+        let mut con = self.redis.con().await;
+        assert_eq!(
+            pending(&mut con, "drafter").await,
+            0,
+            "entries left pending"
+        );
+        results(&mut con).await
+    }
+
+    async fn dead_letters(&self, at_least: usize) -> Vec<redis::streams::StreamId> {
+        let mut con = self.redis.con().await;
+        let started = Instant::now();
+        loop {
+            let d: redis::streams::StreamRangeReply = con.xrange_all("xnai:dead").await.unwrap();
+            if d.ids.len() >= at_least {
+                return d.ids;
+            }
+            assert!(started.elapsed() < Duration::from_secs(10), "{:?}", d.ids);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn workers_ids(workers: &[WorkerProc]) -> Vec<&str> {
+    workers.iter().map(|w| w.id.as_str()).collect()
+}
+
+async fn answer(handle: rmcp::service::RequestHandle<RoleClient>) -> CallToolResult {
+    let ServerResult::CallToolResult(r) = handle.await_response().await.unwrap() else {
+        panic!("not a tool result")
+    };
+    r
+}
+
+fn signal(child: &Child, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig}");
+}
+
 #[tokio::test]
 async fn two_workers_share_requests_and_escalation_crosses_machines() {
     let _serial = ONE_AT_A_TIME.lock().await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = ladder(dir.path());
-    let redis = RedisServer::start();
-    let w1 = WorkerProc::start(dir.path(), &config, &redis.url(), "w1", "drafter");
-    let w2 = WorkerProc::start(dir.path(), &config, &redis.url(), "w2", "drafter");
-    let (client, recorder) = front_end(&config, &redis.url()).await;
-    wait_for_workers(&client, &["w1", "w2"]).await;
-    let t0 = Instant::now();
+    let scene = Scene::start("", &["w1", "w2"]).await;
+    let client = &scene.client;
 
     // Four at once on the remote tier: both workers answer some.
     let questions = [
@@ -271,7 +375,7 @@ async fn two_workers_share_requests_and_escalation_crosses_machines() {
     ];
     let calls = questions.iter().map(|q| {
         call(
-            &client,
+            client,
             "route_query",
             json!({"query": q, "preferred_tier": "drafter", "max_tokens": 24}),
         )
@@ -289,7 +393,6 @@ async fn two_workers_share_requests_and_escalation_crosses_machines() {
             a["attempts"][0]["worker"].as_str().unwrap().to_string()
         })
         .collect();
-    eprintln!("four answered after {:?}", t0.elapsed());
     by.sort();
     by.dedup();
     assert_eq!(by, ["w1", "w2"], "requests did not spread: {answers:?}");
@@ -297,12 +400,11 @@ async fn two_workers_share_requests_and_escalation_crosses_machines() {
     // A query the classifier starts at the (local) router escalates to the
     // remote drafter, with the router's answer handed over in the job.
     let r = ok(&call(
-        &client,
+        client,
         "route_query",
         json!({"query": "What is 2+2?", "max_tokens": 16}),
     )
     .await);
-    eprintln!("escalated after {:?}: {r}", t0.elapsed());
     let attempts = r["attempts"].as_array().unwrap();
     assert_eq!(attempts.len(), 2, "{r}");
     assert_eq!(attempts[0]["tier"], "router");
@@ -311,7 +413,7 @@ async fn two_workers_share_requests_and_escalation_crosses_machines() {
     assert_eq!(attempts[1]["tier"], "drafter");
     assert!(["w1", "w2"].contains(&attempts[1]["worker"].as_str().unwrap()));
     assert_eq!(r["tier"], "drafter");
-    let mut con = redis.con().await;
+    let mut con = scene.redis.con().await;
     let jobs: redis::streams::StreamRangeReply = con.xrange_all("xnai:jobs:drafter").await.unwrap();
     let handed: Vec<Value> = jobs
         .ids
@@ -332,65 +434,34 @@ async fn two_workers_share_requests_and_escalation_crosses_machines() {
     assert!(last.contains(draft.trim()), "{last}");
 
     // Progress came from the workers.
-    let seen = recorder.progress.lock().unwrap().clone();
+    let seen = scene.recorder.progress.lock().unwrap().clone();
     assert!(
         seen.iter()
             .any(|(_, m)| m.starts_with("tier drafter on worker w")),
         "{seen:?}"
     );
     // Status shows both workers on the remote tier; nothing left pending.
-    let s = ok(&call(&client, "get_tier_status", json!({})).await);
+    let s = ok(&call(client, "get_tier_status", json!({})).await);
     let drafter = &s["tiers"][1];
     assert_eq!(drafter["remote"], true);
     assert_eq!(drafter["workers"], json!(["w1", "w2"]), "{s}");
     assert_eq!(s["remote"]["reachable"], true);
-    assert_eq!(pending(&mut con, "drafter").await, 0);
-    assert_eq!(results(&mut con).await.len(), 5);
-    client.cancel().await.unwrap();
-    drop((w1, w2));
+    assert_eq!(scene.settled().await.len(), 5);
+    scene.client.cancel().await.unwrap();
 }
 
 #[tokio::test]
 async fn a_worker_killed_mid_answer_loses_nothing() {
     let _serial = ONE_AT_A_TIME.lock().await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = ladder(dir.path());
-    let redis = RedisServer::start();
-    let mut workers = vec![
-        WorkerProc::start(dir.path(), &config, &redis.url(), "w1", "drafter"),
-        WorkerProc::start(dir.path(), &config, &redis.url(), "w2", "drafter"),
-    ];
-    let (client, recorder) = front_end(&config, &redis.url()).await;
-    wait_for_workers(&client, &["w1", "w2"]).await;
-
-    let handle = client
-        .send_cancellable_request(
-            tool_request(
-                "route_query",
-                json!({"query": LONG, "preferred_tier": "drafter", "max_tokens": 200}),
-            ),
-            PeerRequestOptions::no_options(),
-        )
-        .await
-        .unwrap();
-    recorder
-        .wait_for(|m| m.contains("on worker") && tokens_flowing(m))
-        .await;
-    let message = recorder.progress.lock().unwrap().last().unwrap().1.clone();
-    let victim = workers
-        .iter()
-        .position(|w| message.contains(&format!("on worker {}:", w.id)))
-        .unwrap_or_else(|| panic!("which worker? {message}"));
-    let mut dead = workers.remove(victim);
+    let mut scene = Scene::start("", &["w1", "w2"]).await;
+    let (handle, busy) = scene.long_request(200).await;
+    let mut dead = scene.workers.remove(busy);
     dead.child.kill().unwrap(); // SIGKILL: no goodbye, the entry stays pending
     dead.child.wait().unwrap();
     let killed_at = Instant::now();
-    let survivor = &workers[0];
+    let survivor = &scene.workers[0];
 
-    let ServerResult::CallToolResult(r) = handle.await_response().await.unwrap() else {
-        panic!("not a tool result")
-    };
-    let r = ok(&r);
+    let r = ok(&answer(handle).await);
     let took = killed_at.elapsed();
     assert_eq!(r["attempts"][0]["worker"], survivor.id.as_str(), "{r}");
     assert_eq!(r["attempts"].as_array().unwrap().len(), 1);
@@ -401,7 +472,7 @@ async fn a_worker_killed_mid_answer_loses_nothing() {
         survivor.log()
     );
     // Progress went on from the survivor, still increasing.
-    let seen = recorder.progress.lock().unwrap().clone();
+    let seen = scene.recorder.progress.lock().unwrap().clone();
     assert!(
         seen.iter()
             .any(|(_, m)| m.contains(&format!("on worker {}", survivor.id))),
@@ -411,38 +482,73 @@ async fn a_worker_killed_mid_answer_loses_nothing() {
         assert!(w[1].0 > w[0].0, "{seen:?}");
     }
     // Exactly one answer stored, by the survivor; nothing pending.
-    let mut con = redis.con().await;
-    let stored = results(&mut con).await;
+    let stored = scene.settled().await;
     assert_eq!(stored.len(), 1, "{stored:?}");
     assert_eq!(stored[0]["worker"], survivor.id.as_str());
-    assert_eq!(pending(&mut con, "drafter").await, 0);
     eprintln!("the survivor answered {took:?} after the kill");
-    client.cancel().await.unwrap();
+    scene.client.cancel().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_hung_worker_is_taken_over_and_its_late_answer_is_dropped() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let scene = Scene::start("", &["w1", "w2"]).await;
+    let (handle, busy) = scene.long_request(120).await;
+    let (hung, survivor) = (&scene.workers[busy], &scene.workers[1 - busy]);
+    signal(&hung.child, "-STOP");
+    let r = ok(&answer(handle).await);
+    assert_eq!(r["attempts"][0]["worker"], survivor.id.as_str(), "{r}");
+    // The hung worker wakes up, finishes, and finds the answer taken.
+    signal(&hung.child, "-CONT");
+    let started = Instant::now();
+    while !hung
+        .log()
+        .contains("another worker stored this result first")
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{}",
+            hung.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let stored = scene.settled().await;
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    assert_eq!(stored[0]["worker"], survivor.id.as_str());
+    scene.client.cancel().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_job_its_workers_keep_dying_on_is_failed_not_retried_forever() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let mut scene = Scene::start("  max_deliveries: 1\n", &["w1", "w2"]).await;
+    let (handle, busy) = scene.long_request(200).await;
+    let mut dead = scene.workers.remove(busy);
+    dead.child.kill().unwrap();
+    dead.child.wait().unwrap();
+    let e = error_text(&answer(handle).await);
+    assert!(
+        e.contains("delivered 2 times without an answer") && e.contains("max_deliveries is 1"),
+        "{e}"
+    );
+    let dead = scene.dead_letters(1).await;
+    assert_eq!(dead.len(), 1);
+    assert!(dead[0]
+        .get::<String>("reason")
+        .unwrap()
+        .contains("delivered 2 times"));
+    scene.settled().await;
+    scene.client.cancel().await.unwrap();
 }
 
 #[tokio::test]
 async fn cancellation_reaches_the_worker() {
     let _serial = ONE_AT_A_TIME.lock().await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = ladder(dir.path());
-    let redis = RedisServer::start();
-    let _w = WorkerProc::start(dir.path(), &config, &redis.url(), "w1", "drafter");
-    let (client, recorder) = front_end(&config, &redis.url()).await;
-    wait_for_workers(&client, &["w1"]).await;
-    let handle = client
-        .send_cancellable_request(
-            tool_request(
-                "route_query",
-                json!({"query": LONG, "preferred_tier": "drafter", "max_tokens": 400}),
-            ),
-            PeerRequestOptions::no_options(),
-        )
-        .await
-        .unwrap();
-    recorder.wait_for(tokens_flowing).await;
+    let scene = Scene::start("", &["w1"]).await;
+    let (handle, _) = scene.long_request(400).await;
     handle.cancel(Some("test".into())).await.unwrap();
     // The worker stops early and says so in its stored result.
-    let mut con = redis.con().await;
+    let mut con = scene.redis.con().await;
     let started = Instant::now();
     let stored = loop {
         let r = results(&mut con).await;
@@ -455,79 +561,47 @@ async fn cancellation_reaches_the_worker() {
     let g = &stored[0]["outcome"]["generation"];
     assert_eq!(g["finish"], "cancelled", "{stored:?}");
     assert!(g["completion_tokens"].as_u64().unwrap() < 400);
-    assert_eq!(pending(&mut con, "drafter").await, 0);
+    scene.settled().await;
     // The next request is answered.
-    let r = ok(&call(
-        &client,
-        "route_query",
-        json!({"query": "Name a color.", "preferred_tier": "drafter", "max_tokens": 8}),
-    )
-    .await);
-    assert_eq!(r["attempts"][0]["worker"], "w1");
-    client.cancel().await.unwrap();
+    assert_eq!(scene.ask_drafter().await["attempts"][0]["worker"], "w1");
+    scene.client.cancel().await.unwrap();
 }
 
 #[tokio::test]
 async fn redis_restarted_mid_run_then_the_next_request_succeeds() {
     let _serial = ONE_AT_A_TIME.lock().await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = ladder(dir.path());
-    let mut redis = RedisServer::start();
-    let w = WorkerProc::start(dir.path(), &config, &redis.url(), "w1", "drafter");
-    let (client, recorder) = front_end(&config, &redis.url()).await;
-    wait_for_workers(&client, &["w1"]).await;
-    let handle = client
-        .send_cancellable_request(
-            tool_request(
-                "route_query",
-                json!({"query": LONG, "preferred_tier": "drafter", "max_tokens": 48}),
-            ),
-            PeerRequestOptions::no_options(),
-        )
-        .await
-        .unwrap();
-    recorder.wait_for(tokens_flowing).await;
-    redis.restart(); // no persistence: every stream, group and key is gone
-    let ServerResult::CallToolResult(r) = handle.await_response().await.unwrap() else {
-        panic!("not a tool result")
-    };
+    let mut scene = Scene::start("", &["w1"]).await;
+    let (handle, _) = scene.long_request(48).await;
+    scene.redis.restart(); // no persistence: every stream, group and key is gone
+    let r = answer(handle).await;
     // In flight: completed after reconnection, or a clear error.
     if r.is_error == Some(true) {
         let e = error_text(&r);
         assert!(
-            e.contains("lost the request") && e.contains(&redis.url()),
+            e.contains("lost the request") && e.contains(&scene.redis.url()),
             "{e}"
         );
+        eprintln!("in flight during the restart: {e}");
     } else {
         assert_eq!(ok(&r)["attempts"][0]["worker"], "w1");
+        eprintln!("in flight during the restart: completed");
     }
     // The next request succeeds: the worker re-created its group and
     // re-advertised itself, the front end reconnected.
-    let r = ok(&call(
-        &client,
-        "route_query",
-        json!({"query": "Name a color.", "preferred_tier": "drafter", "max_tokens": 8}),
-    )
-    .await);
-    assert_eq!(r["attempts"][0]["worker"], "w1");
+    assert_eq!(scene.ask_drafter().await["attempts"][0]["worker"], "w1");
+    let log = scene.workers[0].log();
     assert!(
-        w.log().contains("reconnecting") || w.log().contains("creating it again"),
-        "{}",
-        w.log()
+        log.contains("reconnecting") || log.contains("creating it again"),
+        "{log}"
     );
-    client.cancel().await.unwrap();
+    scene.client.cancel().await.unwrap();
 }
 
 #[tokio::test]
 async fn poison_messages_go_to_the_dead_letter_stream() {
     let _serial = ONE_AT_A_TIME.lock().await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = ladder(dir.path());
-    let redis = RedisServer::start();
-    let w = WorkerProc::start(dir.path(), &config, &redis.url(), "w1", "drafter");
-    let (client, _) = front_end(&config, &redis.url()).await;
-    wait_for_workers(&client, &["w1"]).await;
-    let mut con = redis.con().await;
+    let scene = Scene::start("", &["w1"]).await;
+    let mut con = scene.redis.con().await;
     let _: String = con
         .xadd("xnai:jobs:drafter", "*", &[("job", "{not json")])
         .await
@@ -536,36 +610,21 @@ async fn poison_messages_go_to_the_dead_letter_stream() {
         .xadd("xnai:jobs:drafter", "*", &[("something", "else")])
         .await
         .unwrap();
-    let started = Instant::now();
-    let dead = loop {
-        let d: redis::streams::StreamRangeReply = con.xrange_all("xnai:dead").await.unwrap();
-        if d.ids.len() >= 2 {
-            break d;
-        }
-        assert!(started.elapsed() < Duration::from_secs(10), "{}", w.log());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    let reasons: Vec<String> = dead.ids.iter().map(|e| e.get("reason").unwrap()).collect();
+    let dead = scene.dead_letters(2).await;
+    let reasons: Vec<String> = dead.iter().map(|e| e.get("reason").unwrap()).collect();
     assert!(reasons[0].contains("not a valid job"), "{reasons:?}");
     assert!(reasons[1].contains("no `job` field"), "{reasons:?}");
     assert_eq!(
-        dead.ids[0].get::<String>("stream").unwrap(),
+        dead[0].get::<String>("stream").unwrap(),
         "xnai:jobs:drafter"
     );
-    assert_eq!(
-        pending(&mut con, "drafter").await,
-        0,
+    assert!(
+        scene.settled().await.is_empty(),
         "acknowledged, not retried"
     );
     // The worker goes on serving.
-    let r = ok(&call(
-        &client,
-        "route_query",
-        json!({"query": "Name a color.", "preferred_tier": "drafter", "max_tokens": 8}),
-    )
-    .await);
-    assert_eq!(r["attempts"][0]["worker"], "w1");
-    client.cancel().await.unwrap();
+    assert_eq!(scene.ask_drafter().await["attempts"][0]["worker"], "w1");
+    scene.client.cancel().await.unwrap();
 }
 
 #[tokio::test]
@@ -613,173 +672,43 @@ async fn without_redis_local_tiers_answer_and_remote_ones_say_why() {
     client.cancel().await.unwrap();
 }
 
-#[test]
-fn remote_tiers_need_redis_and_workers_need_known_tiers() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = ladder(dir.path());
+/// Runs the binary with `args` and the ladder; it must fail; its stderr.
+fn fails(config: &Path, args: &[&str]) -> String {
     let out = Command::new(BIN)
-        .arg("serve")
+        .args(args)
         .arg("--config")
-        .arg(&config)
+        .arg(config)
         .env_remove("XNAI_REDIS_URL")
         .stdin(Stdio::null())
         .output()
         .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{args:?} succeeded");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn remote_tiers_need_redis_and_workers_need_known_tiers() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = ladder(dir.path());
+    let err = fails(&config, &["serve"]);
     assert!(
         err.contains("tiers drafter are remote") && err.contains("--redis"),
         "{err}"
     );
-
-    let out = Command::new(BIN)
-        .args([
+    let err = fails(
+        &config,
+        &[
             "worker",
             "--redis",
             "redis://127.0.0.1:1",
             "--tiers",
             "nope",
-        ])
-        .arg("--config")
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+        ],
+    );
     assert!(
         err.contains("--tiers") && err.contains("unknown tier \"nope\""),
         "{err}"
     );
-
-    let out = Command::new(BIN)
-        .args(["worker", "--redis", "http://x"])
-        .arg("--config")
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = fails(&config, &["worker", "--redis", "http://x"]);
     assert!(err.contains("is not a Redis URL"), "{err}");
-}
-
-fn signal(child: &Child, sig: &str) {
-    let ok = Command::new("kill")
-        .args([sig, &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill {sig}");
-}
-
-#[tokio::test]
-async fn a_hung_worker_is_taken_over_and_its_late_answer_is_dropped() {
-    let _serial = ONE_AT_A_TIME.lock().await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = ladder(dir.path());
-    let redis = RedisServer::start();
-    let workers = [
-        WorkerProc::start(dir.path(), &config, &redis.url(), "w1", "drafter"),
-        WorkerProc::start(dir.path(), &config, &redis.url(), "w2", "drafter"),
-    ];
-    let (client, recorder) = front_end(&config, &redis.url()).await;
-    wait_for_workers(&client, &["w1", "w2"]).await;
-    let handle = client
-        .send_cancellable_request(
-            tool_request(
-                "route_query",
-                json!({"query": LONG, "preferred_tier": "drafter", "max_tokens": 120}),
-            ),
-            PeerRequestOptions::no_options(),
-        )
-        .await
-        .unwrap();
-    recorder
-        .wait_for(|m| m.contains("on worker") && tokens_flowing(m))
-        .await;
-    let message = recorder.progress.lock().unwrap().last().unwrap().1.clone();
-    let hung = if message.contains("on worker w1:") {
-        0
-    } else {
-        1
-    };
-    let (hung, survivor) = (&workers[hung], &workers[1 - hung]);
-    signal(&hung.child, "-STOP");
-    let ServerResult::CallToolResult(r) = handle.await_response().await.unwrap() else {
-        panic!("not a tool result")
-    };
-    let r = ok(&r);
-    assert_eq!(r["attempts"][0]["worker"], survivor.id.as_str(), "{r}");
-    // The hung worker wakes up, finishes, and finds the answer taken.
-    signal(&hung.child, "-CONT");
-    let started = Instant::now();
-    while !hung
-        .log()
-        .contains("another worker stored this result first")
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "{}",
-            hung.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let mut con = redis.con().await;
-    let stored = results(&mut con).await;
-    assert_eq!(stored.len(), 1, "{stored:?}");
-    assert_eq!(stored[0]["worker"], survivor.id.as_str());
-    assert_eq!(pending(&mut con, "drafter").await, 0);
-    client.cancel().await.unwrap();
-}
-
-#[tokio::test]
-async fn a_job_its_workers_keep_dying_on_is_failed_not_retried_forever() {
-    let _serial = ONE_AT_A_TIME.lock().await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = ladder_with(dir.path(), "  max_deliveries: 1\n");
-    let redis = RedisServer::start();
-    let mut workers = vec![
-        WorkerProc::start(dir.path(), &config, &redis.url(), "w1", "drafter"),
-        WorkerProc::start(dir.path(), &config, &redis.url(), "w2", "drafter"),
-    ];
-    let (client, recorder) = front_end(&config, &redis.url()).await;
-    wait_for_workers(&client, &["w1", "w2"]).await;
-    let handle = client
-        .send_cancellable_request(
-            tool_request(
-                "route_query",
-                json!({"query": LONG, "preferred_tier": "drafter", "max_tokens": 200}),
-            ),
-            PeerRequestOptions::no_options(),
-        )
-        .await
-        .unwrap();
-    recorder
-        .wait_for(|m| m.contains("on worker") && tokens_flowing(m))
-        .await;
-    let message = recorder.progress.lock().unwrap().last().unwrap().1.clone();
-    let victim = if message.contains("on worker w1:") {
-        0
-    } else {
-        1
-    };
-    let mut dead = workers.remove(victim);
-    dead.child.kill().unwrap();
-    dead.child.wait().unwrap();
-    let ServerResult::CallToolResult(r) = handle.await_response().await.unwrap() else {
-        panic!("not a tool result")
-    };
-    let e = error_text(&r);
-    assert!(
-        e.contains("delivered 2 times without an answer") && e.contains("max_deliveries is 1"),
-        "{e}"
-    );
-    let mut con = redis.con().await;
-    let d: redis::streams::StreamRangeReply = con.xrange_all("xnai:dead").await.unwrap();
-    assert_eq!(d.ids.len(), 1);
-    assert!(d.ids[0]
-        .get::<String>("reason")
-        .unwrap()
-        .contains("delivered 2 times"));
-    assert_eq!(pending(&mut con, "drafter").await, 0);
-    client.cancel().await.unwrap();
 }

@@ -2,7 +2,8 @@
 //! notifications, and tool-call requests for `send_cancellable_request`.
 
 use rmcp::model::{
-    CallToolRequest, CallToolRequestParams, ClientRequest, ProgressNotificationParam,
+    CallToolRequest, CallToolRequestParams, CallToolResult, ClientRequest,
+    ProgressNotificationParam,
 };
 use rmcp::service::NotificationContext;
 use rmcp::{ClientHandler, RoleClient};
@@ -49,4 +50,23 @@ pub fn tool_request(tool: &'static str, args: Value) -> ClientRequest {
     ClientRequest::CallToolRequest(CallToolRequest::new(
         CallToolRequestParams::new(tool).with_arguments(args.as_object().cloned().unwrap()),
     ))
+}
+
+/// Calls `tool`; a transport failure panics, a tool error is returned.
+pub async fn call(
+    client: &rmcp::Peer<RoleClient>,
+    tool: &'static str,
+    args: Value,
+) -> CallToolResult {
+    let obj = args.as_object().cloned().unwrap_or_default();
+    client
+        .call_tool(CallToolRequestParams::new(tool).with_arguments(obj))
+        .await
+        .unwrap()
+}
+
+/// A successful result's structured content.
+pub fn ok(r: &CallToolResult) -> Value {
+    assert_ne!(r.is_error, Some(true), "tool failed: {:?}", r.content);
+    r.structured_content.clone().expect("structuredContent")
 }
