@@ -712,3 +712,29 @@ fn remote_tiers_need_redis_and_workers_need_known_tiers() {
     let err = fails(&config, &["worker", "--redis", "http://x"]);
     assert!(err.contains("is not a Redis URL"), "{err}");
 }
+
+#[tokio::test]
+async fn a_worker_stopped_with_sigterm_finishes_its_job_first() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let mut scene = Scene::start("", &["w1"]).await;
+    let (handle, _) = scene.long_request(120).await;
+    signal(&scene.workers[0].child, "-TERM");
+    let r = ok(&answer(handle).await);
+    assert_eq!(r["attempts"][0]["worker"], "w1");
+    assert_eq!(r["tokens"]["completion"], 120, "the whole answer: {r}");
+    let started = Instant::now();
+    let status = loop {
+        if let Some(s) = scene.workers[0].child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "still running");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status:?}");
+    // It took its heartbeat with it, and left nothing pending.
+    let mut con = scene.redis.con().await;
+    let alive: bool = con.exists("xnai:worker:w1").await.unwrap();
+    assert!(!alive);
+    assert_eq!(scene.settled().await.len(), 1);
+    scene.client.cancel().await.unwrap();
+}
