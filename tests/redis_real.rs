@@ -738,3 +738,71 @@ async fn a_worker_stopped_with_sigterm_finishes_its_job_first() {
     assert_eq!(scene.settled().await.len(), 1);
     scene.client.cancel().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_job_trimmed_from_a_backlog_is_reported_lost() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = ladder_with(dir.path(), "  stream_maxlen: 1\n");
+    let redis = RedisServer::start();
+    let mut con = redis.con().await;
+    // A worker that advertises the tier but never reads: the job waits.
+    let ghost = json!({"id": "ghost", "host": "h", "pid": 1, "tiers": ["drafter"],
+        "resident": [], "estimated_bytes": 0, "process_rss": 0, "busy": null,
+        "jobs_done": 0, "started_unix_ms": 0, "heartbeat_secs": 60,
+        "heartbeat_unix_ms": std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64});
+    let _: () = con
+        .set_ex("xnai:worker:ghost", ghost.to_string(), 120)
+        .await
+        .unwrap();
+    let (client, _) = front_end(&config, &redis.url()).await;
+    let handle = client
+        .send_cancellable_request(
+            tool_request(
+                "route_query",
+                json!({"query": "Name a color.", "preferred_tier": "drafter", "max_tokens": 8}),
+            ),
+            PeerRequestOptions::no_options(),
+        )
+        .await
+        .unwrap();
+    let started = Instant::now();
+    loop {
+        let n: u64 = con.xlen("xnai:jobs:drafter").await.unwrap();
+        if n >= 1 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "never enqueued"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A backlog pushes it out of the capped stream (XADD MAXLEN ~ 1).
+    let mut pipe = redis::pipe();
+    for _ in 0..300 {
+        pipe.cmd("XADD")
+            .arg("xnai:jobs:drafter")
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(1)
+            .arg("*")
+            .arg("filler")
+            .arg("x")
+            .ignore();
+    }
+    let _: () = pipe.query_async(&mut con).await.unwrap();
+    let trimmed_at = Instant::now();
+    let e = error_text(&answer(handle).await);
+    assert!(
+        e.contains("lost the request") && e.contains("stream_maxlen"),
+        "{e}"
+    );
+    assert!(
+        trimmed_at.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        trimmed_at.elapsed()
+    );
+    client.cancel().await.unwrap();
+}

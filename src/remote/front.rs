@@ -21,6 +21,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// How often a quiet attempt checks that Redis still holds its job.
+const LOST_CHECK: Duration = Duration::from_secs(5);
 /// How long a cancelled attempt waits for the worker to confirm.
 const CANCEL_CONFIRM: Duration = Duration::from_secs(3);
 
@@ -37,7 +39,7 @@ pub enum RemoteError {
     },
     #[error("tier {tier}: no live worker serves it (no heartbeat at {url}); start one: xnai-model-router worker --redis URL --tiers {tier}")]
     NoWorker { tier: String, url: String },
-    #[error("tier {tier}: Redis at {url} lost the request while it was down (restarted without persistence?); send it again")]
+    #[error("tier {tier}: Redis at {url} lost the request (restarted without persistence, or trimmed from a job stream longer than redis.stream_maxlen); send it again")]
     Lost { tier: String, url: String },
     #[error(
         "tier {tier}: no answer from the workers within {secs} s (redis.request_timeout_secs)"
@@ -231,6 +233,7 @@ impl RemoteTiers {
             cancelled_at: None,
         };
         let deadline = started + Duration::from_secs(self.settings.request_timeout_secs);
+        let mut checked = Instant::now();
         loop {
             if Instant::now() > deadline {
                 let _: redis::RedisResult<()> =
@@ -263,6 +266,11 @@ impl RemoteTiers {
                 _ = call.cancel.cancelled(), if watch.cancelled_at.is_none() => continue,
             };
             let step = match read {
+                // Now and then, make sure the job still exists somewhere.
+                Ok(None) if checked.elapsed() >= LOST_CHECK => {
+                    checked = Instant::now();
+                    watch.check_not_lost(con).await
+                }
                 Ok(reply) => watch.events(reply, call, con).await,
                 Err(e) if is_connection_error(&e) => {
                     *con = watch.reconnect(e).await?;
