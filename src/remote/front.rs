@@ -178,7 +178,13 @@ impl RemoteTiers {
         let tier = job.tier.clone();
         let started = Instant::now();
         call.activity.waiting_for_worker(&tier);
-        let reused = self.idle.lock().unwrap().pop();
+        let mut reused = self.idle.lock().unwrap().pop();
+        // A connection kept from before a Redis restart is dead: check.
+        if let Some(c) = reused.as_mut() {
+            if redis::cmd("PING").query_async::<()>(c).await.is_err() {
+                reused = None;
+            }
+        }
         let mut con = match reused {
             Some(c) => c,
             None => self
