@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::client::{tokens_flowing, tool_request, Recorder};
+use common::client::{answer, tokens_flowing, tool_request, Recorder};
 
 use rmcp::model::{CallToolRequestParams, CallToolResult};
 use rmcp::service::RunningService;
@@ -431,7 +431,6 @@ async fn route_query_is_speculative_on_the_refiner_and_answers_as_without() {
 
 #[tokio::test]
 async fn progress_and_cancellation_over_stdio() {
-    use rmcp::model::ServerResult;
     use rmcp::service::PeerRequestOptions;
     let _serial = ONE_AT_A_TIME.lock().await;
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_xnai-model-router"));
@@ -459,9 +458,7 @@ async fn progress_and_cancellation_over_stdio() {
         )
         .await
         .unwrap();
-    let ServerResult::CallToolResult(r) = handle.await_response().await.unwrap() else {
-        panic!("not a tool result")
-    };
+    let r = answer(handle).await;
     assert_ne!(r.is_error, Some(true), "{:?}", r.content);
     let seen = recorder.progress.lock().unwrap().clone();
     assert!(
@@ -522,7 +519,6 @@ async fn progress_and_cancellation_over_stdio() {
 
 #[tokio::test]
 async fn sigterm_over_stdio_lets_the_call_in_flight_finish() {
-    use rmcp::model::ServerResult;
     use rmcp::service::PeerRequestOptions;
     let _serial = ONE_AT_A_TIME.lock().await;
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_xnai-model-router"));
@@ -550,9 +546,7 @@ async fn sigterm_over_stdio_lets_the_call_in_flight_finish() {
         .status()
         .unwrap()
         .success());
-    let ServerResult::CallToolResult(r) = handle.await_response().await.unwrap() else {
-        panic!("not a tool result")
-    };
+    let r = answer(handle).await;
     assert_ne!(r.is_error, Some(true), "{:?}", r.content);
     let done = r.structured_content.unwrap();
     assert_eq!(done["attempts"][0]["tier"], "router");

@@ -6,10 +6,10 @@
 
 mod common;
 
-use common::client::{call, ok, tokens_flowing, tool_request, Recorder};
+use common::client::{answer, call, ok, tokens_flowing, tool_request, Recorder};
 use common::SMOL_Q4;
 use redis::AsyncCommands;
-use rmcp::model::{CallToolResult, ServerResult};
+use rmcp::model::CallToolResult;
 use rmcp::service::{PeerRequestOptions, RunningService};
 use rmcp::transport::TokioChildProcess;
 use rmcp::{RoleClient, ServiceExt};
@@ -342,13 +342,6 @@ impl Scene {
 
 fn workers_ids(workers: &[WorkerProc]) -> Vec<&str> {
     workers.iter().map(|w| w.id.as_str()).collect()
-}
-
-async fn answer(handle: rmcp::service::RequestHandle<RoleClient>) -> CallToolResult {
-    let ServerResult::CallToolResult(r) = handle.await_response().await.unwrap() else {
-        panic!("not a tool result")
-    };
-    r
 }
 
 fn signal(child: &Child, sig: &str) {

@@ -165,15 +165,18 @@ impl Config {
     ///
     /// As [`Config::load`]; also an unknown tier name in `placement`.
     pub fn load_placed(path: &Path, placement: &Placement) -> Result<Config, ConfigError> {
+        validate::validate_placed(Self::read_raw(path)?, path, placement)
+    }
+
+    fn read_raw(path: &Path) -> Result<RawConfig, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|reason| ConfigError::Read {
             path: path.to_path_buf(),
             reason,
         })?;
-        let raw: RawConfig = yaml_serde::from_str(&text).map_err(|e| ConfigError::Parse {
+        yaml_serde::from_str(&text).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
             message: e.to_string(),
-        })?;
-        validate::validate_placed(raw, path, placement)
+        })
     }
 
     /// A worker's view of the config at `path`: the tiers in `serve` (and
@@ -194,16 +197,19 @@ impl Config {
                 .filter_map(|n| c.tier(n).map(|t| t.index))
                 .collect()
         };
+        // Read and parse once; each placement below only validates.
+        let raw = Self::read_raw(path)?;
+        let place = |p: &Placement| validate::validate_placed(raw.clone(), path, p);
         if !serve.is_empty() {
-            let c = Self::load_placed(path, &Placement::Only(serve.to_vec()))?;
+            let c = place(&Placement::Only(serve.to_vec()))?;
             let served = index(&c, serve);
             return Ok((c, served, Vec::new()));
         }
-        let all = Self::load_placed(path, &Placement::AllRemote)?;
+        let all = place(&Placement::AllRemote)?;
         let mut names: Vec<String> = all.tiers.iter().map(|t| t.name.clone()).collect();
         let mut skipped = Vec::new();
         loop {
-            let problems = match Self::load_placed(path, &Placement::Only(names.clone())) {
+            let problems = match place(&Placement::Only(names.clone())) {
                 Ok(c) => {
                     let served = index(&c, &names);
                     return Ok((c, served, skipped));

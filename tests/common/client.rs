@@ -70,3 +70,12 @@ pub fn ok(r: &CallToolResult) -> Value {
     assert_ne!(r.is_error, Some(true), "tool failed: {:?}", r.content);
     r.structured_content.clone().expect("structuredContent")
 }
+
+/// Waits for a cancellable request's tool result.
+pub async fn answer(handle: rmcp::service::RequestHandle<RoleClient>) -> CallToolResult {
+    let rmcp::model::ServerResult::CallToolResult(r) = handle.await_response().await.unwrap()
+    else {
+        panic!("not a tool result")
+    };
+    r
+}
