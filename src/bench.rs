@@ -278,6 +278,10 @@ pub struct SpecBench {
     pub target: String,
     pub draft_max: u32,
     pub adaptive: bool,
+    /// The kernel computing batched F32 products (verification on an F32
+    /// target): `avx512`, `avx2`, or `ggml` (llama.cpp's per-column dot
+    /// products, `XNAI_EXACT_GEMM=off`).
+    pub batch_kernel: String,
     pub prompts: Vec<SpecPromptResult>,
     /// Draft-model mode over the reference prompts: total tokens / total time, both ways.
     pub target_tokens_per_second: f64,
@@ -468,6 +472,10 @@ pub async fn speculative_bench(
         target: target.display().to_string(),
         draft_max: params.draft_max,
         adaptive: params.adaptive,
+        batch_kernel: match crate::engine::exact_gemm::kernel() {
+            Some(k) => k.name().to_string(),
+            None => "ggml".to_string(),
+        },
         identical: prompts.iter().all(|p| p.identical),
         prompts,
         target_tokens_per_second: target_tps,
@@ -486,11 +494,12 @@ pub fn render_spec(r: &SpecBench) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "draft  {}\ntarget {}\ndraft_max {}{}",
+        "draft  {}\ntarget {}\ndraft_max {}{}, batched F32 kernel {}",
         r.draft,
         r.target,
         r.draft_max,
-        if r.adaptive { " (adaptive)" } else { "" }
+        if r.adaptive { " (adaptive)" } else { "" },
+        r.batch_kernel
     );
     let _ = writeln!(
         s,

@@ -381,7 +381,7 @@ fn read(path: &Path, mut tokens: Option<&mut Vec<String>>) -> Result<GgufInfo, G
                 tensor: name.clone(),
                 ggml_type,
             })?;
-        if elements % block != 0 {
+        if !elements.is_multiple_of(block) {
             return Err(r.corrupt(format!(
                 "tensor '{name}' has {elements} elements, not a multiple of its block size {block}"
             )));

@@ -5,6 +5,7 @@
 //! scripted stand-in for fast policy and protocol tests. Callers (the pool,
 //! the `ask` command, the MCP layer) only see this trait.
 
+pub mod exact_gemm;
 pub mod fake;
 pub mod llama;
 pub mod ngram;
