@@ -173,6 +173,12 @@ mod x86 {
     const STEP: usize = 32;
     /// Floats ahead of the current step to prefetch along a weight row.
     const PREFETCH: usize = 1024;
+    /// Columns per pass over a thread's rows: each weight row is read from
+    /// memory once per pass, the pass's columns stay in L2.
+    const PASS: usize = 48;
+    /// Bytes of columns one AVX-512 tile may use, so they stay in L1 while
+    /// the row streams past.
+    const L1_COLUMNS: usize = 32 * 1024;
 
     pub fn has_avx512() -> bool {
         is_x86_feature_detected!("avx512f")
@@ -273,8 +279,8 @@ mod x86 {
         }
     }
 
-    /// Rows `r0..r1` against every column, in passes of up to 48 columns
-    /// (which stay in L2) and tiles of 3: a weight row is read from memory
+    /// Rows `r0..r1` against every column, in passes of up to [`PASS`]
+    /// columns (which stay in L2) and tiles of 3: a weight row is read from memory
     /// once per pass (prefetched by its first tile) and from L1 for the
     /// other tiles.
     pub unsafe fn gemm_avx2(
@@ -284,8 +290,8 @@ mod x86 {
         b: *const f32,
         c: *mut f32,
     ) {
-        for pass in (0..s.n).step_by(48) {
-            let end = (pass + 48).min(s.n);
+        for pass in (0..s.n).step_by(PASS) {
+            let end = (pass + PASS).min(s.n);
             for r in r0..r1 {
                 let row = a.add(r * s.lda);
                 for c0 in (pass..end).step_by(3) {
@@ -309,7 +315,8 @@ mod x86 {
     }
 
     /// [`gemm_avx2`] with AVX-512 tiles of up to 12 columns (24 accumulators
-    /// and two row registers of the 32): a verification batch is one tile.
+    /// and two row registers of the 32), as many as keep the tile's columns
+    /// within [`L1_COLUMNS`]: a verification batch is one or two tiles.
     #[target_feature(enable = "avx512f")]
     pub unsafe fn gemm_avx512(
         s: Shape,
@@ -318,23 +325,27 @@ mod x86 {
         b: *const f32,
         c: *mut f32,
     ) {
-        for c0 in (0..s.n).step_by(12) {
-            let cols = (s.n - c0).min(12);
+        let width = (L1_COLUMNS / (4 * s.k)).clamp(1, 12);
+        for pass in (0..s.n).step_by(PASS) {
+            let end = (pass + PASS).min(s.n);
             for r in r0..r1 {
                 let row = a.add(r * s.lda);
-                let col = |j: usize| b.add((c0 + j) * s.ldb);
-                let out = c.add(c0 * s.ldc + r);
-                dispatch!(
-                    tile_avx512,
-                    cols,
-                    [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12],
-                    s.k,
-                    row,
-                    col,
-                    out,
-                    s.ldc,
-                    c0 == 0
-                );
+                for c0 in (pass..end).step_by(width) {
+                    let cols = (end - c0).min(width);
+                    let col = |j: usize| b.add((c0 + j) * s.ldb);
+                    let out = c.add(c0 * s.ldc + r);
+                    dispatch!(
+                        tile_avx512,
+                        cols,
+                        [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12],
+                        s.k,
+                        row,
+                        col,
+                        out,
+                        s.ldc,
+                        c0 == pass
+                    );
+                }
             }
         }
     }
