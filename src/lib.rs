@@ -9,7 +9,8 @@
 //! - [`cascade`]: start tier, escalation decisions, token shares, the draft handover.
 //! - [`classify`]: the complexity classifier: level, domain, score and signals.
 //! - [`confidence`]: an answer's confidence from its token probabilities.
-//! - [`engine`]: the inference trait; llama.cpp on its own thread; a scripted fake.
+//! - [`engine`]: the inference trait; llama.cpp on its own thread; speculative decoding;
+//!   an exact batched F32 kernel for verification; a scripted fake.
 //! - [`pool`]: lazy loading, LRU eviction inside a byte budget, RAII leases.
 //! - [`ask`]: one question on one tier, with timings and memory.
 //! - [`queue`]: one request at a time, a bounded line, resident tiers first without starving anyone.

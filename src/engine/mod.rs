@@ -3,7 +3,9 @@
 //! The real engine ([`llama::LlamaEngine`]) runs llama.cpp on a dedicated
 //! thread that owns every model and context; [`fake::FakeEngine`] is a
 //! scripted stand-in for fast policy and protocol tests. Callers (the pool,
-//! the `ask` command, the MCP layer) only see this trait.
+//! the `ask` command, the MCP layer) only see this trait. [`speculative`] is
+//! the decoding loop; [`exact_gemm`] is the batched F32 kernel llama.cpp
+//! calls for verification batches, bit-identical to its single-token path.
 
 pub mod exact_gemm;
 pub mod fake;
