@@ -71,20 +71,31 @@ impl Kernel {
     }
 }
 
-/// The kernel for this process: `XNAI_EXACT_GEMM` (`off`, `avx2`), else
-/// AVX-512 where the CPU has it, else AVX2; None where this build's ggml
+/// The kernel for this process: `XNAI_EXACT_GEMM` (`off`, `avx2`; `auto` or
+/// unset: AVX-512 where the CPU has it, else AVX2); None where this build's ggml
 /// dot product is not one the kernels reproduce.
 pub fn kernel() -> Option<Kernel> {
     static CHOSEN: OnceLock<Option<Kernel>> = OnceLock::new();
     *CHOSEN.get_or_init(|| {
         let setting = std::env::var("XNAI_EXACT_GEMM").unwrap_or_default();
-        match setting.as_str() {
+        if !matches!(setting.as_str(), "" | "auto" | "off" | "avx2") {
+            tracing::warn!(
+                value = %setting,
+                "XNAI_EXACT_GEMM is auto, off or avx2; using auto"
+            );
+        }
+        let chosen = match setting.as_str() {
             "off" => None,
             _ if !x86::BUILT => None,
             "avx2" => Some(Kernel::Avx2),
             _ if x86::has_avx512() => Some(Kernel::Avx512),
             _ => Some(Kernel::Avx2),
-        }
+        };
+        tracing::debug!(
+            kernel = chosen.map_or("ggml", Kernel::name),
+            "batched F32 products (speculative verification)"
+        );
+        chosen
     })
 }
 
