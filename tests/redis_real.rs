@@ -17,6 +17,7 @@ use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use xnai_model_router::remote::wire::{unix_ms, worker_key, WorkerInfo};
 
 /// One scenario at a time: each runs several llama.cpp processes.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -745,15 +746,22 @@ async fn a_job_trimmed_from_a_backlog_is_reported_lost() {
     let redis = RedisServer::start();
     let mut con = redis.con().await;
     // A worker that advertises the tier but never reads: the job waits.
-    let ghost = json!({"id": "ghost", "host": "h", "pid": 1, "tiers": ["drafter"],
-        "resident": [], "estimated_bytes": 0, "process_rss": 0, "busy": null,
-        "jobs_done": 0, "started_unix_ms": 0, "heartbeat_secs": 60,
-        "heartbeat_unix_ms": std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64});
-    let _: () = con
-        .set_ex("xnai:worker:ghost", ghost.to_string(), 120)
-        .await
-        .unwrap();
+    let ghost = WorkerInfo {
+        id: "ghost".into(),
+        host: "h".into(),
+        pid: 1,
+        tiers: vec!["drafter".into()],
+        resident: Vec::new(),
+        estimated_bytes: 0,
+        process_rss: 0,
+        busy: None,
+        jobs_done: 0,
+        started_unix_ms: 0,
+        heartbeat_unix_ms: unix_ms(),
+        heartbeat_secs: 60,
+    };
+    let ghost = serde_json::to_string(&ghost).unwrap();
+    let _: () = con.set_ex(worker_key("ghost"), ghost, 120).await.unwrap();
     let (client, _) = front_end(&config, &redis.url()).await;
     let handle = client
         .send_cancellable_request(
