@@ -1,4 +1,6 @@
-//! Sends llama.cpp's batched matrix product hook to our exact kernel.
+//! Sends llama.cpp's batched matrix product hook to our exact kernel, and
+//! tells that kernel (cfg `ggml_f32x8`) whether it can reproduce this
+//! build's ggml arithmetic.
 //!
 //! ggml-cpu (built with `GGML_LLAMAFILE=ON`, see `.cargo/config.toml`) calls
 //! `llamafile_sgemm` for every product of two or more columns. `--wrap`
@@ -8,6 +10,19 @@
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
+    // `ggml_f32x8`: this build's ggml (compiled for the same target CPU)
+    // sums F32 dot products in four 8-lane AVX accumulators, the arithmetic
+    // the exact kernel reproduces.
+    println!("cargo::rustc-check-cfg=cfg(ggml_f32x8)");
+    let features = std::env::var("CARGO_CFG_TARGET_FEATURE").unwrap_or_default();
+    let has = |f: &str| features.split(',').any(|x| x == f);
+    if std::env::var("CARGO_CFG_TARGET_ARCH").as_deref() == Ok("x86_64")
+        && has("avx2")
+        && has("fma")
+        && !has("avx512f")
+    {
+        println!("cargo:rustc-cfg=ggml_f32x8");
+    }
     if std::env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux") {
         println!("cargo:rustc-link-arg=-Wl,--wrap=llamafile_sgemm");
         println!("cargo:rustc-link-arg=-Wl,--undefined=__wrap_llamafile_sgemm");

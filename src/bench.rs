@@ -472,10 +472,7 @@ pub async fn speculative_bench(
         target: target.display().to_string(),
         draft_max: params.draft_max,
         adaptive: params.adaptive,
-        batch_kernel: match crate::engine::exact_gemm::kernel() {
-            Some(k) => k.name().to_string(),
-            None => "ggml".to_string(),
-        },
+        batch_kernel: crate::engine::exact_gemm::kernel_name().to_string(),
         identical: prompts.iter().all(|p| p.identical),
         prompts,
         target_tokens_per_second: target_tps,

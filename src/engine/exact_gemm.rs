@@ -99,6 +99,11 @@ pub fn kernel() -> Option<Kernel> {
     })
 }
 
+/// The name of the kernel in use, or `ggml` when ggml computes every product.
+pub fn kernel_name() -> &'static str {
+    kernel().map_or("ggml", Kernel::name)
+}
+
 /// ggml-cpu's batched matrix product hook (see the module docs): computes
 /// this thread's share of the rows of `C` and returns true, or returns false
 /// to let ggml compute the product itself.
@@ -167,13 +172,9 @@ pub unsafe fn gemm(
 }
 
 /// The kernels, for builds whose ggml sums F32 dot products in four 8-lane
-/// AVX accumulators (x86-64-v3: AVX2 and FMA, no AVX-512 at build time).
-#[cfg(all(
-    target_arch = "x86_64",
-    target_feature = "avx2",
-    target_feature = "fma",
-    not(target_feature = "avx512f")
-))]
+/// AVX accumulators (x86-64-v3: AVX2 and FMA, no AVX-512 at build time;
+/// `build.rs` sets `ggml_f32x8` for them).
+#[cfg(ggml_f32x8)]
 mod x86 {
     use super::Shape;
     use std::arch::x86_64::*;
@@ -291,84 +292,81 @@ mod x86 {
     }
 
     /// Rows `r0..r1` against every column, in passes of up to [`PASS`]
-    /// columns (which stay in L2) and tiles of 3: a weight row is read from memory
-    /// once per pass (prefetched by its first tile) and from L1 for the
-    /// other tiles.
-    pub unsafe fn gemm_avx2(
-        s: Shape,
+    /// columns (which stay in L2) and tiles of up to `width`: a weight row
+    /// is read from memory once per pass (prefetched by its first tile) and
+    /// from L1 for the other tiles. `tile(row, c0, cols, out, first)`
+    /// computes one tile.
+    #[inline(always)]
+    unsafe fn passes(
+        s: &Shape,
         (r0, r1): (usize, usize),
+        width: usize,
         a: *const f32,
-        b: *const f32,
         c: *mut f32,
+        mut tile: impl FnMut(*const f32, usize, usize, *mut f32, bool),
     ) {
         for pass in (0..s.n).step_by(PASS) {
             let end = (pass + PASS).min(s.n);
             for r in r0..r1 {
-                let row = a.add(r * s.lda);
-                for c0 in (pass..end).step_by(3) {
-                    let cols = (end - c0).min(3);
-                    let col = |j: usize| b.add((c0 + j) * s.ldb);
-                    let out = c.add(c0 * s.ldc + r);
-                    dispatch!(
-                        tile_avx2,
+                for c0 in (pass..end).step_by(width) {
+                    let cols = (end - c0).min(width);
+                    tile(
+                        a.add(r * s.lda),
+                        c0,
                         cols,
-                        [1, 2, 3],
-                        s.k,
-                        row,
-                        col,
-                        out,
-                        s.ldc,
-                        c0 == pass
+                        c.add(c0 * s.ldc + r),
+                        c0 == pass,
                     );
                 }
             }
         }
     }
 
-    /// [`gemm_avx2`] with AVX-512 tiles of up to 12 columns (24 accumulators
+    /// [`passes`] with AVX2 tiles of up to 3 columns.
+    pub unsafe fn gemm_avx2(
+        s: Shape,
+        rows: (usize, usize),
+        a: *const f32,
+        b: *const f32,
+        c: *mut f32,
+    ) {
+        passes(&s, rows, 3, a, c, |row, c0, cols, out, first| {
+            let col = |j: usize| b.add((c0 + j) * s.ldb);
+            dispatch!(tile_avx2, cols, [1, 2, 3], s.k, row, col, out, s.ldc, first)
+        });
+    }
+
+    /// [`passes`] with AVX-512 tiles of up to 12 columns (24 accumulators
     /// and two row registers of the 32), as many as keep the tile's columns
     /// within [`L1_COLUMNS`]: a verification batch is one or two tiles.
     #[target_feature(enable = "avx512f")]
     pub unsafe fn gemm_avx512(
         s: Shape,
-        (r0, r1): (usize, usize),
+        rows: (usize, usize),
         a: *const f32,
         b: *const f32,
         c: *mut f32,
     ) {
         let width = (L1_COLUMNS / (4 * s.k)).clamp(1, 12);
-        for pass in (0..s.n).step_by(PASS) {
-            let end = (pass + PASS).min(s.n);
-            for r in r0..r1 {
-                let row = a.add(r * s.lda);
-                for c0 in (pass..end).step_by(width) {
-                    let cols = (end - c0).min(width);
-                    let col = |j: usize| b.add((c0 + j) * s.ldb);
-                    let out = c.add(c0 * s.ldc + r);
-                    dispatch!(
-                        tile_avx512,
-                        cols,
-                        [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12],
-                        s.k,
-                        row,
-                        col,
-                        out,
-                        s.ldc,
-                        c0 == pass
-                    );
-                }
-            }
-        }
+        passes(&s, rows, width, a, c, |row, c0, cols, out, first| {
+            let col = |j: usize| b.add((c0 + j) * s.ldb);
+            dispatch!(
+                tile_avx512,
+                cols,
+                [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12],
+                s.k,
+                row,
+                col,
+                out,
+                s.ldc,
+                first
+            )
+        });
     }
 }
 
 /// Other builds: ggml computes every product itself.
-#[cfg(not(all(
-    target_arch = "x86_64",
-    target_feature = "avx2",
-    target_feature = "fma",
-    not(target_feature = "avx512f")
-)))]
+#[cfg(not(ggml_f32x8))]
 mod x86 {
     use super::Shape;
 
