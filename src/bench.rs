@@ -282,6 +282,10 @@ pub struct SpecBench {
     /// target): `avx512`, `avx2`, or `ggml` (llama.cpp's per-column dot
     /// products, `XNAI_EXACT_GEMM=off`).
     pub batch_kernel: String,
+    /// The kernel computing quantized (Q4_1, Q8_0) products of up to four
+    /// columns, most of a quantized draft's decoding: `avx512-vnni` or
+    /// `ggml`.
+    pub quant_kernel: String,
     pub prompts: Vec<SpecPromptResult>,
     /// Draft-model mode over the reference prompts: total tokens / total time, both ways.
     pub target_tokens_per_second: f64,
@@ -473,6 +477,7 @@ pub async fn speculative_bench(
         draft_max: params.draft_max,
         adaptive: params.adaptive,
         batch_kernel: crate::engine::exact_gemm::kernel_name().to_string(),
+        quant_kernel: crate::engine::exact_gemm::quant_kernel_name().to_string(),
         identical: prompts.iter().all(|p| p.identical),
         prompts,
         target_tokens_per_second: target_tps,
@@ -491,12 +496,13 @@ pub fn render_spec(r: &SpecBench) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "draft  {}\ntarget {}\ndraft_max {}{}, batched F32 kernel {}",
+        "draft  {}\ntarget {}\ndraft_max {}{}, batched F32 kernel {}, quantized kernel {}",
         r.draft,
         r.target,
         r.draft_max,
         if r.adaptive { " (adaptive)" } else { "" },
-        r.batch_kernel
+        r.batch_kernel,
+        r.quant_kernel
     );
     let _ = writeln!(
         s,

@@ -10,7 +10,7 @@
 //! - [`classify`]: the complexity classifier: level, domain, score and signals.
 //! - [`confidence`]: an answer's confidence from its token probabilities.
 //! - [`engine`]: the inference trait; llama.cpp on its own thread; speculative decoding;
-//!   an exact batched F32 kernel for verification; a scripted fake.
+//!   exact batched F32 and quantized kernels (verification, drafting); a scripted fake.
 //! - [`pool`]: lazy loading, LRU eviction inside a byte budget, RAII leases.
 //! - [`ask`]: one question on one tier, with timings and memory.
 //! - [`queue`]: one request at a time, a bounded line, resident tiers first without starving anyone.

@@ -25,11 +25,18 @@
 //! answers `false` and ggml computes it as it always did. The unit tests
 //! compare every kernel bit for bit with ggml's own `ggml_vec_dot_f32`.
 //!
-//! `XNAI_EXACT_GEMM=off` leaves every product to ggml (slower verification,
-//! same results); `avx2` keeps to the 8-lane kernel.
+//! The same hook also receives ggml's quantized products (Q4_1, Q8_0) of
+//! any width; [`exact_quant`] takes the narrow ones, which make up a draft
+//! model's decoding.
+//!
+//! `XNAI_EXACT_GEMM=off` leaves every product to ggml (slower verification
+//! and drafting, same results); `avx2` keeps to the 8-lane F32 kernel and
+//! leaves quantized products to ggml.
 
 use std::ffi::{c_int, c_void};
 use std::sync::OnceLock;
+
+use super::exact_quant;
 
 /// The head of ggml's `struct ggml_compute_params`: this thread and the count.
 #[repr(C)]
@@ -104,6 +111,17 @@ pub fn kernel_name() -> &'static str {
     kernel().map_or("ggml", Kernel::name)
 }
 
+/// The name of the kernel for quantized products of up to
+/// [`exact_quant::MAX_COLUMNS`] columns (a draft's decoding): `avx512-vnni`
+/// where [`exact_quant`] takes them, else `ggml`.
+pub fn quant_kernel_name() -> &'static str {
+    if kernel() == Some(Kernel::Avx512) && quant_kernels() {
+        "avx512-vnni"
+    } else {
+        "ggml"
+    }
+}
+
 /// ggml-cpu's batched matrix product hook (see the module docs): computes
 /// this thread's share of the rows of `C` and returns true, or returns false
 /// to let ggml compute the product itself.
@@ -131,10 +149,8 @@ pub unsafe extern "C" fn __wrap_llamafile_sgemm(
     let Some(kernel) = kernel() else {
         return false;
     };
-    if (a_type, b_type, c_type) != (F32, F32, F32) || !x86::supports(k) || n < 2 {
-        return false;
-    }
     let params = &*params;
+    let (ith, nth) = (params.ith as usize, params.nth as usize);
     let shape = Shape {
         m: m as usize,
         n: n as usize,
@@ -143,9 +159,65 @@ pub unsafe extern "C" fn __wrap_llamafile_sgemm(
         ldb: ldb as usize,
         ldc: ldc as usize,
     };
-    let (ith, nth) = (params.ith as usize, params.nth as usize);
+    if c_type != F32 || n < 1 {
+        return false;
+    }
+    if let Some(format) = exact_quant::Format::of(a_type, b_type) {
+        if kernel != Kernel::Avx512 || !quant_kernels() || shape.n > exact_quant::MAX_COLUMNS {
+            return false;
+        }
+        exact_quant::gemm(format, ith, nth, shape, a.cast(), b.cast(), c.cast());
+        return true;
+    }
+    if (a_type, b_type) != (F32, F32) || !x86::supports(k) || n < 2 {
+        return false;
+    }
     gemm(kernel, ith, nth, shape, a.cast(), b.cast(), c.cast());
     true
+}
+
+/// Calls the hook as ggml would with `nth` threads, one after the other:
+/// `C`, or None where the hook declines the product.
+#[cfg(test)]
+pub(crate) fn run_hook<T>(
+    s: Shape,
+    a: &[T],
+    b: &[T],
+    [a_type, b_type, c_type]: [c_int; 3],
+    nth: c_int,
+) -> Option<Vec<f32>> {
+    let mut c = vec![f32::NAN; s.ldc * s.n];
+    for ith in 0..nth {
+        let params = ComputeParams { ith, nth };
+        // SAFETY: the callers' buffers hold the shape's rows and columns.
+        let done = unsafe {
+            __wrap_llamafile_sgemm(
+                &params,
+                s.m as i64,
+                s.n as i64,
+                s.k as i64,
+                a.as_ptr().cast(),
+                s.lda as i64,
+                b.as_ptr().cast(),
+                s.ldb as i64,
+                c.as_mut_ptr().cast(),
+                s.ldc as i64,
+                a_type,
+                b_type,
+                c_type,
+            )
+        };
+        if !done {
+            return None;
+        }
+    }
+    Some(c)
+}
+
+/// Whether the quantized kernels of [`exact_quant`] run here (checked once).
+fn quant_kernels() -> bool {
+    static AVAILABLE: OnceLock<bool> = OnceLock::new();
+    *AVAILABLE.get_or_init(exact_quant::available)
 }
 
 /// Thread `ith` of `nth` computes its contiguous share of the rows of `C`.
@@ -433,34 +505,8 @@ mod tests {
             .collect()
     }
 
-    /// Runs the hook as ggml would with `nth` threads, one after the other.
     fn hooked(s: Shape, a: &[f32], b: &[f32], types: [c_int; 3]) -> Option<Vec<f32>> {
-        let mut c = vec![f32::NAN; s.ldc * s.n];
-        for ith in 0..2 {
-            let params = ComputeParams { ith, nth: 2 };
-            // SAFETY: the buffers hold the shape's rows and columns.
-            let done = unsafe {
-                __wrap_llamafile_sgemm(
-                    &params,
-                    s.m as i64,
-                    s.n as i64,
-                    s.k as i64,
-                    a.as_ptr().cast(),
-                    s.lda as i64,
-                    b.as_ptr().cast(),
-                    s.ldb as i64,
-                    c.as_mut_ptr().cast(),
-                    s.ldc as i64,
-                    types[0],
-                    types[1],
-                    types[2],
-                )
-            };
-            if !done {
-                return None;
-            }
-        }
-        Some(c)
+        run_hook(s, a, b, types, 2)
     }
 
     /// One kernel, run as `nth` threads one after the other.

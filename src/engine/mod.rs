@@ -5,9 +5,12 @@
 //! scripted stand-in for fast policy and protocol tests. Callers (the pool,
 //! the `ask` command, the MCP layer) only see this trait. [`speculative`] is
 //! the decoding loop; [`exact_gemm`] is the batched F32 kernel llama.cpp
-//! calls for verification batches, bit-identical to its single-token path.
+//! calls for verification batches, bit-identical to its single-token path,
+//! and [`exact_quant`] the quantized kernels (Q4_1, Q8_0) that speed up a
+//! draft's decoding, bit-identical to ggml's.
 
 pub mod exact_gemm;
+pub mod exact_quant;
 pub mod fake;
 pub mod llama;
 pub mod ngram;
