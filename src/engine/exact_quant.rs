@@ -14,7 +14,8 @@
 //! AVX-512 VNNI (`vpdpbusd`), whose 32-bit sums are exactly those of
 //! ggml's `maddubs`/`madd` pair (no 16-bit sum can saturate for these
 //! formats); the column's blocks are unpacked once per call instead of once
-//! per row. Every lane sees ggml's operations in ggml's order (the per-block
+//! per row; four pairs of rows go through each step, so four FMA chains
+//! overlap, while the rows two steps ahead are prefetched. Every lane sees ggml's operations in ggml's order (the per-block
 //! scale product, one FMA per block, then ggml's horizontal sum and, for
 //! Q4_1, its separately summed minimum term), so each output is ggml's to
 //! the bit, and speculative decoding stays exact whichever model uses it.
@@ -125,7 +126,7 @@ mod x86 {
         s: Vec<f32>,
     }
 
-    /// The IEEE half at `p` as a float (exact, as ggml's F16C conversion).
+    /// The IEEE half at `p` as a float (exact, as ggml's lookup table).
     #[inline(always)]
     unsafe fn half(p: *const u8) -> f32 {
         _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(
