@@ -107,6 +107,7 @@ pub unsafe fn gemm(
 mod x86 {
     use super::{Format, Shape, MAX_COLUMNS};
     use std::arch::x86_64::*;
+    use std::cell::RefCell;
     use std::ptr::read_unaligned;
 
     pub fn available() -> bool {
@@ -119,6 +120,7 @@ mod x86 {
     /// One column, unpacked for the kernels: per block its 32 values laid
     /// out to meet a register of two rows, the 32-bit lane correction (Q8_0)
     /// and its scale and sum (Q8_1) as floats.
+    #[derive(Default)]
     struct Column {
         q: Vec<__m512i>,
         correction: Vec<__m512i>,
@@ -134,7 +136,8 @@ mod x86 {
         )))
     }
 
-    /// Unpacks one column of `k` blocks.
+    /// Unpacks one column of `k` blocks into `col` (its buffers are reused
+    /// from call to call: ggml's worker threads live as long as the process).
     ///
     /// Q4_1 registers hold `[low nibbles A | low B | high A | high B]`, so
     /// the column's 32 bytes go `[y0..16 | y0..16 | y16..32 | y16..32]`.
@@ -142,14 +145,12 @@ mod x86 {
     /// repeated; its weights enter VNNI's unsigned operand as `x + 128`, and
     /// the correction `-128 * (sum of each 4 column bytes)` takes that back.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-    unsafe fn column(format: Format, k: usize, y: *const u8) -> Column {
+    unsafe fn column(col: &mut Column, format: Format, k: usize, y: *const u8) {
         let (_, bytes) = format.block_bytes();
-        let mut col = Column {
-            q: Vec::with_capacity(k),
-            correction: Vec::with_capacity(k),
-            d: Vec::with_capacity(k),
-            s: Vec::with_capacity(k),
-        };
+        col.q.clear();
+        col.correction.clear();
+        col.d.clear();
+        col.s.clear();
         for blk in 0..k {
             let p = y.add(blk * bytes);
             col.d.push(half(p));
@@ -170,7 +171,6 @@ mod x86 {
                 }
             }
         }
-        col
     }
 
     /// ggml's `hsum_float_8` of the 8-lane vector `[lo | hi]`.
@@ -244,13 +244,15 @@ mod x86 {
                 }
             }
         }
-        std::array::from_fn(|j| {
-            std::array::from_fn(|p| {
+        let mut out = [[[0.0; 2]; P]; C];
+        for j in 0..C {
+            for p in 0..P {
                 let l = quarters(acc[j][p]);
                 let m: [f32; 4] = std::mem::transmute(summs[j][p]);
-                [hsum(l[0], l[2]) + m[1], hsum(l[1], l[3]) + m[3]]
-            })
-        })
+                out[j][p] = [hsum(l[0], l[2]) + m[1], hsum(l[1], l[3]) + m[3]];
+            }
+        }
+        out
     }
 
     /// `P` pairs of Q8_0 rows against `C` columns: per block each pair's 32
@@ -291,12 +293,14 @@ mod x86 {
                 }
             }
         }
-        std::array::from_fn(|j| {
-            std::array::from_fn(|p| {
+        let mut out = [[[0.0; 2]; P]; C];
+        for j in 0..C {
+            for p in 0..P {
                 let l = quarters(acc[j][p]);
-                [hsum(l[0], l[1]), hsum(l[2], l[3])]
-            })
-        })
+                out[j][p] = [hsum(l[0], l[1]), hsum(l[2], l[3])];
+            }
+        }
+        out
     }
 
     /// Prefetches cache line `line` of the rows two steps ahead of the step
@@ -378,18 +382,23 @@ mod x86 {
         if range.0 >= range.1 {
             return;
         }
-        let (_, bytes) = format.block_bytes();
-        let cols: Vec<Column> = (0..s.n)
-            .map(|j| column(format, s.k, b.add(j * s.ldb * bytes)))
-            .collect();
-        let blocks = |j: usize| cols[j].blocks();
-        match s.n {
-            1 => rows::<1, 4>(format, &s, range, a, std::array::from_fn(blocks), c),
-            2 => rows::<2, 2>(format, &s, range, a, std::array::from_fn(blocks), c),
-            3 => rows::<3, 2>(format, &s, range, a, std::array::from_fn(blocks), c),
-            4 => rows::<4, 1>(format, &s, range, a, std::array::from_fn(blocks), c),
-            n => unreachable!("1 to {MAX_COLUMNS} columns, not {n}"),
+        thread_local! {
+            static COLUMNS: RefCell<[Column; MAX_COLUMNS]> = RefCell::default();
         }
+        let (_, bytes) = format.block_bytes();
+        COLUMNS.with_borrow_mut(|cols| {
+            for (j, col) in cols.iter_mut().enumerate().take(s.n) {
+                column(col, format, s.k, b.add(j * s.ldb * bytes));
+            }
+            let blocks = |j: usize| cols[j].blocks();
+            match s.n {
+                1 => rows::<1, 4>(format, &s, range, a, std::array::from_fn(blocks), c),
+                2 => rows::<2, 2>(format, &s, range, a, std::array::from_fn(blocks), c),
+                3 => rows::<3, 2>(format, &s, range, a, std::array::from_fn(blocks), c),
+                4 => rows::<4, 1>(format, &s, range, a, std::array::from_fn(blocks), c),
+                n => unreachable!("1 to {MAX_COLUMNS} columns, not {n}"),
+            }
+        });
     }
 }
 
