@@ -283,8 +283,8 @@ pub struct SpecBench {
     /// products, `XNAI_EXACT_GEMM=off`).
     pub batch_kernel: String,
     /// The kernel computing quantized (Q4_1, Q8_0) products of up to four
-    /// columns, most of a quantized draft's decoding: `avx512-vnni` or
-    /// `ggml`.
+    /// columns, most of a quantized draft's decoding: `avx512-vnni`,
+    /// `avx2`, or `ggml`.
     pub quant_kernel: String,
     pub prompts: Vec<SpecPromptResult>,
     /// Draft-model mode over the reference prompts: total tokens / total time, both ways.

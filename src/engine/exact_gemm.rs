@@ -30,8 +30,8 @@
 //! model's decoding.
 //!
 //! `XNAI_EXACT_GEMM=off` leaves every product to ggml (slower verification
-//! and drafting, same results); `avx2` keeps to the 8-lane F32 kernel and
-//! leaves quantized products to ggml.
+//! and drafting, same results); `avx2` keeps to the 8-lane kernels, F32 and
+//! quantized.
 
 use std::ffi::{c_int, c_void};
 use std::sync::OnceLock;
@@ -111,15 +111,22 @@ pub fn kernel_name() -> &'static str {
     kernel().map_or("ggml", Kernel::name)
 }
 
-/// The name of the kernel for quantized products of up to
-/// [`exact_quant::MAX_COLUMNS`] columns (a draft's decoding): `avx512-vnni`
-/// where [`exact_quant`] takes them, else `ggml`.
-pub fn quant_kernel_name() -> &'static str {
-    if kernel() == Some(Kernel::Avx512) && quant_kernels() {
-        "avx512-vnni"
-    } else {
-        "ggml"
+/// The kernel for quantized products of up to [`exact_quant::MAX_COLUMNS`]
+/// columns (a draft's decoding): AVX-512 VNNI under `auto` where the CPU
+/// has it, else the 8-lane one; None where ggml computes them.
+pub fn quant_kernel() -> Option<exact_quant::QuantKernel> {
+    static VNNI: OnceLock<bool> = OnceLock::new();
+    match kernel()? {
+        Kernel::Avx512 if *VNNI.get_or_init(exact_quant::has_vnni) => {
+            Some(exact_quant::QuantKernel::Avx512Vnni)
+        }
+        _ => Some(exact_quant::QuantKernel::Avx2),
     }
+}
+
+/// The name of [`quant_kernel`], or `ggml`.
+pub fn quant_kernel_name() -> &'static str {
+    quant_kernel().map_or("ggml", exact_quant::QuantKernel::name)
 }
 
 /// ggml-cpu's batched matrix product hook (see the module docs): computes
@@ -163,10 +170,13 @@ pub unsafe extern "C" fn __wrap_llamafile_sgemm(
         return false;
     }
     if let Some(format) = exact_quant::Format::of(a_type, b_type) {
-        if kernel != Kernel::Avx512 || !quant_kernels() || shape.n > exact_quant::MAX_COLUMNS {
+        let Some(quant) = quant_kernel() else {
+            return false;
+        };
+        if shape.n > exact_quant::MAX_COLUMNS {
             return false;
         }
-        exact_quant::gemm(format, ith, nth, shape, a.cast(), b.cast(), c.cast());
+        exact_quant::gemm(quant, format, ith, nth, shape, a.cast(), b.cast(), c.cast());
         return true;
     }
     if (a_type, b_type) != (F32, F32) || !x86::supports(k) || n < 2 {
@@ -212,12 +222,6 @@ pub(crate) fn run_hook<T>(
         }
     }
     Some(c)
-}
-
-/// Whether the quantized kernels of [`exact_quant`] run here (checked once).
-fn quant_kernels() -> bool {
-    static AVAILABLE: OnceLock<bool> = OnceLock::new();
-    *AVAILABLE.get_or_init(exact_quant::available)
 }
 
 /// Thread `ith` of `nth` computes its contiguous share of the rows of `C`.
