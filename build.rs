@@ -1,18 +1,20 @@
-//! Sends llama.cpp's batched matrix product hook to our exact kernel, and
-//! tells that kernel (cfg `ggml_f32x8`) whether it can reproduce this
-//! build's ggml arithmetic.
+//! Sends llama.cpp's matrix product hook to our exact kernels, and tells
+//! them (cfg `ggml_f32x8`) whether they can reproduce this build's ggml
+//! arithmetic.
 //!
-//! ggml-cpu (built with `GGML_LLAMAFILE=ON`, see `.cargo/config.toml`) calls
-//! `llamafile_sgemm` for every product of two or more columns. `--wrap`
-//! redirects that call to `__wrap_llamafile_sgemm` in
-//! `src/engine/exact_gemm.rs`, and `--undefined` makes the linker take that
-//! function from our library before it reads ggml's archive.
+//! ggml-cpu (built with `GGML_LLAMAFILE=ON`, see `.cargo/config.toml`)
+//! offers every matrix product to `llamafile_sgemm`. `--wrap` redirects that
+//! call to `__wrap_llamafile_sgemm` in `src/engine/exact_gemm.rs` (F32
+//! batches there, narrow Q4_1 and Q8_0 products in
+//! `src/engine/exact_quant.rs`), and `--undefined` makes the linker take
+//! that function from our library before it reads ggml's archive.
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     // `ggml_f32x8`: this build's ggml (compiled for the same target CPU)
-    // sums F32 dot products in four 8-lane AVX accumulators, the arithmetic
-    // the exact kernel reproduces.
+    // sums F32 dot products in four 8-lane AVX accumulators and runs its
+    // AVX2 quantized dot products: the arithmetic the exact kernels
+    // reproduce.
     println!("cargo::rustc-check-cfg=cfg(ggml_f32x8)");
     let features = std::env::var("CARGO_CFG_TARGET_FEATURE").unwrap_or_default();
     let has = |f: &str| features.split(',').any(|x| x == f);

@@ -10,9 +10,10 @@
 //! product per element, which reloads every weight row once per column: a
 //! 9-token verification then costs over twice a single-token decode.
 //!
-//! This module is the third way. ggml-cpu, built with `GGML_LLAMAFILE`, calls
-//! `llamafile_sgemm` for every product of two or more columns; `build.rs`
-//! links with `--wrap=llamafile_sgemm`, so that call lands in
+//! This module is the third way. ggml-cpu, built with `GGML_LLAMAFILE`,
+//! offers every matrix product to `llamafile_sgemm` (single columns too,
+//! quantized ones after packing their columns); `build.rs` links with
+//! `--wrap=llamafile_sgemm`, so that call lands in
 //! [`__wrap_llamafile_sgemm`]. For F32 x F32 it computes each output element
 //! with exactly `ggml_vec_dot_f32`'s arithmetic (x86-64-v3 build: four 8-lane
 //! FMA accumulators over 32-float steps, then ggml's fixed reduction), but
@@ -21,13 +22,13 @@
 //! ahead so memory streams while the FMAs run. Where the CPU has AVX-512 the
 //! same arithmetic runs two of ggml's 8-lane accumulators per 16-lane
 //! register (lane-wise FMAs round the same), at twice the FMA throughput.
-//! Everything else (quantized weights, F16, lengths with scalar leftovers)
-//! answers `false` and ggml computes it as it always did. The unit tests
-//! compare every kernel bit for bit with ggml's own `ggml_vec_dot_f32`.
+//! Single F32 columns, lengths with scalar leftovers and F16 weights answer
+//! `false`, and ggml computes them as it always did. The unit tests compare
+//! every kernel bit for bit with ggml's own `ggml_vec_dot_f32`.
 //!
-//! The same hook also receives ggml's quantized products (Q4_1, Q8_0) of
-//! any width; [`exact_quant`] takes the narrow ones, which make up a draft
-//! model's decoding.
+//! Quantized products go to [`exact_quant`], which takes narrow Q4_1 and
+//! Q8_0 ones (a quantized draft's decoding is made of them) and declines
+//! the rest.
 //!
 //! `XNAI_EXACT_GEMM=off` leaves every product to ggml (slower verification
 //! and drafting, same results); `avx2` keeps to the 8-lane kernels, F32 and
