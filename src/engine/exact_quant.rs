@@ -156,15 +156,39 @@ mod x86 {
             && is_x86_feature_detected!("avx512vnni")
     }
 
+    /// A column's per-block scale and (Q8_1) sum as floats, converted once
+    /// for all rows; both kernels keep them in buffers reused from call to
+    /// call (ggml's worker threads live as long as the process).
+    #[derive(Default)]
+    pub(super) struct Scales {
+        pub(super) d: Vec<f32>,
+        pub(super) s: Vec<f32>,
+    }
+
+    impl Scales {
+        /// Converts the scales of the `k` blocks of `format`'s column at `y`.
+        pub(super) unsafe fn fill(&mut self, format: Format, k: usize, y: *const u8) {
+            let (_, bytes) = format.block_bytes();
+            self.d.clear();
+            self.s.clear();
+            for blk in 0..k {
+                let p = y.add(blk * bytes);
+                self.d.push(half(p));
+                if format == Format::Q4_1 {
+                    self.s.push(half(p.add(2)));
+                }
+            }
+        }
+    }
+
     /// One column, unpacked for the kernels: per block its 32 values laid
     /// out to meet a register of two rows, the 32-bit lane correction (Q8_0)
-    /// and its scale and sum (Q8_1) as floats.
+    /// and its scales.
     #[derive(Default)]
     struct Column {
         q: Vec<__m512i>,
         correction: Vec<__m512i>,
-        d: Vec<f32>,
-        s: Vec<f32>,
+        scales: Scales,
     }
 
     /// The IEEE half at `p` as a float (exact, as ggml's lookup table).
@@ -176,7 +200,7 @@ mod x86 {
     }
 
     /// Unpacks one column of `k` blocks into `col` (its buffers are reused
-    /// from call to call: ggml's worker threads live as long as the process).
+    /// from call to call, as [`Scales`]).
     ///
     /// Q4_1 registers hold `[low nibbles A | low B | high A | high B]`, so
     /// the column's 32 bytes go `[y0..16 | y0..16 | y16..32 | y16..32]`.
@@ -186,16 +210,13 @@ mod x86 {
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
     unsafe fn column(col: &mut Column, format: Format, k: usize, y: *const u8) {
         let (_, bytes) = format.block_bytes();
+        col.scales.fill(format, k, y);
         col.q.clear();
         col.correction.clear();
-        col.d.clear();
-        col.s.clear();
         for blk in 0..k {
             let p = y.add(blk * bytes);
-            col.d.push(half(p));
             match format {
                 Format::Q4_1 => {
-                    col.s.push(half(p.add(2)));
                     let v = _mm512_castsi256_si512(_mm256_loadu_si256(p.add(4).cast()));
                     let lanes = _mm512_setr_epi64(0, 1, 0, 1, 2, 3, 2, 3);
                     col.q.push(_mm512_permutexvar_epi64(lanes, v));
@@ -214,7 +235,7 @@ mod x86 {
 
     /// ggml's `hsum_float_8` of the 8-lane vector `[lo | hi]`.
     #[inline(always)]
-    unsafe fn hsum(lo: __m128, hi: __m128) -> f32 {
+    pub(super) unsafe fn hsum(lo: __m128, hi: __m128) -> f32 {
         let r = _mm_add_ps(hi, lo);
         let r = _mm_add_ps(r, _mm_movehl_ps(r, r));
         _mm_cvtss_f32(_mm_add_ss(r, _mm_movehdup_ps(r)))
@@ -234,8 +255,8 @@ mod x86 {
             Blocks {
                 q: self.q.as_ptr(),
                 correction: self.correction.as_ptr(),
-                d: self.d.as_ptr(),
-                s: self.s.as_ptr(),
+                d: self.scales.d.as_ptr(),
+                s: self.scales.s.as_ptr(),
             }
         }
     }

@@ -9,15 +9,7 @@ use super::{Format, Shape, MAX_COLUMNS};
 use std::arch::x86_64::*;
 use std::cell::RefCell;
 
-use super::x86::{half, prefetch};
-
-/// A column's per-block scale (and Q8_1 sum) as floats, buffers reused
-/// from call to call.
-#[derive(Default)]
-struct Scales {
-    d: Vec<f32>,
-    s: Vec<f32>,
-}
+use super::x86::{half, prefetch, Scales};
 
 /// One column for the inner loops: its blocks and their scales.
 #[derive(Clone, Copy)]
@@ -30,9 +22,7 @@ struct Column {
 /// ggml's `hsum_float_8`.
 #[inline(always)]
 unsafe fn hsum(x: __m256) -> f32 {
-    let r = _mm_add_ps(_mm256_extractf128_ps::<1>(x), _mm256_castps256_ps128(x));
-    let r = _mm_add_ps(r, _mm_movehl_ps(r, r));
-    _mm_cvtss_f32(_mm_add_ss(r, _mm_movehdup_ps(r)))
+    super::x86::hsum(_mm256_castps256_ps128(x), _mm256_extractf128_ps::<1>(x))
 }
 
 /// `R` Q4_1 rows against `C` Q8_1 columns, each element with
@@ -158,15 +148,7 @@ pub unsafe fn gemm(
     let (_, bytes) = format.block_bytes();
     SCALES.with_borrow_mut(|scales| {
         for (j, sc) in scales.iter_mut().enumerate().take(s.n) {
-            let y = b.add(j * s.ldb * bytes);
-            sc.d.clear();
-            sc.s.clear();
-            for blk in 0..s.k {
-                sc.d.push(half(y.add(blk * bytes)));
-                if format == Format::Q4_1 {
-                    sc.s.push(half(y.add(blk * bytes + 2)));
-                }
-            }
+            sc.fill(format, s.k, b.add(j * s.ldb * bytes));
         }
         let col = |j: usize| Column {
             y: b.add(j * s.ldb * bytes),
