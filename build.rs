@@ -4,9 +4,9 @@
 //!
 //! ggml-cpu (built with `GGML_LLAMAFILE=ON`, see `.cargo/config.toml`)
 //! offers every matrix product to `llamafile_sgemm`. `--wrap` redirects that
-//! call to `__wrap_llamafile_sgemm` in `src/engine/exact_gemm.rs` (F32
-//! batches there, narrow Q4_1 and Q8_0 products in
-//! `src/engine/exact_quant.rs`), and `--undefined` makes the linker take
+//! call to `__wrap_llamafile_sgemm` in `src/engine/ggml_hook/mod.rs` (F32
+//! batches in `f32.rs` there, narrow Q4_1 and Q8_0 products in `quant/`),
+//! and `--undefined` makes the linker take
 //! that function from our library before it reads ggml's archive.
 
 fn main() {

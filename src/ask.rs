@@ -1,11 +1,11 @@
-//! One question on one tier: the library function behind `ask`, and the
-//! building block the MCP tools call.
+//! One question on one tier, with timings and memory: the library function
+//! behind the `ask` command.
 
-use crate::engine::{
-    Cancel, Engine, FinishReason, GenerateRequest, Message, PromptFormat, Sampling,
-};
+use crate::engine::{Engine, FinishReason, GenerateRequest, Message, PromptFormat, Sampling};
 use crate::error::{Error, Result};
-use crate::pool::TierPool;
+use crate::memory::MemoryView;
+use crate::pool::{Served, TierPool};
+use crate::router::check_generation_args;
 use serde::Serialize;
 use std::time::Instant;
 
@@ -30,7 +30,7 @@ impl Default for AskOptions {
             tier: None,
             max_tokens: None,
             temperature: None,
-            top_p: 0.95,
+            top_p: crate::engine::sampling::DEFAULT_TOP_P,
             seed: 0,
             stop: Vec::new(),
             system: None,
@@ -38,19 +38,15 @@ impl Default for AskOptions {
     }
 }
 
-/// Memory as estimated and as measured, after the answer.
+/// Memory after the answer: the pool's view, and this tier's part of it.
 #[derive(Debug, Clone, Serialize)]
-pub struct MemoryReport {
+pub struct AskMemory {
     /// This tier's estimated cost.
     pub tier_estimated_bytes: u64,
-    /// Sum of the estimates of all resident models.
-    pub resident_estimated_bytes: u64,
-    /// This process's measured resident set size.
-    pub process_rss: u64,
     /// Process RSS measured right after this tier's model loaded.
     pub rss_after_load: u64,
-    pub model_allowance: u64,
-    pub resident_tiers: Vec<String>,
+    #[serde(flatten)]
+    pub pool: MemoryView,
 }
 
 /// The answer and everything measured on the way.
@@ -78,7 +74,7 @@ pub struct AskResult {
     pub total_ms: f64,
     /// Drafting and acceptance when the tier decodes speculatively.
     pub speculative: Option<crate::engine::SpecStats>,
-    pub memory: MemoryReport,
+    pub memory: AskMemory,
 }
 
 /// Asks `question` on one tier of `pool`.
@@ -96,7 +92,7 @@ pub async fn ask<E: Engine>(
     if question.trim().is_empty() {
         return Err(Error::invalid("question", "must not be empty"));
     }
-    crate::router::check_generation_args(opts.max_tokens, opts.temperature)?;
+    check_generation_args(opts.max_tokens, opts.temperature)?;
     if !(opts.top_p > 0.0 && opts.top_p <= 1.0) {
         return Err(Error::invalid(
             "top_p",
@@ -107,36 +103,22 @@ pub async fn ask<E: Engine>(
         Some(name) => pool.tier_index(name)?,
         None => 0,
     };
-    let (lease, draft) = pool.acquire_with_draft(tier).await?;
-    let t = lease.tier().clone();
+    let t = pool.config().tiers[tier].clone();
     let mut messages = Vec::new();
     if let Some(s) = &opts.system {
         messages.push(Message::new("system", s.clone()));
     }
     messages.push(Message::new("user", question));
     let request = GenerateRequest {
-        messages,
-        max_tokens: opts.max_tokens.unwrap_or(t.max_tokens),
-        sampling: match opts.temperature {
-            Some(temperature) if temperature > 0.0 => Sampling::Random {
-                temperature,
-                top_p: opts.top_p,
-                seed: opts.seed,
-            },
-            _ => Sampling::Greedy,
-        },
+        sampling: Sampling::from_args(opts.temperature, opts.top_p, opts.seed),
         stop: opts.stop.clone(),
-        ignore_eos: false,
-        cancel: Cancel::default(),
-        progress: Default::default(),
-        speculation: t.speculation(draft.as_ref().map(|d| d.model_id())),
+        ..GenerateRequest::new(messages, opts.max_tokens.unwrap_or(t.max_tokens))
     };
-    let g = lease.generate(request).await?;
-    let draft_load_ms = draft.as_ref().map_or(0.0, |d| d.load_ms);
-    let (load_ms, wait_ms) = (lease.load_ms + draft_load_ms, lease.wait_ms);
-    drop(lease);
-    drop(draft);
-    pool.preload_after(tier);
+    let Served {
+        generation: g,
+        load_ms,
+        wait_ms,
+    } = pool.run(tier, request).await?;
 
     let status = pool.status();
     let rss_after_load = status
@@ -147,7 +129,6 @@ pub async fn ask<E: Engine>(
     let n = g.token_probs.len().max(1) as f64;
     let mean_log: f64 = g.token_probs.iter().map(|&p| (p as f64).ln()).sum::<f64>() / n;
     Ok(AskResult {
-        answer: g.text,
         tier: t.name.clone(),
         role: t.role.as_str(),
         model: t.model.display().to_string(),
@@ -168,14 +149,12 @@ pub async fn ask<E: Engine>(
         prompt_ms: g.prompt_ms,
         generate_ms: g.generate_ms,
         total_ms: started.elapsed().as_secs_f64() * 1e3,
-        speculative: g.speculative.clone(),
-        memory: MemoryReport {
+        speculative: g.speculative,
+        answer: g.text,
+        memory: AskMemory {
             tier_estimated_bytes: t.cost.total,
-            resident_estimated_bytes: status.estimated_bytes,
-            process_rss: status.process_rss,
             rss_after_load,
-            model_allowance: status.model_allowance,
-            resident_tiers: status.resident.iter().map(|r| r.tier.clone()).collect(),
+            pool: MemoryView::of(&status),
         },
     })
 }

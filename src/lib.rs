@@ -11,25 +11,29 @@
 //! - [`confidence`]: an answer's confidence from its token probabilities.
 //! - [`engine`]: the inference trait; llama.cpp on its own thread; speculative decoding;
 //!   exact batched F32 and quantized kernels (verification, drafting); a scripted fake.
-//! - [`pool`]: lazy loading, LRU eviction inside a byte budget, RAII leases.
+//! - [`pool`]: lazy loading, LRU eviction inside a byte budget, RAII leases, and
+//!   [`pool::TierPool::run`], the one way to run a request on a tier.
 //! - [`ask`]: one question on one tier, with timings and memory.
-//! - [`queue`]: one request at a time, a bounded line, resident tiers first without starving anyone.
 //! - [`activity`]: what a call is doing now (queued, loading, generating) for progress reports.
-//! - [`router`]: the routing service: classify, cascade, history, per-tier statistics.
-//! - [`status`]: the ladder with its costs, as text.
+//! - [`router`]: the routing service: argument checks, the cascade over local and
+//!   remote tiers through one seam, the queue, history, per-tier statistics, reports.
 //! - [`vocab`]: whether one model can draft for another (llama.cpp's rule).
 //! - [`quantize`]: derives models of other weight types with llama.cpp's quantizer.
-//! - [`bench`]: generation speed against llama.cpp's own llama-bench.
 //! - [`http`]: MCP over HTTP (Streamable HTTP and the older SSE), guards, limits, health and metrics.
 //! - [`remote`]: scale-out over Redis Streams: the front end's remote tiers and the worker.
-//! - [`mcp`]: the MCP tools (route_query, get_tier_status, force_escalate) and the manifest.
-//! - [`memory`]: measured process memory.
+//! - [`mcp`]: the MCP tools (route_query, get_tier_status, force_escalate), their
+//!   arguments and schemas, MCP over stdio, and the manifest.
+//! - [`memory`]: measured process memory, and the one memory view reports show.
 //! - [`metrics`]: Prometheus metrics for `GET /metrics`.
-//! - [`error`]: the crate error gathering each domain's.
+//! - [`error`]: the crate error gathering each domain's, and its [`error::ErrorKind`].
+//!
+//! The binary's subcommands (serve, worker, ask, status, config, bench) live
+//! in `src/cli/`, apart from the library.
+
+#![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod activity;
 pub mod ask;
-pub mod bench;
 pub mod cascade;
 pub mod classify;
 pub mod confidence;
@@ -44,10 +48,8 @@ pub mod memory;
 pub mod metrics;
 pub mod pool;
 pub mod quantize;
-pub mod queue;
 pub mod remote;
 pub mod router;
-pub mod status;
 pub mod vocab;
 
 pub use error::{Error, Result};

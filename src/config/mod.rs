@@ -328,6 +328,41 @@ impl Config {
             .collect::<Vec<_>>()
             .join(", ")
     }
+
+    /// Index of the tier called `name`.
+    ///
+    /// # Errors
+    ///
+    /// [`UnknownTier`] listing the known tiers.
+    pub fn tier_index(&self, name: &str) -> Result<usize, UnknownTier> {
+        self.tiers
+            .iter()
+            .position(|t| t.name == name)
+            .ok_or_else(|| UnknownTier {
+                name: name.to_string(),
+                known: self.tier_names(),
+            })
+    }
+}
+
+/// A tier name that is not in the ladder; the one wording of that mistake,
+/// wherever a tier is named (config, arguments, CLI flags).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown tier {name:?} (tiers: {known})")]
+pub struct UnknownTier {
+    pub name: String,
+    /// The ladder's tier names, comma-separated.
+    pub known: String,
+}
+
+impl UnknownTier {
+    /// `name` is not among `names`.
+    pub fn among<'a>(name: &str, names: impl IntoIterator<Item = &'a str>) -> Self {
+        UnknownTier {
+            name: name.to_string(),
+            known: names.into_iter().collect::<Vec<_>>().join(", "),
+        }
+    }
 }
 
 /// JSON Schema of tiers.yaml, for editors (yaml-language-server and others).

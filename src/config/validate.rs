@@ -3,7 +3,7 @@
 
 use super::raw::{RawConfig, RawTier};
 use super::size::ByteSize;
-use super::{Config, ConfigError, MemoryConfig, Placement, Problem, Routing, Tier};
+use super::{Config, ConfigError, MemoryConfig, Placement, Problem, Routing, Tier, UnknownTier};
 use crate::classify::Level;
 use crate::estimate::{estimate, ModelCost, ModelShape};
 use crate::gguf;
@@ -80,11 +80,8 @@ fn remote_flags(
         Placement::Only(names) => {
             for n in names {
                 if !raw.tiers.iter().any(|t| &t.name == n) {
-                    let known: Vec<_> = raw.tiers.iter().map(|t| t.name.as_str()).collect();
-                    bad(
-                        "--tiers".into(),
-                        format!("unknown tier {n:?} (tiers: {})", known.join(", ")),
-                    );
+                    let known = raw.tiers.iter().map(|t| t.name.as_str());
+                    bad("--tiers".into(), UnknownTier::among(n, known).to_string());
                 }
             }
             let served = |t: &RawTier| names.contains(&t.name);
@@ -212,11 +209,8 @@ pub fn validate_placed(
             if d == &t.name {
                 bad(at("draft"), format!("tier {d:?} cannot draft for itself"));
             } else if !raw.tiers.iter().any(|o| &o.name == d) {
-                let names: Vec<_> = raw.tiers.iter().map(|o| o.name.as_str()).collect();
-                bad(
-                    at("draft"),
-                    format!("unknown tier {d:?} (tiers: {})", names.join(", ")),
-                );
+                let names = raw.tiers.iter().map(|o| o.name.as_str());
+                bad(at("draft"), UnknownTier::among(d, names).to_string());
             }
         }
         if remote[i] {
@@ -342,7 +336,7 @@ fn resolve_routing(raw: &RawConfig, bad: &mut impl FnMut(String, String)) -> Rou
         names.iter().position(|n| *n == name).unwrap_or_else(|| {
             bad(
                 field,
-                format!("unknown tier {name:?} (tiers: {})", names.join(", ")),
+                UnknownTier::among(name, names.iter().copied()).to_string(),
             );
             0
         })

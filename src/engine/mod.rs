@@ -4,14 +4,13 @@
 //! thread that owns every model and context; [`fake::FakeEngine`] is a
 //! scripted stand-in for fast policy and protocol tests. Callers (the pool,
 //! the `ask` command, the MCP layer) only see this trait. [`speculative`] is
-//! the decoding loop; [`exact_gemm`] is the batched F32 kernel llama.cpp
-//! calls for verification batches, bit-identical to its single-token path,
-//! and [`exact_quant`] the quantized kernels (Q4_1, Q8_0) that speed up a
+//! the decoding loop; [`ggml_hook`] takes ggml's matrix product hook: a
+//! batched F32 kernel for verification batches, bit-identical to the
+//! single-token path, and quantized kernels (Q4_1, Q8_0) that speed up a
 //! draft's decoding, bit-identical to ggml's.
 
-pub mod exact_gemm;
-pub mod exact_quant;
 pub mod fake;
+pub mod ggml_hook;
 pub mod llama;
 pub mod ngram;
 pub mod sampling;
@@ -174,8 +173,14 @@ pub struct GenerateRequest {
 impl GenerateRequest {
     /// A greedy request for one user message.
     pub fn greedy(question: &str, max_tokens: u32) -> Self {
+        Self::new(vec![Message::new("user", question)], max_tokens)
+    }
+
+    /// A greedy request for `messages`, with no stop strings, no
+    /// cancellation, no progress and no speculation: set what differs.
+    pub fn new(messages: Vec<Message>, max_tokens: u32) -> Self {
         GenerateRequest {
-            messages: vec![Message::new("user", question)],
+            messages,
             max_tokens,
             sampling: Sampling::Greedy,
             stop: Vec::new(),

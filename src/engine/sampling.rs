@@ -22,6 +22,24 @@ pub enum Sampling {
     },
 }
 
+/// Nucleus mass used when a caller sets a temperature but no top_p.
+pub const DEFAULT_TOP_P: f32 = 0.95;
+
+impl Sampling {
+    /// The sampling a call's arguments ask for: greedy when `temperature`
+    /// is absent or 0, else seeded nucleus sampling.
+    pub fn from_args(temperature: Option<f32>, top_p: f32, seed: u64) -> Self {
+        match temperature {
+            Some(temperature) if temperature > 0.0 => Sampling::Random {
+                temperature,
+                top_p,
+                seed,
+            },
+            _ => Sampling::Greedy,
+        }
+    }
+}
+
 /// Lanes for the vectorised reductions (8 x f32 = one AVX2 register).
 const LANES: usize = 8;
 

@@ -21,8 +21,6 @@ use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::token::LlamaToken;
 use std::time::Instant;
 
-type Ctx = LlamaContext<'static>;
-
 /// Where drafts come from.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -49,8 +47,8 @@ impl Mode {
 ///
 /// A llama.cpp decode failure.
 pub(super) fn run(
-    target: &mut Ctx,
-    mut draft: Option<&mut Ctx>,
+    target: &mut LlamaContext<'_>,
+    mut draft: Option<&mut LlamaContext<'_>>,
     speculation: Speculation,
     prompt: &[LlamaToken],
     first_logits: i32,

@@ -1,8 +1,12 @@
 //! The tier pool: loads tiers lazily, keeps at most `max_loaded` models
 //! resident inside the byte budget, evicts the least recently used idle model,
-//! and never evicts a model while a [`Lease`] on it is alive.
+//! and never evicts a model while a [`Lease`] on it is alive. [`TierPool::run`]
+//! is the one way to run a request on a tier.
 
 pub mod policy;
+mod run;
+
+pub use run::{Ready, Served};
 
 use crate::config::{ByteSize, Config, Tier};
 use crate::engine::{Engine, EngineError, GenerateRequest, Generation, LoadSpec, ModelId};
@@ -15,8 +19,8 @@ use tokio::sync::Notify;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
-    #[error("unknown tier {name:?} (tiers: {known})")]
-    UnknownTier { name: String, known: String },
+    #[error(transparent)]
+    UnknownTier(#[from] crate::config::UnknownTier),
     #[error("tier {tier}: {path} needs an estimated {needed} but models may use {allowance} (memory.budget - memory.reserve)")]
     TooLarge {
         tier: String,
@@ -223,15 +227,7 @@ impl<E: Engine> TierPool<E> {
     ///
     /// [`PoolError::UnknownTier`] listing the known tiers.
     pub fn tier_index(&self, name: &str) -> Result<usize, PoolError> {
-        let config = &self.inner.config;
-        config
-            .tiers
-            .iter()
-            .position(|t| t.name == name)
-            .ok_or_else(|| PoolError::UnknownTier {
-                name: name.to_string(),
-                known: config.tier_names(),
-            })
+        Ok(self.inner.config.tier_index(name)?)
     }
 
     /// Leases tier `tier`, loading it (and evicting idle models) if needed.

@@ -5,14 +5,12 @@
 //! - [`conn`]: URLs, connections with bounded timeouts, backoff.
 //! - [`front`]: the front end's side of one attempt, and the worker list.
 //! - [`worker`]: the worker loop: read, reclaim, run, store once, acknowledge.
-//! - [`bench`]: `bench scaleout`: the Redis hop's cost, one worker against two.
 //!
 //! Per tier one stream `xnai:jobs:<tier>` with the consumer group `workers`.
 //! A job is one attempt of the cascade; escalation, confidence and the
 //! structured result stay with the front end, so a remote tier's
 //! low-confidence answer escalates exactly like a local one.
 
-pub mod bench;
 pub mod conn;
 pub mod front;
 pub mod wire;

@@ -74,6 +74,26 @@ pub struct Handoff {
 }
 
 impl Job {
+    /// A new attempt on `tier`, enqueued now, under a fresh attempt id.
+    pub fn new(
+        tier: &str,
+        messages: Vec<Message>,
+        max_tokens: u32,
+        sampling: Sampling,
+        handoff: Option<Handoff>,
+    ) -> Self {
+        Job {
+            version: JOB_VERSION,
+            attempt: uuid::Uuid::new_v4().to_string(),
+            tier: tier.to_string(),
+            messages,
+            max_tokens,
+            sampling,
+            handoff,
+            enqueued_unix_ms: unix_ms(),
+        }
+    }
+
     /// The stream entry's fields.
     pub fn fields(&self) -> [(&'static str, String); 1] {
         [(

@@ -370,15 +370,15 @@ impl<E: Engine> Worker<E> {
                 },
             )
             .await;
-        let r = match self.pool.acquire_with_draft(tier).await {
+        let r = match self.pool.ready(tier).await {
             Err(e) => (
                 JobOutcome::Failed {
                     message: e.to_string(),
                 },
                 0.0,
             ),
-            Ok((lease, draft)) => {
-                let load_ms = lease.load_ms + draft.as_ref().map_or(0.0, |d| d.load_ms);
+            Ok(ready) => {
+                let load_ms = ready.load_ms();
                 let _ = self
                     .event(
                         &mut con,
@@ -390,19 +390,15 @@ impl<E: Engine> Worker<E> {
                     )
                     .await;
                 let request = GenerateRequest {
-                    messages: job.messages.clone(),
-                    max_tokens: job.max_tokens,
                     sampling: job.sampling,
-                    stop: Vec::new(),
-                    ignore_eos: false,
                     cancel,
                     progress,
-                    speculation: lease
-                        .tier()
-                        .speculation(draft.as_ref().map(|d| d.model_id())),
+                    ..GenerateRequest::new(job.messages.clone(), job.max_tokens)
                 };
-                let outcome = match lease.generate(request).await {
-                    Ok(generation) => JobOutcome::Answered { generation },
+                let outcome = match ready.run(request).await {
+                    Ok(served) => JobOutcome::Answered {
+                        generation: served.generation,
+                    },
                     Err(EngineError::PromptTooLong { tokens, context }) => {
                         JobOutcome::PromptTooLong { tokens, context }
                     }

@@ -3,14 +3,6 @@
 //! this machine, measured in one run. Workers are child processes of this
 //! binary; Redis is the one given or a private `redis-server`.
 
-use super::conn::Redis;
-use super::front::RemoteTiers;
-use super::wire::{unix_ms, Job, JOB_VERSION};
-use crate::activity::Call;
-use crate::config::{Config, Placement};
-use crate::engine::llama::LlamaEngine;
-use crate::engine::{GenerateRequest, Message, Sampling};
-use crate::pool::TierPool;
 use anyhow::{bail, Context};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -18,6 +10,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use xnai_model_router::activity::Call;
+use xnai_model_router::config::{Config, Placement};
+use xnai_model_router::engine::llama::LlamaEngine;
+use xnai_model_router::engine::{GenerateRequest, Message, Sampling};
+use xnai_model_router::pool::TierPool;
+use xnai_model_router::remote::wire::Job;
+use xnai_model_router::remote::{Redis, RemoteTiers};
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -153,16 +152,8 @@ async fn wait_for_workers(remote: &RemoteTiers, ids: &[&str]) -> anyhow::Result<
 }
 
 fn job(tier: &str, question: &str, max_tokens: u32) -> Job {
-    Job {
-        version: JOB_VERSION,
-        attempt: uuid::Uuid::new_v4().to_string(),
-        tier: tier.into(),
-        messages: vec![Message::new("user", question)],
-        max_tokens,
-        sampling: Sampling::Greedy,
-        handoff: None,
-        enqueued_unix_ms: unix_ms(),
-    }
+    let messages = vec![Message::new("user", question)];
+    Job::new(tier, messages, max_tokens, Sampling::Greedy, None)
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -262,9 +253,8 @@ pub async fn scaleout(opts: &ScaleoutOptions) -> anyhow::Result<ScaleoutReport> 
     let question = "Say hello.";
     for i in 0..opts.samples + 1 {
         let t = Instant::now();
-        let lease = pool.acquire(index).await?;
-        lease.generate(GenerateRequest::greedy(question, 4)).await?;
-        drop(lease);
+        pool.run(index, GenerateRequest::greedy(question, 4))
+            .await?;
         let l = t.elapsed().as_secs_f64() * 1e3;
         let t = Instant::now();
         let s = remote

@@ -1,12 +1,11 @@
-//! The ladder with its costs, as a text table for `status`.
+//! The ladder with its costs, as a text table for `status` and `config check`.
 
-use crate::config::{ByteSize, Config};
-use crate::pool::PoolStatus;
 use std::fmt::Write;
+use xnai_model_router::config::{ByteSize, Config};
 
-/// Renders the ladder: each tier's model, context, threshold and estimated
-/// cost by part, then the budget, and what is resident if `pool` is given.
-pub fn render(config: &Config, pool: Option<&PoolStatus>) -> String {
+/// Renders the ladder: the budget, then each tier's model, context,
+/// threshold and estimated cost by part.
+pub fn render(config: &Config) -> String {
     let mut out = String::new();
     let m = &config.memory;
     let _ = writeln!(
@@ -62,16 +61,6 @@ pub fn render(config: &Config, pool: Option<&PoolStatus>) -> String {
             cost(t.cost.total),
             t.model.display(),
             draft
-        );
-    }
-    if let Some(p) = pool {
-        let names: Vec<&str> = p.resident.iter().map(|r| r.tier.as_str()).collect();
-        let _ = writeln!(
-            out,
-            "resident: [{}] estimated {}, process RSS {}",
-            names.join(", "),
-            ByteSize(p.estimated_bytes),
-            ByteSize(p.process_rss)
         );
     }
     out

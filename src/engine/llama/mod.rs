@@ -6,6 +6,8 @@
 //! parallelism: llama.cpp already spreads one decode over all its threads, and
 //! two decodes at once on the same cores only slow each other down.
 
+mod resident;
+
 use super::sampling::Sampler;
 use super::speculative;
 use super::stop::StopSet;
@@ -21,6 +23,7 @@ use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel};
 use llama_cpp_2::token::LlamaToken;
+use resident::Resident;
 use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::mpsc;
@@ -107,17 +110,6 @@ impl super::Engine for LlamaEngine {
     }
 }
 
-/// A loaded model with its context.
-///
-/// The context borrows the model; both live in one struct on the inference
-/// thread. SAFETY: `ctx` is declared first so it drops before `model`, and the
-/// model is boxed so its address never moves while the context points at it.
-struct Resident {
-    ctx: LlamaContext<'static>,
-    model: Box<LlamaModel>,
-    name: String,
-}
-
 fn worker(rx: mpsc::Receiver<Command>) {
     let mut models: HashMap<ModelId, Resident> = HashMap::new();
     let mut next_id: ModelId = 1;
@@ -181,9 +173,6 @@ fn load(spec: &LoadSpec) -> Result<(Resident, f64, u32), EngineError> {
             path: spec.path.clone(),
         }
     })?;
-    let model = Box::new(model);
-    // SAFETY: see `Resident`: the box outlives the context that borrows it.
-    let model_ref: &'static LlamaModel = unsafe { &*(model.as_ref() as *const LlamaModel) };
     let threads = spec.threads.max(1) as i32;
     let ctx_params = LlamaContextParams::default()
         .with_n_ctx(NonZeroU32::new(spec.context))
@@ -192,25 +181,17 @@ fn load(spec: &LoadSpec) -> Result<(Resident, f64, u32), EngineError> {
         .with_n_seq_max(1)
         .with_n_threads(threads)
         .with_n_threads_batch(threads);
-    let ctx =
-        model_ref
-            .new_context(backend, ctx_params)
+    let mut resident = Resident::new(spec.name.clone(), model, |m| {
+        m.new_context(backend, ctx_params)
             .map_err(|e| EngineError::ContextFailed {
                 tier: spec.name.clone(),
                 context: spec.context,
                 reason: e.to_string(),
-            })?;
-    let context = ctx.n_ctx();
+            })
+    })?;
+    let context = resident.with(|_, ctx| ctx.n_ctx());
     tracing::info!(tier = %spec.name, path = %spec.path.display(), context, "model loaded");
-    Ok((
-        Resident {
-            ctx,
-            model,
-            name: spec.name.clone(),
-        },
-        started.elapsed().as_secs_f64() * 1e3,
-        context,
-    ))
+    Ok((resident, started.elapsed().as_secs_f64() * 1e3, context))
 }
 
 fn apply_template(
@@ -300,7 +281,7 @@ fn prepare(model: &LlamaModel, n_ctx: u32, req: &GenerateRequest) -> Result<Prep
 /// Decodes `tokens` from position `pos` in batches of the context's
 /// n_batch, with logits for the last token only.
 pub(super) fn feed(
-    ctx: &mut LlamaContext<'static>,
+    ctx: &mut LlamaContext<'_>,
     batch: &mut LlamaBatch,
     tokens: &[LlamaToken],
     pos: usize,
@@ -325,18 +306,32 @@ fn generate(
     draft: Option<&mut Resident>,
     req: &GenerateRequest,
 ) -> Result<Generation, EngineError> {
-    let n_ctx = r.ctx.n_ctx();
-    let prep = prepare(&r.model, n_ctx, req)?;
+    match draft {
+        None => r.with(|model, ctx| generate_with(model, ctx, None, req)),
+        Some(d) => r.with(|model, ctx| {
+            d.with(|_, draft_ctx| generate_with(model, ctx, Some(draft_ctx), req))
+        }),
+    }
+}
+
+fn generate_with(
+    model: &LlamaModel,
+    ctx: &mut LlamaContext<'_>,
+    draft: Option<&mut LlamaContext<'_>>,
+    req: &GenerateRequest,
+) -> Result<Generation, EngineError> {
+    let n_ctx = ctx.n_ctx();
+    let prep = prepare(model, n_ctx, req)?;
     let started = Instant::now();
-    r.ctx.clear_kv_cache();
-    let mut batch = LlamaBatch::new(r.ctx.n_batch() as usize, 1);
-    feed(&mut r.ctx, &mut batch, &prep.tokens, 0)?;
+    ctx.clear_kv_cache();
+    let mut batch = LlamaBatch::new(ctx.n_batch() as usize, 1);
+    feed(ctx, &mut batch, &prep.tokens, 0)?;
     let prompt_ms = started.elapsed().as_secs_f64() * 1e3;
 
     let gen_started = Instant::now();
     let room = n_ctx as usize - prep.tokens.len();
     let mut out = Output::new(
-        &r.model,
+        model,
         prep.stops,
         (req.max_tokens as usize).min(room),
         req.max_tokens as usize,
@@ -347,8 +342,8 @@ fn generate(
     let mut sampler = Sampler::new(req.sampling);
     let last_logits = batch.n_tokens() - 1;
     let speculative = speculative::run(
-        &mut r.ctx,
-        draft.map(|d| &mut d.ctx),
+        ctx,
+        draft,
         req.speculation,
         &prep.tokens,
         last_logits,

@@ -5,16 +5,25 @@
 //! invalid-params protocol errors; failures while serving (a tier that cannot
 //! load, the budget, an unknown request id) become tool results with
 //! `isError: true` and a message that names the tier and the reason.
+//!
+//! - [`args`]: the argument extractor and the schema rewriting.
+//! - [`serve`]: MCP over stdio (or any byte stream), with its shutdown drain.
+//! - [`manifest`]: mcp-manifest.json from the tool definitions.
+
+pub mod args;
+pub mod manifest;
+pub mod serve;
+
+pub use args::Args;
+use args::{input_schema, output_schema};
+pub use manifest::manifest;
+pub use serve::{serve_stdio, serve_transport, ServeError};
 
 use crate::activity::{Activity, Call};
 use crate::engine::{Cancel, Engine, Message};
-use crate::error::Error;
-use crate::pool::PoolError;
+use crate::error::{Error, ErrorKind};
 use crate::router::{RouteRequest, RouteResult, Router, TierStatusReport};
-use rmcp::handler::server::common::{schema_for_input, schema_for_output, FromContextPart};
 use rmcp::handler::server::router::tool::ToolRouter;
-use rmcp::handler::server::tool::ToolCallContext;
-use rmcp::model::JsonObject;
 use rmcp::model::{
     CallToolResult, ContentBlock, Implementation, ProgressNotificationParam, ServerCapabilities,
     ServerConfig, Tool,
@@ -77,128 +86,6 @@ pub struct ForceEscalateArgs {
     /// The tier to answer at; default: the next tier above the one that answered.
     #[serde(default)]
     pub target_tier: Option<String>,
-}
-
-/// Tool arguments that fail to deserialize (wrong JSON types, missing or
-/// unknown fields) are an invalid-params protocol error naming the field.
-/// (rmcp's own `Parameters` turns them into `isError` tool results instead.)
-pub struct Args<T>(pub T);
-
-impl<S, T: serde::de::DeserializeOwned> FromContextPart<ToolCallContext<'_, S>> for Args<T> {
-    fn from_context_part(context: &mut ToolCallContext<S>) -> Result<Self, ErrorData> {
-        let arguments = serde_json::Value::Object(context.arguments.take().unwrap_or_default());
-        serde_path_to_error::deserialize(arguments)
-            .map(Args)
-            .map_err(|e| {
-                let field = e.path().to_string();
-                let message = if field == "." {
-                    format!("invalid arguments: {}", e.inner())
-                } else {
-                    format!("invalid arguments: {field}: {}", e.inner())
-                };
-                ErrorData::invalid_params(message, None)
-            })
-    }
-}
-
-fn input_schema<T: JsonSchema + 'static>() -> Arc<JsonObject> {
-    optional_not_null(portable(
-        schema_for_input::<T>().expect("argument types have object schemas"),
-    ))
-}
-
-/// Optional arguments are written `type: [T, "null"]` (or `anyOf` with
-/// null) by schemars; clients that coerce command-line values by the
-/// schema's `type` (the MCP Inspector CLI turns `max_tokens=16` into a
-/// number only when `type` is `"integer"`) then send strings. An optional
-/// argument is simply left out, so input schemas say `type: T`; the server
-/// still accepts an explicit null.
-fn optional_not_null(schema: Arc<JsonObject>) -> Arc<JsonObject> {
-    use serde_json::Value;
-    let defs = schema.get("$defs").cloned().unwrap_or(Value::Null);
-    fn fix(v: &mut Value, defs: &Value) {
-        let Value::Object(map) = v else {
-            if let Value::Array(items) = v {
-                items.iter_mut().for_each(|i| fix(i, defs));
-            }
-            return;
-        };
-        if let Some(Value::Array(types)) = map.get("type") {
-            let rest: Vec<Value> = types.iter().filter(|t| *t != "null").cloned().collect();
-            if rest.len() == 1 && rest.len() < types.len() {
-                map.insert("type".into(), rest[0].clone());
-                if map.get("default") == Some(&Value::Null) {
-                    map.remove("default");
-                }
-            }
-        }
-        if let Some(Value::Array(any)) = map.get("anyOf") {
-            let rest: Vec<Value> = any
-                .iter()
-                .filter(|s| s.get("type") != Some(&Value::from("null")))
-                .cloned()
-                .collect();
-            if let [Value::Object(only)] = rest.as_slice() {
-                let only = only.clone();
-                map.remove("anyOf");
-                if map.get("default") == Some(&Value::Null) {
-                    map.remove("default");
-                }
-                let target_type = only
-                    .get("$ref")
-                    .and_then(|r| r.as_str())
-                    .and_then(|r| r.strip_prefix("#/$defs/"))
-                    .and_then(|name| defs.get(name))
-                    .and_then(|d| d.get("type"))
-                    .cloned();
-                map.extend(only);
-                if let Some(t) = target_type {
-                    map.entry("type").or_insert(t);
-                }
-            }
-        }
-        map.values_mut().for_each(|x| fix(x, defs));
-    }
-    let mut value = Value::Object((*schema).clone());
-    fix(&mut value, &defs);
-    match value {
-        Value::Object(map) => Arc::new(map),
-        _ => schema,
-    }
-}
-
-fn output_schema<T: JsonSchema + 'static>() -> Arc<JsonObject> {
-    portable(schema_for_output::<T>())
-}
-
-/// Drops schemars' Rust-specific integer and float formats (`uint32`,
-/// `double`, ...): JSON Schema validators in clients (ajv in the MCP
-/// Inspector, for one) warn about every unknown format. `minimum: 0` and
-/// `type: integer` already say what they meant.
-fn portable(schema: Arc<JsonObject>) -> Arc<JsonObject> {
-    fn strip(v: &mut serde_json::Value) {
-        match v {
-            serde_json::Value::Object(map) => {
-                let rust_format = map.get("format").and_then(|f| f.as_str()).is_some_and(|f| {
-                    matches!(f, "uint" | "int" | "float" | "double")
-                        || f.starts_with("uint")
-                        || f.starts_with("int")
-                });
-                if rust_format {
-                    map.remove("format");
-                }
-                map.values_mut().for_each(strip);
-            }
-            serde_json::Value::Array(items) => items.iter_mut().for_each(strip),
-            _ => {}
-        }
-    }
-    let mut value = serde_json::Value::Object((*schema).clone());
-    strip(&mut value);
-    match value {
-        serde_json::Value::Object(map) => Arc::new(map),
-        _ => schema,
-    }
 }
 
 /// The MCP server: the three tools over a shared [`Router`].
@@ -287,7 +174,7 @@ impl<E: Engine> McpServer<E> {
 
 /// Maps a library result to a tool result: argument errors are protocol
 /// errors, serving failures are `isError` results with the reason.
-fn to_tool_result<T: Serialize>(
+pub fn to_tool_result<T: Serialize>(
     result: Result<T, Error>,
     summary: impl FnOnce(&T) -> String,
 ) -> Result<CallToolResult, ErrorData> {
@@ -300,8 +187,7 @@ fn to_tool_result<T: Serialize>(
             r.structured_content = Some(json);
             Ok(r)
         }
-        Err(e @ Error::InvalidInput { .. })
-        | Err(e @ Error::Pool(PoolError::UnknownTier { .. })) => {
+        Err(e) if e.kind() == ErrorKind::InvalidArgument => {
             Err(ErrorData::invalid_params(e.to_string(), None))
         }
         Err(e) => Ok(CallToolResult::error(vec![ContentBlock::text(
@@ -452,49 +338,4 @@ the smallest capable tier answers and low-confidence answers escalate. get_tier_
 and what it costs; force_escalate re-answers a request one tier up.",
             )
     }
-}
-
-/// mcp-manifest.json: the server, how to launch it, and each tool's schemas.
-pub fn manifest() -> serde_json::Value {
-    let tools: Vec<serde_json::Value> = McpServer::<crate::engine::llama::LlamaEngine>::tools()
-        .into_iter()
-        .map(|t| {
-            serde_json::json!({
-                "name": t.name,
-                "description": t.description,
-                "inputSchema": t.input_schema,
-                "outputSchema": t.output_schema,
-            })
-        })
-        .collect();
-    serde_json::json!({
-        "name": env!("CARGO_PKG_NAME"),
-        "version": env!("CARGO_PKG_VERSION"),
-        "description": env!("CARGO_PKG_DESCRIPTION"),
-        "transports": {
-            "stdio": {
-                "command": "xnai-model-router",
-                "args": ["serve", "--config", "tiers.yaml"],
-                "env": { "XNAI_MODELS_DIR": "~/.cache/xnai-model-router/models" }
-            },
-            "streamable-http": {
-                "start": "xnai-model-router serve --transport http --bind 127.0.0.1:8080 --config tiers.yaml",
-                "url": "http://127.0.0.1:8080/mcp",
-                "protocol": "MCP Streamable HTTP, with sessions (Mcp-Session-Id)"
-            },
-            "sse": {
-                "start": "xnai-model-router serve --transport http --bind 127.0.0.1:8080 --config tiers.yaml",
-                "url": "http://127.0.0.1:8080/sse",
-                "protocol": "HTTP+SSE of protocol revision 2024-11-05: GET /sse announces POST /message?sessionId=..."
-            },
-            "http_auth": "optional bearer token (Authorization: Bearer <token>) from XNAI_HTTP_TOKEN or --token-file; required when binding to a non-loopback address",
-            "http_endpoints": { "health": "/healthz", "metrics": "/metrics (Prometheus text)" }
-        },
-        "scale_out": {
-            "front_end": "xnai-model-router serve --redis redis://HOST:6379 --config tiers.yaml (tiers with remote: true, or all with --all-remote, are served by workers)",
-            "worker": "xnai-model-router worker --redis redis://HOST:6379 --tiers NAME[,NAME] --config tiers.yaml",
-            "env": { "XNAI_REDIS_URL": "instead of --redis" }
-        },
-        "tools": tools,
-    })
 }

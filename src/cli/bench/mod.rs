@@ -1,0 +1,209 @@
+//! `bench`: speed measured as ratios against a baseline run in the same
+//! process or machine, interleaved, never asserted in tests.
+//!
+//! - [`engine`]: generation tokens/s against llama.cpp's own decode loop.
+//! - [`speculative`]: speculative against target-only decoding.
+//! - [`scaleout`]: the Redis hop, and one worker against two.
+
+pub mod engine;
+pub mod scaleout;
+pub mod speculative;
+
+use super::{cores, load_config, runtime};
+use anyhow::bail;
+use clap::Subcommand;
+use std::path::{Path, PathBuf};
+use xnai_model_router::engine::SpecParams;
+
+#[derive(Subcommand)]
+pub enum BenchCmd {
+    /// Speculative vs target-only greedy decoding, interleaved A/B, plus n-gram mode.
+    Speculative {
+        /// Draft model (default: SmolLM2-135M Q4_1 in $XNAI_MODELS_DIR).
+        #[arg(long)]
+        draft: Option<PathBuf>,
+        /// Target model (default: SmolLM2-135M F32 in $XNAI_MODELS_DIR).
+        #[arg(long)]
+        target: Option<PathBuf>,
+        #[arg(long, default_value_t = 8)]
+        draft_max: u32,
+        #[arg(long, default_value_t = 1)]
+        draft_min: u32,
+        #[arg(long, default_value_t = 0.0)]
+        p_min: f32,
+        #[arg(long)]
+        adaptive: bool,
+        #[arg(long, default_value_t = 160)]
+        tokens: u32,
+        #[arg(long, default_value_t = 2)]
+        rounds: usize,
+        #[arg(long)]
+        threads: Option<u32>,
+        /// Print one JSON object instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The Redis hop against a local call, and N concurrent requests with
+    /// one worker against two (starts its own redis-server and workers).
+    Scaleout {
+        /// Tier to serve (default: the smallest).
+        #[arg(long)]
+        tier: Option<String>,
+        /// Concurrent requests per throughput round.
+        #[arg(long, default_value_t = 8)]
+        requests: usize,
+        #[arg(long, default_value_t = 64)]
+        max_tokens: u32,
+        /// Interleaved local/remote pairs for the hop latency.
+        #[arg(long, default_value_t = 30)]
+        samples: usize,
+        /// Use this Redis instead of starting a private redis-server.
+        #[arg(long)]
+        redis: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The baseline's child process: llama.cpp's raw decode loop, prints tokens/s.
+    #[command(hide = true)]
+    DecodeLoop {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        threads: u32,
+        #[arg(long)]
+        tokens: u32,
+        #[arg(long)]
+        context: u32,
+    },
+    /// Generation tokens/s against llama.cpp's llama-bench, same model and threads.
+    Engine {
+        /// Models to measure (default: the smallest tier's).
+        #[arg(long = "model")]
+        models: Vec<PathBuf>,
+        #[arg(long)]
+        threads: Option<u32>,
+        #[arg(long, default_value_t = 128)]
+        tokens: u32,
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Also run this llama-bench binary in every round, as a third column.
+        #[arg(long, env = "XNAI_LLAMA_BENCH")]
+        llama_bench: Option<PathBuf>,
+    },
+}
+
+/// `num / den`, 0 when there is nothing to divide by.
+pub fn ratio(num: f64, den: f64) -> f64 {
+    if den > 0.0 {
+        num / den
+    } else {
+        0.0
+    }
+}
+
+/// Runs a `bench` subcommand; `config_path` names the ladder.
+pub fn run(config_path: &Path, cmd: BenchCmd) -> anyhow::Result<()> {
+    match cmd {
+        BenchCmd::Speculative {
+            draft,
+            target,
+            draft_max,
+            draft_min,
+            p_min,
+            adaptive,
+            tokens,
+            rounds,
+            threads,
+            json,
+        } => {
+            let dir = xnai_model_router::config::validate::default_models_dir();
+            let dir = std::env::var_os("XNAI_MODELS_DIR").map_or(dir, PathBuf::from);
+            let draft = draft.unwrap_or_else(|| dir.join("SmolLM2-135M-Instruct.Q4_1.gguf"));
+            let target = target.unwrap_or_else(|| dir.join("SmolLM2-135M-Instruct.F32.gguf"));
+            let params = SpecParams {
+                draft_max,
+                draft_min,
+                p_min,
+                adaptive,
+            };
+            let threads = threads.unwrap_or_else(cores);
+            let r = runtime()?.block_on(speculative::speculative_bench(
+                &draft,
+                &target,
+                threads,
+                tokens,
+                params,
+                rounds.max(1),
+            ))?;
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                print!("{}", speculative::render_spec(&r));
+            }
+        }
+        BenchCmd::Scaleout {
+            tier,
+            requests,
+            max_tokens,
+            samples,
+            redis,
+            json,
+        } => {
+            let opts = scaleout::ScaleoutOptions {
+                config: config_path.to_path_buf(),
+                tier,
+                requests: requests.max(1),
+                max_tokens,
+                samples: samples.max(1),
+                redis,
+                cores: cores(),
+            };
+            let r = runtime()?.block_on(scaleout::scaleout(&opts))?;
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                print!("{}", scaleout::render(&r));
+            }
+        }
+        BenchCmd::DecodeLoop {
+            model,
+            threads,
+            tokens,
+            context,
+        } => {
+            let mut b = engine::Baseline::new(&model, threads, context)?;
+            b.round(tokens)?;
+            println!("{}", b.round(tokens)?);
+        }
+        BenchCmd::Engine {
+            models,
+            threads,
+            tokens,
+            rounds,
+            llama_bench,
+        } => {
+            if let Some(bin) = llama_bench.as_ref().filter(|b| !b.exists()) {
+                bail!("llama-bench not found at {}", bin.display());
+            }
+            let models = if models.is_empty() {
+                vec![load_config(config_path)?.tiers[0].model.clone()]
+            } else {
+                models
+            };
+            let threads = threads.unwrap_or_else(cores);
+            let rt = runtime()?;
+            for m in models {
+                let r = rt.block_on(engine::engine_bench(
+                    llama_bench.as_deref(),
+                    &m,
+                    threads,
+                    tokens,
+                    rounds,
+                ))?;
+                println!("{}", engine::render(&m, &r));
+                println!("{}", serde_json::to_string(&r)?);
+            }
+        }
+    }
+    Ok(())
+}

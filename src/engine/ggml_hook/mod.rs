@@ -1,0 +1,362 @@
+//! ggml's matrix product hook, sent to kernels that are bit-identical to
+//! ggml's own single-token arithmetic, so speculative decoding is both exact
+//! and fast.
+//!
+//! Greedy speculative decoding is exact only if the target's logits for a
+//! token are the same whether it decodes that token alone or inside a
+//! verification batch. llama.cpp computes a one-column product with
+//! `ggml_vec_dot_f32` per output element, and a batch either with llamafile's
+//! tinyBLAS (a different summation order: outputs drift in the last bits and
+//! greedy output with them) or, with llamafile off, with that same dot
+//! product per element, which reloads every weight row once per column: a
+//! 9-token verification then costs over twice a single-token decode.
+//!
+//! This module is the third way. ggml-cpu, built with `GGML_LLAMAFILE`,
+//! offers every matrix product to `llamafile_sgemm` (single columns too,
+//! quantized ones after packing their columns); `build.rs` links with
+//! `--wrap=llamafile_sgemm`, so that call lands in
+//! [`__wrap_llamafile_sgemm`], which either computes the product and
+//! answers `true`, or answers `false` and ggml computes it as it always did:
+//!
+//! - [`f32`]: F32 batches of two or more columns whose length ggml's loop
+//!   covers with no scalar leftovers (verification passes);
+//! - [`quant`]: Q4_1 x Q8_1 and Q8_0 x Q8_0 products of up to
+//!   [`quant::MAX_COLUMNS`] columns (a quantized draft's decoding);
+//! - everything else (single F32 columns, F16 weights, long quantized
+//!   batches, other formats) is declined.
+//!
+//! The kernels reproduce the arithmetic of *this* build's ggml: x86-64 with
+//! AVX2 and FMA and no AVX-512 at compile time (cfg `ggml_f32x8`, set by
+//! `build.rs`). Any other build (AVX-512 at compile time, where ggml sums
+//! F32 in 16 lanes; aarch64; macOS) compiles no kernel and declines every
+//! product, so its outputs stay exact, only slower.
+//!
+//! The hook implements a private ggml function and reads the head of a
+//! private ggml struct, so `llama-cpp-2` and `llama-cpp-sys-2` are pinned
+//! with `=` in Cargo.toml; [`PINNED_LLAMA_CPP_SYS`] names the release whose
+//! declarations the tests check, and [`counts`] tells how many products the
+//! hook was offered and took, so a hook that silently stops being called
+//! (a renamed symbol, a dynamically linked ggml) fails a test.
+//!
+//! `XNAI_EXACT_GEMM=off` leaves every product to ggml (slower verification
+//! and drafting, same results); `avx2` keeps to the 8-lane kernels, F32 and
+//! quantized.
+
+#[cfg(ggml_f32x8)]
+pub mod f32;
+#[cfg(ggml_f32x8)]
+pub mod quant;
+
+use std::ffi::{c_int, c_void};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+
+/// The `llama-cpp-sys-2` release whose ggml the kernels reproduce and whose
+/// `llamafile_sgemm` prototype and `ggml_compute_params` head the hook
+/// assumes. Upgrading: bump the `=` pins in Cargo.toml and this constant
+/// together, then run the unit tests (the bit-identity tests are the gate).
+pub const PINNED_LLAMA_CPP_SYS: &str = "0.1.161";
+
+/// ggml's type ids as `llamafile_sgemm` receives them (a C `int`), from the
+/// generated bindings.
+pub mod types {
+    use std::ffi::c_int;
+
+    pub const F32: c_int = llama_cpp_sys_2::GGML_TYPE_F32 as c_int;
+    pub const F16: c_int = llama_cpp_sys_2::GGML_TYPE_F16 as c_int;
+    pub const Q4_0: c_int = llama_cpp_sys_2::GGML_TYPE_Q4_0 as c_int;
+    pub const Q4_1: c_int = llama_cpp_sys_2::GGML_TYPE_Q4_1 as c_int;
+    pub const Q8_0: c_int = llama_cpp_sys_2::GGML_TYPE_Q8_0 as c_int;
+    pub const Q8_1: c_int = llama_cpp_sys_2::GGML_TYPE_Q8_1 as c_int;
+}
+
+/// The head of ggml's `struct ggml_compute_params` (ggml-cpu-impl.h):
+/// this thread and the count. ggml passes a pointer to the whole struct;
+/// only these two leading fields are read.
+#[repr(C)]
+pub struct ComputeParams {
+    ith: c_int,
+    nth: c_int,
+}
+
+/// Sizes and strides of one product: `C[j * ldc + i] = dot(A[i * lda
+/// ..][..k], B[j * ldb ..][..k])` for `i < m`, `j < n`. F32 products count
+/// floats; quantized ones count blocks (`k`, `lda`, `ldb`) and floats (`ldc`).
+#[derive(Clone, Copy, Debug)]
+pub struct Shape {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub lda: usize,
+    pub ldb: usize,
+    pub ldc: usize,
+}
+
+/// Which F32 kernel computes the batches this module takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kernel {
+    /// 16-lane registers holding two of ggml's 8-lane accumulators.
+    Avx512,
+    /// ggml's own 8-lane layout.
+    Avx2,
+}
+
+impl Kernel {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::Avx512 => "avx512",
+            Kernel::Avx2 => "avx2",
+        }
+    }
+}
+
+/// Which kernel computes the quantized products this module takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QuantKernel {
+    /// Two rows per 16-lane register, byte products on AVX-512 VNNI.
+    Avx512Vnni,
+    /// ggml's own 8-lane arithmetic, several rows per step.
+    Avx2,
+}
+
+impl QuantKernel {
+    pub fn name(self) -> &'static str {
+        match self {
+            QuantKernel::Avx512Vnni => "avx512-vnni",
+            QuantKernel::Avx2 => "avx2",
+        }
+    }
+}
+
+/// The F32 kernel for this process: `XNAI_EXACT_GEMM` (`off`, `avx2`;
+/// `auto` or unset: AVX-512 where the CPU has it, else AVX2); None where
+/// this build compiles no kernel.
+pub fn kernel() -> Option<Kernel> {
+    static CHOSEN: OnceLock<Option<Kernel>> = OnceLock::new();
+    *CHOSEN.get_or_init(|| {
+        let setting = std::env::var("XNAI_EXACT_GEMM").unwrap_or_default();
+        if !matches!(setting.as_str(), "" | "auto" | "off" | "avx2") {
+            tracing::warn!(
+                value = %setting,
+                "XNAI_EXACT_GEMM is auto, off or avx2; using auto"
+            );
+        }
+        let chosen = choose(&setting);
+        tracing::debug!(
+            kernel = chosen.map_or("ggml", Kernel::name),
+            "batched F32 products (speculative verification)"
+        );
+        chosen
+    })
+}
+
+#[cfg(ggml_f32x8)]
+fn choose(setting: &str) -> Option<Kernel> {
+    match setting {
+        "off" => None,
+        "avx2" => Some(Kernel::Avx2),
+        _ if f32::has_avx512() => Some(Kernel::Avx512),
+        _ => Some(Kernel::Avx2),
+    }
+}
+
+#[cfg(not(ggml_f32x8))]
+fn choose(_setting: &str) -> Option<Kernel> {
+    None
+}
+
+/// The name of the F32 kernel in use, or `ggml` when ggml computes every product.
+pub fn kernel_name() -> &'static str {
+    kernel().map_or("ggml", Kernel::name)
+}
+
+/// The kernel for quantized products (a draft's decoding): AVX-512 VNNI
+/// under `auto` where the CPU has it, else the 8-lane one; None where ggml
+/// computes them.
+pub fn quant_kernel() -> Option<QuantKernel> {
+    static VNNI: OnceLock<bool> = OnceLock::new();
+    match kernel()? {
+        Kernel::Avx512 if *VNNI.get_or_init(has_vnni) => Some(QuantKernel::Avx512Vnni),
+        _ => Some(QuantKernel::Avx2),
+    }
+}
+
+#[cfg(ggml_f32x8)]
+fn has_vnni() -> bool {
+    quant::has_vnni()
+}
+
+#[cfg(not(ggml_f32x8))]
+fn has_vnni() -> bool {
+    false
+}
+
+/// The name of [`quant_kernel`], or `ggml`.
+pub fn quant_kernel_name() -> &'static str {
+    quant_kernel().map_or("ggml", QuantKernel::name)
+}
+
+/// Products ggml offered the hook, and products it computed, since the
+/// process started (each counted once, not once per thread).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct HookCounts {
+    pub offered: u64,
+    pub taken: u64,
+}
+
+static OFFERED: AtomicU64 = AtomicU64::new(0);
+static TAKEN: AtomicU64 = AtomicU64::new(0);
+
+/// How many products the hook has been offered and has taken so far.
+pub fn counts() -> HookCounts {
+    HookCounts {
+        offered: OFFERED.load(Ordering::Relaxed),
+        taken: TAKEN.load(Ordering::Relaxed),
+    }
+}
+
+/// ggml-cpu's matrix product hook (see the module docs): computes this
+/// thread's share of the rows of `C` and returns true, or returns false to
+/// let ggml compute the product itself. Every thread of a product makes the
+/// same choice, since it depends only on the shape and the types.
+///
+/// # Safety
+///
+/// Called by ggml as `llamafile_sgemm` (sgemm.h of [`PINNED_LLAMA_CPP_SYS`]):
+/// `params` points to a live `ggml_compute_params`, whose first two fields
+/// are [`ComputeParams`]; `a`, `b` and `c` are valid for the shape and
+/// strides given, in the types given.
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn __wrap_llamafile_sgemm(
+    params: *const ComputeParams,
+    m: i64,
+    n: i64,
+    k: i64,
+    a: *const c_void,
+    lda: i64,
+    b: *const c_void,
+    ldb: i64,
+    c: *mut c_void,
+    ldc: i64,
+    a_type: c_int,
+    b_type: c_int,
+    c_type: c_int,
+) -> bool {
+    // SAFETY: ggml passes a live ggml_compute_params (the caller's contract).
+    let params = unsafe { &*params };
+    let first = params.ith == 0;
+    if first {
+        OFFERED.fetch_add(1, Ordering::Relaxed);
+    }
+    if m < 1 || n < 1 || k < 1 || c_type != types::F32 {
+        return false;
+    }
+    let shape = Shape {
+        m: m as usize,
+        n: n as usize,
+        k: k as usize,
+        lda: lda as usize,
+        ldb: ldb as usize,
+        ldc: ldc as usize,
+    };
+    let threads = (params.ith as usize, params.nth as usize);
+    // SAFETY: the pointers are valid for `shape` in these types (the
+    // caller's contract).
+    let taken = unsafe { compute(threads, shape, [a_type, b_type], a, b, c) };
+    if taken && first {
+        TAKEN.fetch_add(1, Ordering::Relaxed);
+    }
+    taken
+}
+
+/// Computes thread `ith` of `nth`'s share of a product this build's
+/// kernels take; false (and nothing written) for the rest.
+///
+/// # Safety
+///
+/// `a`, `b` and `c` are valid for `s` in the given types.
+#[cfg(ggml_f32x8)]
+unsafe fn compute(
+    (ith, nth): (usize, usize),
+    s: Shape,
+    [a_type, b_type]: [c_int; 2],
+    a: *const c_void,
+    b: *const c_void,
+    c: *mut c_void,
+) -> bool {
+    let Some(kernel) = kernel() else {
+        return false;
+    };
+    if let Some(format) = quant::Format::of(a_type, b_type) {
+        let Some(qk) = quant_kernel().filter(|_| s.n <= quant::MAX_COLUMNS) else {
+            return false;
+        };
+        // SAFETY: `qk` came from quant_kernel() (VNNI only where the CPU
+        // has it), 1 <= n <= MAX_COLUMNS, and the buffers hold `s` in
+        // `format` (the caller's contract).
+        unsafe { quant::gemm(qk, format, ith, nth, s, a.cast(), b.cast(), c.cast()) };
+        return true;
+    }
+    if (a_type, b_type) != (types::F32, types::F32) || s.n < 2 || !f32::supports(s.k as i64) {
+        return false;
+    }
+    // SAFETY: `kernel` came from kernel() (AVX-512 only where the CPU has
+    // it), k passes supports(), the buffers hold `s` (the caller's contract).
+    unsafe { f32::gemm(kernel, ith, nth, s, a.cast(), b.cast(), c.cast()) };
+    true
+}
+
+#[cfg(not(ggml_f32x8))]
+unsafe fn compute(
+    _: (usize, usize),
+    _: Shape,
+    _: [c_int; 2],
+    _: *const c_void,
+    _: *const c_void,
+    _: *mut c_void,
+) -> bool {
+    false
+}
+
+/// Calls the hook as ggml would with `nth` threads, one after the other:
+/// `C`, or None where the hook declines the product.
+#[cfg(test)]
+pub(crate) fn run_hook<T>(
+    s: Shape,
+    a: &[T],
+    b: &[T],
+    [a_type, b_type, c_type]: [c_int; 3],
+    nth: c_int,
+) -> Option<Vec<f32>> {
+    let mut c = vec![f32::NAN; s.ldc * s.n];
+    for ith in 0..nth {
+        let params = ComputeParams { ith, nth };
+        // SAFETY: `params` is live, and the callers' buffers hold the
+        // shape's rows and columns in the types they name.
+        let done = unsafe {
+            __wrap_llamafile_sgemm(
+                &params,
+                s.m as i64,
+                s.n as i64,
+                s.k as i64,
+                a.as_ptr().cast(),
+                s.lda as i64,
+                b.as_ptr().cast(),
+                s.ldb as i64,
+                c.as_mut_ptr().cast(),
+                s.ldc as i64,
+                a_type,
+                b_type,
+                c_type,
+            )
+        };
+        if !done {
+            return None;
+        }
+    }
+    Some(c)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,399 @@
+//! The routing service behind the MCP tools: check the arguments, classify,
+//! pick the start tier, run the confidence cascade over the ladder's tiers,
+//! remember recent requests for force_escalate, and keep per-tier
+//! statistics for get_tier_status.
+//!
+//! - [`validate`]: a caller's request, checked into a [`ValidRequest`].
+//! - [`run`]: the cascade loop over a [`run::Plan`].
+//! - [`tiers`]: the one seam in front of local and remote tiers.
+//! - [`queue`]: one local request at a time, resident tiers first.
+//! - [`stats`]: per-tier bookkeeping.
+//! - [`report`]: the result and status types the tools return.
+
+pub mod queue;
+pub mod report;
+pub mod run;
+pub mod stats;
+pub mod tiers;
+pub mod validate;
+
+pub use report::{Attempt, RouteResult, TierStatus, TierStatusReport, Timings, TokenCounts};
+pub use validate::{check_generation_args, RouteRequest, ValidRequest};
+
+use crate::activity::Call;
+use crate::cascade::{self, Draft, RoutedBy};
+use crate::classify::{classify, Complexity};
+use crate::config::Config;
+use crate::engine::Engine;
+use crate::error::Result;
+use crate::memory::MemoryView;
+use crate::metrics::{Live, LiveTier, Metrics};
+use crate::pool::TierPool;
+use crate::remote::{RemoteStatus, RemoteTiers};
+use queue::Scheduler;
+use run::Plan;
+use stats::{Spent, TierStats};
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+/// Errors a caller can act on that are not argument errors.
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    #[error(
+        "unknown or expired request_id {id:?}: the last {kept} requests are kept (routing.history)"
+    )]
+    UnknownRequest { id: String, kept: usize },
+    #[error("request {id} was answered by {tier:?}, the top tier: there is no tier above it to escalate to")]
+    PastTopTier { id: String, tier: String },
+    #[error("target_tier {target:?} is not above {tier:?}, which answered request {id}: force_escalate only goes up")]
+    NotHigher {
+        id: String,
+        tier: String,
+        target: String,
+    },
+}
+
+/// A finished request, kept for force_escalate.
+#[derive(Debug, Clone)]
+struct Record {
+    id: String,
+    request: ValidRequest,
+    tier: usize,
+    answer: String,
+    confidence: f64,
+    complexity: Complexity,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    history: VecDeque<Record>,
+    stats: Vec<TierStats>,
+    counter: u64,
+}
+
+/// The routing service; cheap to share behind an `Arc`.
+pub struct Router<E: Engine> {
+    pool: TierPool<E>,
+    config: Arc<Config>,
+    queue: Scheduler,
+    metrics: Metrics,
+    /// Tiers served through Redis, when `serve --redis` is on.
+    remote: Option<RemoteTiers>,
+    /// The pool's resident tiers, for the queue's choice of who runs next.
+    resident: Box<dyn Fn() -> Vec<usize> + Send + Sync>,
+    /// A std mutex: short bookkeeping only, never held across `.await`.
+    state: Mutex<State>,
+}
+
+impl<E: Engine> Router<E> {
+    pub fn new(engine: E, config: Arc<Config>) -> Self {
+        let stats = vec![TierStats::default(); config.tiers.len()];
+        let pool = TierPool::new(engine, config.clone());
+        let resident = {
+            let pool = pool.clone();
+            Box::new(move || pool.resident_tiers())
+        };
+        Router {
+            pool,
+            queue: Scheduler::new(config.server.queue_depth, config.server.max_bypass),
+            metrics: Metrics::default(),
+            remote: None,
+            resident,
+            config,
+            state: Mutex::new(State {
+                stats,
+                ..State::default()
+            }),
+        }
+    }
+
+    /// Serves the config's remote tiers through `remote`.
+    pub fn with_remote(mut self, remote: RemoteTiers) -> Self {
+        self.remote = Some(remote);
+        self
+    }
+
+    /// Waits up to `within` until no request runs or waits, locally or on
+    /// a remote worker; false when time ran out.
+    pub async fn wait_idle(&self, within: std::time::Duration) -> bool {
+        let deadline = Instant::now() + within;
+        if !self.queue.wait_idle(within).await {
+            return false;
+        }
+        while self.remote.as_ref().is_some_and(|r| r.in_flight() > 0) {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        true
+    }
+
+    /// Redis and its workers, when remote tiers are on.
+    pub fn remote_status(&self) -> Option<RemoteStatus> {
+        self.remote.as_ref().map(RemoteTiers::status)
+    }
+
+    pub fn pool(&self) -> &TierPool<E> {
+        &self.pool
+    }
+
+    pub fn config(&self) -> &Arc<Config> {
+        &self.config
+    }
+
+    /// The inference queue (for metrics).
+    pub fn queue(&self) -> &Scheduler {
+        &self.queue
+    }
+
+    /// Answers a query: classify, start at the chosen tier, escalate while
+    /// confidence is below the tier's threshold.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`] for bad arguments (including a query longer
+    /// than the tier's context); a pool or engine error when the first tier
+    /// cannot load or answer.
+    pub async fn route(&self, req: RouteRequest, call: &Call) -> Result<RouteResult> {
+        let started = Instant::now();
+        let result = self.route_inner(req, call, started).await;
+        self.count(result, started)
+    }
+
+    async fn route_inner(
+        &self,
+        req: RouteRequest,
+        call: &Call,
+        started: Instant,
+    ) -> Result<RouteResult> {
+        let request = req.validate(&self.config)?;
+        let t = Instant::now();
+        let complexity = classify(&request.query);
+        let classify_ms = t.elapsed().as_secs_f64() * 1e3;
+        let (start, routed_by) = cascade::start_tier(&self.config, &complexity, request.preferred);
+        let fallback = match routed_by {
+            RoutedBy::Domain => self
+                .config
+                .routing
+                .domains
+                .get(&complexity.domain)
+                .and_then(|(_, f)| *f),
+            _ => None,
+        };
+        let plan = Plan {
+            request,
+            complexity,
+            start,
+            fallback,
+            routed_by,
+            draft: None,
+        };
+        let mut result = self.run(plan, started, call).await?;
+        result.timings.classify_ms = classify_ms;
+        Ok(result)
+    }
+
+    /// Re-answers a recent request at the next tier up (or `target`), with
+    /// the previous answer handed over as the draft.
+    ///
+    /// # Errors
+    ///
+    /// [`RouteError`] for an unknown or expired id, a request already at the
+    /// top, or a target that is not higher; [`Error::InvalidInput`] for an
+    /// unknown target name.
+    pub async fn escalate(
+        &self,
+        id: &str,
+        target: Option<&str>,
+        call: &Call,
+    ) -> Result<RouteResult> {
+        let started = Instant::now();
+        let result = self.escalate_inner(id, target, call, started).await;
+        self.count(result, started)
+    }
+
+    /// Records a finished request in the metrics.
+    fn count(&self, result: Result<RouteResult>, started: Instant) -> Result<RouteResult> {
+        let (outcome, tier) = match &result {
+            Ok(r) => ("answered", Some(r.tier.as_str())),
+            Err(e) => (e.kind().label(), None),
+        };
+        self.metrics
+            .request(outcome, tier, started.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn escalate_inner(
+        &self,
+        id: &str,
+        target: Option<&str>,
+        call: &Call,
+        started: Instant,
+    ) -> Result<RouteResult> {
+        let record = {
+            let st = self.state.lock().unwrap();
+            st.history.iter().find(|r| r.id == id).cloned()
+        }
+        .ok_or_else(|| RouteError::UnknownRequest {
+            id: id.to_string(),
+            kept: self.config.routing.history,
+        })?;
+        let to = self.escalation_target(&record, target)?;
+        let plan = Plan {
+            draft: Some(Draft {
+                tier: self.config.tiers[record.tier].name.clone(),
+                answer: record.answer,
+                confidence: record.confidence,
+            }),
+            request: record.request,
+            complexity: record.complexity,
+            start: to,
+            fallback: None,
+            routed_by: RoutedBy::ForceEscalate,
+        };
+        let mut result = self.run(plan, started, call).await?;
+        result.escalated_from = Some(record.id);
+        Ok(result)
+    }
+
+    /// The tier force_escalate answers at: `target`, or the next one up.
+    fn escalation_target(&self, record: &Record, target: Option<&str>) -> Result<usize> {
+        let from = &self.config.tiers[record.tier];
+        match target {
+            Some(name) => {
+                let i = validate::tier_argument(&self.config, "target_tier", name)?;
+                if i <= record.tier {
+                    return Err(RouteError::NotHigher {
+                        id: record.id.clone(),
+                        tier: from.name.clone(),
+                        target: name.into(),
+                    }
+                    .into());
+                }
+                Ok(i)
+            }
+            None if record.tier + 1 >= self.config.tiers.len() => Err(RouteError::PastTopTier {
+                id: record.id.clone(),
+                tier: from.name.clone(),
+            }
+            .into()),
+            None => Ok(record.tier + 1),
+        }
+    }
+
+    /// Keeps `record` (under a new id, returned) for force_escalate, and
+    /// counts the answer for its tier.
+    fn remember(&self, mut record: Record) -> String {
+        let mut st = self.state.lock().unwrap();
+        st.counter += 1;
+        let millis = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        record.id = format!("req-{millis:x}-{}", st.counter);
+        let id = record.id.clone();
+        st.stats[record.tier].answers += 1;
+        st.history.push_back(record);
+        while st.history.len() > self.config.routing.history {
+            st.history.pop_front();
+        }
+        id
+    }
+
+    /// Books one attempt on `tier` in the statistics and the metrics.
+    fn stats(&self, tier: usize, spent: &Spent) {
+        self.state.lock().unwrap().stats[tier].record(spent);
+        self.metrics.attempt(&crate::metrics::AttemptRecord {
+            tier: &self.config.tiers[tier].name,
+            seconds: spent.latency_ms / 1e3,
+            tokens: spent.tokens,
+            generate_seconds: spent.generate_ms / 1e3,
+            escalated: spent.escalated,
+            drafted: spent.speculative.map_or(0, |s| u64::from(s.drafted)),
+            accepted: spent.speculative.map_or(0, |s| u64::from(s.accepted)),
+        });
+    }
+
+    /// The Prometheus text exposition of this router's metrics.
+    pub fn metrics_text(&self) -> String {
+        let status = self.tier_status();
+        let tiers = status
+            .tiers
+            .iter()
+            .enumerate()
+            .map(|(i, t)| LiveTier {
+                name: t.name.clone(),
+                loads: t.loads,
+                evictions: t.evictions,
+                loaded: t.loaded,
+                estimated_bytes: self.config.tiers[i].cost.total,
+                tokens_per_second: t.tokens_per_second,
+                acceptance: t.speculative.as_ref().map(|s| s.acceptance_rate),
+            })
+            .collect();
+        self.metrics.render(Live {
+            tiers,
+            resident_bytes: status.memory.estimated_in_use,
+            process_rss: status.memory.process_rss,
+            queue_waiting: self.queue.queued(),
+            queue_running: self.queue.running(),
+            queue_depth: self.queue.depth(),
+            rejected: self.queue.rejected(),
+            redis: status
+                .remote
+                .as_ref()
+                .map(|r| (r.reachable, r.workers.iter().filter(|w| w.healthy).count())),
+        })
+    }
+
+    /// Every tier with its residency, costs and statistics, and the memory picture.
+    pub fn tier_status(&self) -> TierStatusReport {
+        let pool = self.pool.status();
+        let remote = self.remote_status();
+        let st = self.state.lock().unwrap();
+        let tiers = self
+            .config
+            .tiers
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let resident = pool.resident.iter().find(|r| r.tier == t.name);
+                let counters = &pool.counters[i].1;
+                let s = &st.stats[i];
+                TierStatus {
+                    remote: t.remote,
+                    workers: remote
+                        .iter()
+                        .flat_map(|r| &r.workers)
+                        .filter(|w| w.healthy && w.info.tiers.contains(&t.name))
+                        .map(|w| w.info.id.clone())
+                        .collect(),
+                    name: t.name.clone(),
+                    role: t.role.as_str().into(),
+                    model: t.model.display().to_string(),
+                    threshold: t.threshold,
+                    loaded: resident.is_some(),
+                    in_use: resident.map_or(0, |r| r.in_use),
+                    estimated_bytes: t.cost.total,
+                    rss_after_load: (counters.rss_after_load > 0)
+                        .then_some(counters.rss_after_load),
+                    idle_ms: resident.map(|r| r.idle_ms),
+                    loads: counters.loads,
+                    evictions: counters.evictions,
+                    attempts: s.attempts,
+                    requests_served: s.answers,
+                    escalations_out: s.escalations_out,
+                    mean_latency_ms: s.mean_latency_ms(),
+                    tokens_per_second: s.tokens_per_second(),
+                    speculative: s.speculative(),
+                }
+            })
+            .collect();
+        TierStatusReport {
+            tiers,
+            remote,
+            memory: MemoryView::of(&pool),
+        }
+    }
+}
