@@ -2,7 +2,9 @@
 # One command from a fresh machine to a full test run: installs what is
 # missing, builds, fetches the real models the tests use, checks formatting
 # and lints, then runs every test (unit, real-model, CLI, MCP over stdio and
-# HTTP) and the official MCP conformance suite. .ci/run calls this.
+# HTTP) and the official MCP conformance suite, then the portability builds
+# (x86-64-v4 unit tests, aarch64 cross build; scripts/portable.sh).
+# .ci/run calls this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
@@ -12,3 +14,4 @@ cargo fmt --check
 cargo clippy --release --all-targets -- -D warnings
 cargo test --release --all-targets
 XNAI_BIN=target/release/xnai-model-router scripts/conformance.sh
+scripts/portable.sh

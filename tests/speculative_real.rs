@@ -8,6 +8,7 @@ mod common;
 use common::{real_model, GEMMA, SMOL_F32, SMOL_Q4};
 use xnai_model_router::config::{Config, ConfigError};
 use xnai_model_router::engine::llama::LlamaEngine;
+use xnai_model_router::engine::ggml_hook;
 use xnai_model_router::engine::{
     Engine, GenerateRequest, LoadSpec, ModelId, Sampling, SpecParams, Speculation,
 };
@@ -44,6 +45,7 @@ fn request(prompt: &str, speculation: Speculation) -> GenerateRequest {
 #[tokio::test]
 async fn greedy_speculative_output_is_the_targets_token_for_token() {
     let (engine, target, draft) = pair().await;
+    let hook_before = ggml_hook::counts();
     let settings = [(1, false), (4, false), (8, false), (8, true)];
     for prompt in PROMPTS {
         let plain = engine
@@ -96,6 +98,21 @@ async fn greedy_speculative_output_is_the_targets_token_for_token() {
             );
             assert!(s.mean_accepted_per_pass > 1.0);
         }
+    }
+    // ggml reached our hook (linked with --wrap on Linux), and where this
+    // build has the exact kernels they computed the batches and drafts.
+    let hook = ggml_hook::counts();
+    if cfg!(target_os = "linux") {
+        assert!(
+            hook.offered > hook_before.offered,
+            "ggml never called llamafile_sgemm: {hook:?}"
+        );
+    }
+    if ggml_hook::kernel().is_some() {
+        assert!(
+            hook.taken > hook_before.taken,
+            "the exact kernels took no product: {hook:?}"
+        );
     }
 }
 

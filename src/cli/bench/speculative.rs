@@ -5,6 +5,7 @@
 use super::ratio;
 use serde::Serialize;
 use std::path::Path;
+use xnai_model_router::engine::ggml_hook::{self, HookCounts};
 use xnai_model_router::engine::llama::LlamaEngine;
 use xnai_model_router::engine::{Engine, GenerateRequest, LoadSpec, SpecParams, Speculation};
 
@@ -53,6 +54,9 @@ pub struct SpecBench {
     /// columns, most of a quantized draft's decoding: `avx512-vnni`,
     /// `avx2`, or `ggml`.
     pub quant_kernel: String,
+    /// Matrix products ggml offered the hook during the run, and those the
+    /// exact kernels computed (0 taken means ggml computed everything).
+    pub hook: HookCounts,
     pub prompts: Vec<SpecPromptResult>,
     /// Draft-model mode over the reference prompts: total tokens / total time, both ways.
     pub target_tokens_per_second: f64,
@@ -97,6 +101,7 @@ pub async fn speculative_bench(
     params: SpecParams,
     rounds: usize,
 ) -> anyhow::Result<SpecBench> {
+    let hook_before = ggml_hook::counts();
     let engine = LlamaEngine::new();
     let spec = |name: &str, path: &Path| LoadSpec {
         name: name.into(),
@@ -237,8 +242,15 @@ pub async fn speculative_bench(
         target: target.display().to_string(),
         draft_max: params.draft_max,
         adaptive: params.adaptive,
-        batch_kernel: xnai_model_router::engine::ggml_hook::kernel_name().to_string(),
-        quant_kernel: xnai_model_router::engine::ggml_hook::quant_kernel_name().to_string(),
+        batch_kernel: ggml_hook::kernel_name().to_string(),
+        quant_kernel: ggml_hook::quant_kernel_name().to_string(),
+        hook: {
+            let after = ggml_hook::counts();
+            HookCounts {
+                offered: after.offered - hook_before.offered,
+                taken: after.taken - hook_before.taken,
+            }
+        },
         identical: prompts.iter().all(|p| p.identical),
         prompts,
         target_tokens_per_second: target_tps,
@@ -257,13 +269,15 @@ pub fn render_spec(r: &SpecBench) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "draft  {}\ntarget {}\ndraft_max {}{}, batched F32 kernel {}, quantized kernel {}",
+        "draft  {}\ntarget {}\ndraft_max {}{}, batched F32 kernel {}, quantized kernel {}, hook took {} of {} products",
         r.draft,
         r.target,
         r.draft_max,
         if r.adaptive { " (adaptive)" } else { "" },
         r.batch_kernel,
-        r.quant_kernel
+        r.quant_kernel,
+        r.hook.taken,
+        r.hook.offered
     );
     let _ = writeln!(
         s,
