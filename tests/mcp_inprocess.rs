@@ -35,9 +35,7 @@ async fn connect(scripts: &[(&str, Script)]) -> Session {
     let router = Arc::new(Router::new(engine, config));
     let (server_io, client_io) = tokio::io::duplex(1 << 16);
     let served = router.clone();
-    tokio::spawn(async move {
-        serve_transport(served, server_io, std::future::pending()).await
-    });
+    tokio::spawn(async move { serve_transport(served, server_io, std::future::pending()).await });
     let recorder = Recorder::default();
     let client = recorder.clone().serve(client_io).await.unwrap();
     Session {
@@ -58,7 +56,8 @@ fn confident() -> Script {
 
 /// The protocol error a call is refused with.
 async fn refused(s: &Session, tool: &'static str, args: Value) -> rmcp::ErrorData {
-    let params = CallToolRequestParams::new(tool).with_arguments(args.as_object().cloned().unwrap());
+    let params =
+        CallToolRequestParams::new(tool).with_arguments(args.as_object().cloned().unwrap());
     match s.client.call_tool(params).await {
         Err(ServiceError::McpError(e)) => e,
         other => panic!("{tool} {args}: expected a protocol error, got {other:?}"),
@@ -75,7 +74,10 @@ async fn bad_arguments_are_invalid_params_naming_the_field() {
         (json!({"query": "hi", "max_tokens": 0}), "max_tokens"),
         (json!({"query": "hi", "temperature": 3.5}), "temperature"),
         (json!({"query": "   "}), "query"),
-        (json!({"query": "hi", "preferred_tier": "huge"}), "preferred_tier"),
+        (
+            json!({"query": "hi", "preferred_tier": "huge"}),
+            "preferred_tier",
+        ),
         (
             json!({"query": "hi", "context": {"history": [{"role": "robot", "content": "x"}]}}),
             "context.history[0].role",
@@ -84,13 +86,22 @@ async fn bad_arguments_are_invalid_params_naming_the_field() {
     for (args, field) in cases {
         let e = refused(&s, "route_query", args.clone()).await;
         assert_eq!(e.code, ErrorCode::INVALID_PARAMS, "{args}: {e:?}");
-        assert!(e.message.contains(field), "{args}: {:?} names no {field}", e.message);
+        assert!(
+            e.message.contains(field),
+            "{args}: {:?} names no {field}",
+            e.message
+        );
     }
     let e = refused(&s, "force_escalate", json!({"request_id": 7})).await;
     assert_eq!(e.code, ErrorCode::INVALID_PARAMS);
     assert!(e.message.contains("request_id"), "{}", e.message);
     // The unknown tier's message lists the ladder.
-    let e = refused(&s, "route_query", json!({"query": "hi", "preferred_tier": "huge"})).await;
+    let e = refused(
+        &s,
+        "route_query",
+        json!({"query": "hi", "preferred_tier": "huge"}),
+    )
+    .await;
     assert!(e.message.contains("tiers: a, b, c"), "{}", e.message);
 }
 
@@ -109,9 +120,17 @@ async fn serving_failures_are_tool_errors_with_the_reason() {
     .await;
     assert_eq!(r.is_error, Some(true));
     let text = format!("{:?}", r.content);
-    assert!(text.contains("tier a") && text.contains("truncated"), "{text}");
+    assert!(
+        text.contains("tier a") && text.contains("truncated"),
+        "{text}"
+    );
 
-    let r = call(&s.client, "force_escalate", json!({"request_id": "req-nope"})).await;
+    let r = call(
+        &s.client,
+        "force_escalate",
+        json!({"request_id": "req-nope"}),
+    )
+    .await;
     assert_eq!(r.is_error, Some(true));
     assert!(format!("{:?}", r.content).contains("unknown or expired request_id"));
     // Both were counted by kind: one failed, one refused as invalid.
@@ -133,11 +152,19 @@ async fn schemas_say_plain_types_and_results_match_them() {
     assert_eq!(props["preferred_tier"]["type"], "string", "{input}");
     assert_eq!(props["context"]["type"], "object", "{input}");
     let text = input.to_string();
-    assert!(!text.contains("\"null\""), "optional arguments are not nullable: {text}");
+    assert!(
+        !text.contains("\"null\""),
+        "optional arguments are not nullable: {text}"
+    );
     let output = Value::Object((*route.output_schema.clone().unwrap()).clone());
     assert!(!output.to_string().contains("uint32"), "no Rust formats");
 
-    let r = ok(&call(&s.client, "route_query", json!({"query": "hi", "preferred_tier": "a"})).await);
+    let r = ok(&call(
+        &s.client,
+        "route_query",
+        json!({"query": "hi", "preferred_tier": "a"}),
+    )
+    .await);
     let validator = jsonschema::validator_for(&output).unwrap();
     let errors: Vec<String> = validator.iter_errors(&r).map(|e| e.to_string()).collect();
     assert!(errors.is_empty(), "{errors:?}");
@@ -172,10 +199,14 @@ async fn progress_arrives_before_the_result_and_cancellation_stops_the_call() {
     assert!(metrics.contains("outcome=\"cancelled\""), "{metrics}");
 
     // A call with a progress token hears progress before its answer.
+    s.recorder.progress.lock().unwrap().clear();
     let handle = s
         .client
         .send_cancellable_request(
-            tool_request("route_query", json!({"query": "count", "preferred_tier": "a"})),
+            tool_request(
+                "route_query",
+                json!({"query": "count", "preferred_tier": "a"}),
+            ),
             PeerRequestOptions::no_options(),
         )
         .await
@@ -184,7 +215,9 @@ async fn progress_arrives_before_the_result_and_cancellation_stops_the_call() {
     assert_ne!(r.is_error, Some(true), "{:?}", r.content);
     let progress = s.recorder.progress.lock().unwrap().clone();
     assert!(
-        progress.iter().any(|(_, m)| m.contains("tier a: generating")),
+        progress
+            .iter()
+            .any(|(_, m)| m.contains("tier a: generating")),
         "{progress:?}"
     );
 }

@@ -7,8 +7,8 @@ mod common;
 
 use common::{real_model, GEMMA, SMOL_F32, SMOL_Q4};
 use xnai_model_router::config::{Config, ConfigError};
-use xnai_model_router::engine::llama::LlamaEngine;
 use xnai_model_router::engine::ggml_hook;
+use xnai_model_router::engine::llama::LlamaEngine;
 use xnai_model_router::engine::{
     Engine, GenerateRequest, LoadSpec, ModelId, Sampling, SpecParams, Speculation,
 };

@@ -39,6 +39,41 @@ impl Mode {
     }
 }
 
+/// The draft model's side of the loop: its context and batch, the tokens
+/// it must still be fed, and how far its cache reaches.
+struct DraftModel<'a, 'd> {
+    ctx: &'a mut LlamaContext<'d>,
+    batch: LlamaBatch<'static>,
+    pending: Vec<LlamaToken>,
+    past: usize,
+    /// Still drafting: it stops for good when its own context (possibly
+    /// smaller than the target's) would overflow.
+    active: bool,
+}
+
+/// One generation's loop state.
+struct Decoder<'a, 't, 'd> {
+    target: &'a mut LlamaContext<'t>,
+    draft: Option<DraftModel<'a, 'd>>,
+    params: SpecParams,
+    mode: Mode,
+    greedy: bool,
+    n_ctx: usize,
+    stats: SpecStats,
+    /// The last emitted token, not yet in the target's cache.
+    id_last: u32,
+    /// Tokens in the target's cache.
+    n_past: usize,
+    /// Prompt and output so far, for n-gram drafting.
+    history: Vec<u32>,
+    tbatch: LlamaBatch<'static>,
+    /// Drafts per round (adaptive drafting moves it).
+    k: usize,
+    drafts: Vec<u32>,
+    /// The draft model's distribution of each draft (sampling only).
+    qdists: Vec<Vec<f32>>,
+}
+
 /// Generates into `out`, starting from the prompt's logits at index
 /// `first_logits` of the target's last batch. Returns the speculative
 /// counters (None for plain decoding).
@@ -48,7 +83,7 @@ impl Mode {
 /// A llama.cpp decode failure.
 pub(super) fn run(
     target: &mut LlamaContext<'_>,
-    mut draft: Option<&mut LlamaContext<'_>>,
+    draft: Option<&mut LlamaContext<'_>>,
     speculation: Speculation,
     prompt: &[LlamaToken],
     first_logits: i32,
@@ -69,203 +104,48 @@ pub(super) fn run(
         }
         Speculation::Ngram { params } => (params, Mode::Ngram),
     };
-    // Whether the draft model still drafts: it stops for good when its own
-    // context (possibly smaller than the target's) would overflow.
-    let mut use_draft = mode == Mode::DraftModel;
-    let greedy = sampler.is_greedy();
-    let n_ctx = target.n_ctx() as usize;
-    let mut stats = SpecStats {
-        mode: mode.name().to_string(),
-        ..SpecStats::default()
-    };
     let report = |stats: SpecStats| (mode != Mode::Plain).then_some(stats);
-
     let first = sampler.pick(target.get_logits_ith(first_logits));
     if !out.push(first.token, first.prob) {
+        let stats = SpecStats {
+            mode: mode.name().to_string(),
+            ..SpecStats::default()
+        };
         return Ok(report(stats));
     }
-    let first = first.token;
-    let mut id_last = first;
-    let mut n_past = prompt.len();
-    let mut history: Vec<u32> = Vec::new();
-    if mode == Mode::Ngram {
-        history.extend(prompt.iter().map(|t| t.0 as u32));
-        history.push(first);
-    }
-
-    // The draft model's state: what it must still be fed, and where.
-    let mut d_pending: Vec<LlamaToken> = Vec::new();
-    let mut d_past = 0usize;
-    if let Some(d) = draft.as_deref_mut().filter(|_| use_draft) {
-        d.clear_kv_cache();
-        d_pending.extend_from_slice(prompt);
-        d_pending.push(LlamaToken(first as i32));
-    }
-    let mut dbatch = draft
-        .as_deref()
-        .map(|d| LlamaBatch::new(d.n_batch() as usize, 1));
-    let mut tbatch = LlamaBatch::new(params.draft_max as usize + 1, 1);
-    let mut k = params.draft_max as usize;
-    let mut drafts: Vec<u32> = Vec::with_capacity(k);
-    let mut qdists: Vec<Vec<f32>> = Vec::new();
-
+    let mut dec = Decoder::new(
+        target,
+        draft,
+        params,
+        mode,
+        sampler.is_greedy(),
+        prompt,
+        first.token,
+    );
     loop {
         // At most as many drafts as can still be emitted, and as fit.
-        let k_eff = k
+        let k_eff = dec
+            .k
             .min(out.left().saturating_sub(1))
-            .min(n_ctx.saturating_sub(n_past + 2));
-        drafts.clear();
-        qdists.clear();
-        let n_past_old = n_past;
-
-        // 1. Draft.
-        if let Some(d) = draft.as_deref().filter(|_| use_draft) {
-            if d_past + d_pending.len() + k_eff + 1 >= d.n_ctx() as usize {
-                use_draft = false;
-            }
-        }
-        if let (true, Some(d), Some(db)) = (use_draft, draft.as_deref_mut(), dbatch.as_mut()) {
-            let t = Instant::now();
-            feed(d, db, &d_pending, d_past)?;
-            d_past += d_pending.len();
-            d_pending.clear();
-            let mut idx = db.n_tokens() - 1;
-            for i in 0..k_eff {
-                let logits = d.get_logits_ith(idx);
-                let (tok, q) = if greedy {
-                    let (tok, _) = argmax(logits);
-                    let q = if params.p_min > 0.0 {
-                        raw_prob(logits, tok)
-                    } else {
-                        1.0
-                    };
-                    (tok, q)
-                } else {
-                    let dist = sampler.distribution(logits);
-                    let tok = draw(&dist, sampler.rng());
-                    let q = dist[tok];
-                    qdists.push(dist);
-                    (tok, q)
-                };
-                if i as u32 >= params.draft_min && q < params.p_min {
-                    qdists.truncate(drafts.len());
-                    break;
-                }
-                drafts.push(tok as u32);
-                if i + 1 < k_eff {
-                    db.clear();
-                    db.add(LlamaToken(tok as i32), d_past as i32, &[0], true)
-                        .map_err(decode_err)?;
-                    d.decode(db).map_err(decode_err)?;
-                    d_past += 1;
-                    idx = 0;
-                }
-            }
-            stats.draft_ms += t.elapsed().as_secs_f64() * 1e3;
-        } else if mode == Mode::Ngram {
-            drafts.extend(ngram::draft(&history, k_eff));
-        }
-
-        // 2. Verify: the last token and the drafts in one target batch.
+            .min(dec.n_ctx.saturating_sub(dec.n_past + 2));
+        let n_past_old = dec.n_past;
+        dec.propose(k_eff, sampler)?;
         let t = Instant::now();
-        tbatch.clear();
-        tbatch
-            .add(LlamaToken(id_last as i32), n_past as i32, &[0], true)
-            .map_err(decode_err)?;
-        for (j, &tok) in drafts.iter().enumerate() {
-            tbatch
-                .add(LlamaToken(tok as i32), (n_past + 1 + j) as i32, &[0], true)
-                .map_err(decode_err)?;
-        }
-        target.decode(&mut tbatch).map_err(decode_err)?;
-
-        // 3. Accept the agreeing prefix, then the target's own token.
-        let mut m = 0;
-        let mut stopped = false;
-        for i in 0..=drafts.len() {
-            let logits = target.get_logits_ith(i as i32);
-            let (tok, prob, accepted) = if greedy {
-                let p = sampler.pick(logits);
-                (p.token, p.prob, i < drafts.len() && p.token == drafts[i])
-            } else {
-                let p = sampler.distribution(logits);
-                let (tok, acc) = match drafts.get(i) {
-                    Some(&x) if use_draft => {
-                        let (tok, acc) =
-                            accept_or_resample(&p, &qdists[i], x as usize, sampler.rng());
-                        (tok as u32, acc)
-                    }
-                    Some(&x) => {
-                        // An n-gram draft is a point mass: keep it with
-                        // probability p(x), else draw from p without x.
-                        if sampler.rng().next_f32() < p[x as usize] {
-                            (x, true)
-                        } else {
-                            let mut rest = p;
-                            rest[x as usize] = 0.0;
-                            (draw(&rest, sampler.rng()) as u32, false)
-                        }
-                    }
-                    None => (draw(&p, sampler.rng()) as u32, false),
-                };
-                (tok, raw_prob(logits, tok as usize), acc)
-            };
-            if !out.push(tok, prob) {
-                stopped = true;
-                break;
-            }
-            if mode == Mode::Ngram {
-                history.push(tok);
-            }
-            id_last = tok;
-            if !accepted {
-                break;
-            }
-            m += 1;
-        }
-        stats.verify_ms += t.elapsed().as_secs_f64() * 1e3;
+        dec.verify()?;
+        let (m, stopped) = dec.accept(sampler, out);
+        dec.stats.verify_ms += t.elapsed().as_secs_f64() * 1e3;
         if mode != Mode::Plain {
-            stats.passes += 1;
-            stats.drafted += drafts.len() as u32;
-            stats.accepted += m as u32;
+            dec.stats.passes += 1;
+            dec.stats.drafted += dec.drafts.len() as u32;
+            dec.stats.accepted += m as u32;
         }
         if stopped {
             break;
         }
-
-        // 4. Roll both caches back to what was accepted.
-        n_past = n_past_old + m + 1;
-        if !drafts.is_empty() && m < drafts.len() {
-            target
-                .kv_cache_seq_rm(0, Some(n_past as u32), None)
-                .map_err(decode_err)?;
-        }
-        if use_draft {
-            let keep = n_past.min(d_past);
-            if keep < d_past {
-                if let Some(d) = draft.as_deref_mut() {
-                    d.kv_cache_seq_rm(0, Some(keep as u32), None)
-                        .map_err(decode_err)?;
-                }
-            }
-            d_pending.extend(
-                drafts[(keep - n_past_old - 1).min(m)..m]
-                    .iter()
-                    .map(|&t| LlamaToken(t as i32)),
-            );
-            d_pending.push(LlamaToken(id_last as i32));
-            d_past = keep;
-        }
-        if params.adaptive && !drafts.is_empty() {
-            let max = params.draft_max as usize;
-            let min = (params.draft_min as usize).max(1);
-            k = if m == drafts.len() {
-                (k + 2).min(max)
-            } else {
-                (k + m).div_ceil(2).clamp(min, max)
-            };
-        }
+        dec.roll_back(n_past_old, m)?;
+        dec.adapt(m);
     }
+    let mut stats = dec.stats;
     if stats.drafted > 0 {
         stats.acceptance_rate = stats.accepted as f64 / stats.drafted as f64;
     }
@@ -273,4 +153,262 @@ pub(super) fn run(
         stats.mean_accepted_per_pass = out.ids.len() as f64 / stats.passes as f64;
     }
     Ok(report(stats))
+}
+
+impl<'a, 't, 'd> Decoder<'a, 't, 'd> {
+    /// The state after the prompt and the `first` emitted token.
+    fn new(
+        target: &'a mut LlamaContext<'t>,
+        draft: Option<&'a mut LlamaContext<'d>>,
+        params: SpecParams,
+        mode: Mode,
+        greedy: bool,
+        prompt: &[LlamaToken],
+        first: u32,
+    ) -> Self {
+        let mut history = Vec::new();
+        if mode == Mode::Ngram {
+            history.extend(prompt.iter().map(|t| t.0 as u32));
+            history.push(first);
+        }
+        let draft = draft.map(|ctx| {
+            let active = mode == Mode::DraftModel;
+            let mut pending = Vec::new();
+            if active {
+                ctx.clear_kv_cache();
+                pending.extend_from_slice(prompt);
+                pending.push(LlamaToken(first as i32));
+            }
+            DraftModel {
+                batch: LlamaBatch::new(ctx.n_batch() as usize, 1),
+                ctx,
+                pending,
+                past: 0,
+                active,
+            }
+        });
+        let k = params.draft_max as usize;
+        Decoder {
+            n_ctx: target.n_ctx() as usize,
+            target,
+            draft,
+            params,
+            mode,
+            greedy,
+            stats: SpecStats {
+                mode: mode.name().to_string(),
+                ..SpecStats::default()
+            },
+            id_last: first,
+            n_past: prompt.len(),
+            history,
+            tbatch: LlamaBatch::new(k + 1, 1),
+            k,
+            drafts: Vec::with_capacity(k),
+            qdists: Vec::new(),
+        }
+    }
+
+    /// Step 1: up to `k_eff` drafts, from the draft model or by n-gram.
+    fn propose(&mut self, k_eff: usize, sampler: &mut Sampler) -> Result<(), EngineError> {
+        self.drafts.clear();
+        self.qdists.clear();
+        if let Some(d) = self.draft.as_mut().filter(|d| d.active) {
+            if d.past + d.pending.len() + k_eff + 1 >= d.ctx.n_ctx() as usize {
+                d.active = false;
+            }
+        }
+        match self.draft.as_mut().filter(|d| d.active) {
+            Some(d) => {
+                let t = Instant::now();
+                let (params, greedy) = (self.params, self.greedy);
+                d.draft(
+                    k_eff,
+                    params,
+                    greedy,
+                    sampler,
+                    &mut self.drafts,
+                    &mut self.qdists,
+                )?;
+                self.stats.draft_ms += t.elapsed().as_secs_f64() * 1e3;
+            }
+            None if self.mode == Mode::Ngram => {
+                self.drafts.extend(ngram::draft(&self.history, k_eff));
+            }
+            None => {}
+        }
+        Ok(())
+    }
+
+    /// Step 2: the last token and the drafts in one target batch.
+    fn verify(&mut self) -> Result<(), EngineError> {
+        self.tbatch.clear();
+        self.tbatch
+            .add(
+                LlamaToken(self.id_last as i32),
+                self.n_past as i32,
+                &[0],
+                true,
+            )
+            .map_err(decode_err)?;
+        for (j, &tok) in self.drafts.iter().enumerate() {
+            self.tbatch
+                .add(
+                    LlamaToken(tok as i32),
+                    (self.n_past + 1 + j) as i32,
+                    &[0],
+                    true,
+                )
+                .map_err(decode_err)?;
+        }
+        self.target.decode(&mut self.tbatch).map_err(decode_err)
+    }
+
+    /// Step 3: accepts the agreeing prefix, then the target's own token.
+    /// Returns the drafts accepted, and whether the output is complete.
+    fn accept(&mut self, sampler: &mut Sampler, out: &mut Output) -> (usize, bool) {
+        let mut m = 0;
+        for i in 0..=self.drafts.len() {
+            let (tok, prob, accepted) = self.judge(i, sampler);
+            if !out.push(tok, prob) {
+                return (m, true);
+            }
+            if self.mode == Mode::Ngram {
+                self.history.push(tok);
+            }
+            self.id_last = tok;
+            if !accepted {
+                break;
+            }
+            m += 1;
+        }
+        (m, false)
+    }
+
+    /// The target's token at verification position `i`, its probability,
+    /// and whether it keeps draft `i`.
+    fn judge(&self, i: usize, sampler: &mut Sampler) -> (u32, f32, bool) {
+        let logits = self.target.get_logits_ith(i as i32);
+        if self.greedy {
+            let p = sampler.pick(logits);
+            return (p.token, p.prob, self.drafts.get(i) == Some(&p.token));
+        }
+        let p = sampler.distribution(logits);
+        let from_model = self.draft.as_ref().is_some_and(|d| d.active);
+        let (tok, acc) = match self.drafts.get(i) {
+            Some(&x) if from_model => {
+                let (tok, acc) = accept_or_resample(&p, &self.qdists[i], x as usize, sampler.rng());
+                (tok as u32, acc)
+            }
+            Some(&x) => {
+                // An n-gram draft is a point mass: keep it with
+                // probability p(x), else draw from p without x.
+                if sampler.rng().next_f32() < p[x as usize] {
+                    (x, true)
+                } else {
+                    let mut rest = p;
+                    rest[x as usize] = 0.0;
+                    (draw(&rest, sampler.rng()) as u32, false)
+                }
+            }
+            None => (draw(&p, sampler.rng()) as u32, false),
+        };
+        (tok, raw_prob(logits, tok as usize), acc)
+    }
+
+    /// Step 4: rolls both caches back to what was accepted (`m` drafts
+    /// after the `n_past_old` tokens before this round).
+    fn roll_back(&mut self, n_past_old: usize, m: usize) -> Result<(), EngineError> {
+        self.n_past = n_past_old + m + 1;
+        if !self.drafts.is_empty() && m < self.drafts.len() {
+            self.target
+                .kv_cache_seq_rm(0, Some(self.n_past as u32), None)
+                .map_err(decode_err)?;
+        }
+        let Some(d) = self.draft.as_mut().filter(|d| d.active) else {
+            return Ok(());
+        };
+        let keep = self.n_past.min(d.past);
+        if keep < d.past {
+            d.ctx
+                .kv_cache_seq_rm(0, Some(keep as u32), None)
+                .map_err(decode_err)?;
+        }
+        d.pending.extend(
+            self.drafts[(keep - n_past_old - 1).min(m)..m]
+                .iter()
+                .map(|&t| LlamaToken(t as i32)),
+        );
+        d.pending.push(LlamaToken(self.id_last as i32));
+        d.past = keep;
+        Ok(())
+    }
+
+    /// Adaptive drafting: more drafts after a fully accepted round, fewer
+    /// after a rejection.
+    fn adapt(&mut self, m: usize) {
+        if !self.params.adaptive || self.drafts.is_empty() {
+            return;
+        }
+        let max = self.params.draft_max as usize;
+        let min = (self.params.draft_min as usize).max(1);
+        self.k = if m == self.drafts.len() {
+            (self.k + 2).min(max)
+        } else {
+            (self.k + m).div_ceil(2).clamp(min, max)
+        };
+    }
+}
+
+impl DraftModel<'_, '_> {
+    /// Feeds what the draft model has not seen, then drafts up to `k_eff`
+    /// tokens into `drafts` (and their distributions into `qdists` when
+    /// sampling), stopping early below `p_min` once `draft_min` are drafted.
+    fn draft(
+        &mut self,
+        k_eff: usize,
+        params: SpecParams,
+        greedy: bool,
+        sampler: &mut Sampler,
+        drafts: &mut Vec<u32>,
+        qdists: &mut Vec<Vec<f32>>,
+    ) -> Result<(), EngineError> {
+        feed(self.ctx, &mut self.batch, &self.pending, self.past)?;
+        self.past += self.pending.len();
+        self.pending.clear();
+        let mut idx = self.batch.n_tokens() - 1;
+        for i in 0..k_eff {
+            let logits = self.ctx.get_logits_ith(idx);
+            let (tok, q) = if greedy {
+                let (tok, _) = argmax(logits);
+                let q = if params.p_min > 0.0 {
+                    raw_prob(logits, tok)
+                } else {
+                    1.0
+                };
+                (tok, q)
+            } else {
+                let dist = sampler.distribution(logits);
+                let tok = draw(&dist, sampler.rng());
+                let q = dist[tok];
+                qdists.push(dist);
+                (tok, q)
+            };
+            if i as u32 >= params.draft_min && q < params.p_min {
+                qdists.truncate(drafts.len());
+                break;
+            }
+            drafts.push(tok as u32);
+            if i + 1 < k_eff {
+                self.batch.clear();
+                self.batch
+                    .add(LlamaToken(tok as i32), self.past as i32, &[0], true)
+                    .map_err(decode_err)?;
+                self.ctx.decode(&mut self.batch).map_err(decode_err)?;
+                self.past += 1;
+                idx = 0;
+            }
+        }
+        Ok(())
+    }
 }
