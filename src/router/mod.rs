@@ -12,9 +12,9 @@
 
 pub mod queue;
 pub mod report;
-pub mod run;
-pub mod stats;
-pub mod tiers;
+mod run;
+mod stats;
+mod tiers;
 pub mod validate;
 
 pub use report::{Attempt, RouteResult, TierStatus, TierStatusReport, Timings, TokenCounts};

@@ -69,27 +69,29 @@ impl<E: Engine> Router<E> {
         let mut next = Next::Climb(plan.start, plan.draft.clone());
         while let Next::Climb(tier, draft) = next {
             let work = self.work(&plan.request, tier, draft.as_ref());
-            let mut attempt = Attempt::on(&self.config.tiers[tier], work.max_tokens);
+            let max_tokens = work.max_tokens;
             let ran = tiers.run(tier, work, call).await;
             next = match ran.map_err(|e| self.prompt_too_long(e, tier)) {
-                Ok(ran) => self.judge(tier, ran, attempt, &mut books)?,
+                Ok(ran) => self.judge(tier, ran, max_tokens, &mut books)?,
                 Err(e) if !matches!(e.kind(), ErrorKind::Failed) => return Err(e),
                 Err(e) => {
                     self.stats(tier, &Spent::nothing());
-                    attempt.error = Some(e.to_string());
                     let first = books.answer.is_none();
+                    if first && fallback.is_none() {
+                        return Err(e);
+                    }
+                    let t = &self.config.tiers[tier];
+                    books.attempts.push(Attempt {
+                        error: Some(e.to_string()),
+                        ..Attempt::on(t, max_tokens)
+                    });
                     match fallback.take().filter(|_| first) {
                         // The first tier failed: try the domain's fallback once.
                         Some(f) => {
-                            tracing::warn!(tier = %attempt.tier, error = %e, "falling back");
-                            books.attempts.push(attempt);
+                            tracing::warn!(tier = %t.name, error = %e, "falling back");
                             Next::Climb(f, None)
                         }
-                        None if first => return Err(e),
-                        None => {
-                            books.attempts.push(attempt);
-                            Next::Stop
-                        }
+                        None => Next::Stop,
                     }
                 }
             };
@@ -144,27 +146,12 @@ impl<E: Engine> Router<E> {
     /// # Errors
     ///
     /// [`Error::Cancelled`] when the call was cancelled mid-generation.
-    fn judge(
-        &self,
-        tier: usize,
-        ran: Ran,
-        mut attempt: Attempt,
-        books: &mut Books,
-    ) -> Result<Next> {
+    fn judge(&self, tier: usize, ran: Ran, max_tokens: u32, books: &mut Books) -> Result<Next> {
         let t = &self.config.tiers[tier];
         let g = &ran.generation;
-        attempt.load_ms = ran.load_ms;
-        attempt.queue_ms = ran.queue_ms;
-        attempt.worker = ran.worker;
-        attempt.prompt_tokens = g.prompt_tokens;
-        attempt.completion_tokens = g.completion_tokens;
-        attempt.tokens_per_second = g.tokens_per_second;
-        attempt.generate_ms = g.prompt_ms + g.generate_ms;
-        attempt.finish = Some(g.finish);
-        attempt.prompt_format = Some(g.prompt_format);
-        attempt.speculative = g.speculative.clone();
+        let generate_ms = g.prompt_ms + g.generate_ms;
         let spent = |escalated| Spent {
-            latency_ms: attempt.load_ms + attempt.queue_ms + attempt.generate_ms,
+            latency_ms: ran.load_ms + ran.queue_ms + generate_ms,
             tokens: g.completion_tokens,
             generate_ms: g.generate_ms,
             speculative: g.speculative.as_ref(),
@@ -181,9 +168,9 @@ impl<E: Engine> Router<E> {
         }
         let conf = confidence(&g.token_probs);
         books.tokens_used += g.completion_tokens;
-        books.timings.load_ms += attempt.load_ms;
-        books.timings.queue_ms += attempt.queue_ms;
-        books.timings.generate_ms += attempt.generate_ms;
+        books.timings.load_ms += ran.load_ms;
+        books.timings.queue_ms += ran.queue_ms;
+        books.timings.generate_ms += generate_ms;
         let routing = &self.config.routing;
         let outcome = cascade::after_attempt(
             conf,
@@ -197,10 +184,22 @@ impl<E: Engine> Router<E> {
                 token_budget: routing.token_budget,
             },
         );
-        attempt.confidence = conf;
-        attempt.outcome = outcome;
         self.stats(tier, &spent(outcome == Outcome::Escalated));
-        books.attempts.push(attempt);
+        books.attempts.push(Attempt {
+            confidence: conf,
+            outcome,
+            prompt_tokens: g.prompt_tokens,
+            completion_tokens: g.completion_tokens,
+            tokens_per_second: g.tokens_per_second,
+            queue_ms: ran.queue_ms,
+            load_ms: ran.load_ms,
+            generate_ms,
+            finish: Some(g.finish),
+            prompt_format: Some(g.prompt_format),
+            speculative: g.speculative.clone(),
+            worker: ran.worker.clone(),
+            ..Attempt::on(t, max_tokens)
+        });
         books.answer = Some(Answer {
             tier,
             text: g.text.clone(),

@@ -101,6 +101,16 @@ pub fn ratio(num: f64, den: f64) -> f64 {
     }
 }
 
+/// Prints a result as one JSON object, or as its table.
+fn show<T: serde::Serialize>(r: &T, json: bool, table: fn(&T) -> String) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(r)?);
+    } else {
+        print!("{}", table(r));
+    }
+    Ok(())
+}
+
 /// Runs a `bench` subcommand; `config_path` names the ladder.
 pub fn run(config_path: &Path, cmd: BenchCmd) -> anyhow::Result<()> {
     match cmd {
@@ -135,11 +145,7 @@ pub fn run(config_path: &Path, cmd: BenchCmd) -> anyhow::Result<()> {
                 params,
                 rounds.max(1),
             ))?;
-            if json {
-                println!("{}", serde_json::to_string(&r)?);
-            } else {
-                print!("{}", speculative::render_spec(&r));
-            }
+            show(&r, json, speculative::render_spec)?;
         }
         BenchCmd::Scaleout {
             tier,
@@ -159,11 +165,7 @@ pub fn run(config_path: &Path, cmd: BenchCmd) -> anyhow::Result<()> {
                 cores: cores(),
             };
             let r = runtime()?.block_on(scaleout::scaleout(&opts))?;
-            if json {
-                println!("{}", serde_json::to_string(&r)?);
-            } else {
-                print!("{}", scaleout::render(&r));
-            }
+            show(&r, json, scaleout::render)?;
         }
         BenchCmd::DecodeLoop {
             model,

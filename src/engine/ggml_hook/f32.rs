@@ -35,9 +35,8 @@ pub fn supports(k: i64) -> bool {
 /// `s1 + s3`.
 #[inline(always)]
 unsafe fn reduce(x0: __m256, x1: __m256) -> f32 {
-    // SAFETY: the caller keeps this function's contract: `a`, `b` and `c` are valid for the
-    // shape's rows, columns and strides, and the CPU has the enabled target features (chosen at
-    // dispatch by kernel()).
+    // SAFETY: register-only intrinsics of this build's baseline (AVX2, or
+    // the features this function enables); no memory is touched.
     unsafe {
         let x0 = _mm256_add_ps(x0, x1);
         let t0 = _mm_add_ps(_mm256_castps256_ps128(x0), _mm256_extractf128_ps(x0, 1));

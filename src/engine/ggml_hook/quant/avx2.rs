@@ -21,9 +21,8 @@ struct Column {
 /// ggml's `hsum_float_8`.
 #[inline(always)]
 unsafe fn hsum(x: __m256) -> f32 {
-    // SAFETY: the caller keeps this function's contract: the rows and columns hold the shape's
-    // blocks in `format`, `c` holds the outputs, and the CPU has AVX2 and FMA (this build's
-    // baseline).
+    // SAFETY: register-only intrinsics of this build's baseline (AVX2, or
+    // the features this function enables); no memory is touched.
     unsafe { super::common::hsum(_mm256_castps256_ps128(x), _mm256_extractf128_ps::<1>(x)) }
 }
 

@@ -49,8 +49,8 @@ pub unsafe fn half(p: *const u8) -> f32 {
 /// ggml's `hsum_float_8` of the 8-lane vector `[lo | hi]`.
 #[inline(always)]
 pub unsafe fn hsum(lo: __m128, hi: __m128) -> f32 {
-    // SAFETY: the caller keeps this function's contract: `p` (or `y`) points to readable block
-    // bytes of `format`, and the CPU has AVX2 and F16C (this build's baseline).
+    // SAFETY: register-only intrinsics of this build's baseline (AVX2, or
+    // the features this function enables); no memory is touched.
     unsafe {
         let r = _mm_add_ps(hi, lo);
         let r = _mm_add_ps(r, _mm_movehl_ps(r, r));
@@ -63,8 +63,8 @@ pub unsafe fn hsum(lo: __m128, hi: __m128) -> f32 {
 /// as in a weight matrix): one line per block and pair covers them.
 #[inline(always)]
 pub unsafe fn prefetch(first: *const u8, step: usize, line: usize) {
-    // SAFETY: the caller keeps this function's contract: `p` (or `y`) points to readable block
-    // bytes of `format`, and the CPU has AVX2 and F16C (this build's baseline).
+    // SAFETY: a prefetch is only a hint: it never faults, whatever the
+    // address (computed with wrapping_add).
     unsafe {
         _mm_prefetch::<_MM_HINT_T0>(first.wrapping_add(2 * step + 64 * line).cast());
     }

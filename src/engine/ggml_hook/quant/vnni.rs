@@ -199,9 +199,8 @@ unsafe fn q8_0_rows<const C: usize, const P: usize>(
 /// The four 128-bit quarters of a register.
 #[inline(always)]
 unsafe fn quarters(v: __m512) -> [__m128; 4] {
-    // SAFETY: the caller keeps this function's contract: the rows and columns hold the shape's
-    // blocks in `format`, `c` holds the outputs, and the CPU has AVX-512 F/BW/VL/VNNI (checked
-    // by has_vnni() at dispatch).
+    // SAFETY: register-only intrinsics of this build's baseline (AVX2, or
+    // the features this function enables); no memory is touched.
     unsafe {
         [
             _mm512_extractf32x4_ps::<0>(v),
