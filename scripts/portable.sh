@@ -10,12 +10,16 @@
 #  2. aarch64-unknown-linux-gnu, cross-compiled with Debian's gcc/g++: the
 #     crate and all its tests build; the library's unit tests run under
 #     qemu-user.
+#
+# Both use the dev profile: these builds only have to compile and pass the
+# library's unit tests (the exact kernels are compiled out in both), and an
+# unoptimised llama.cpp builds in a fraction of the time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 echo "portable: x86-64-v4 library unit tests (target/x86-64-v4)" >&2
 # --target keeps RUSTFLAGS off the build scripts, which run here.
-v4=(cargo test --release --lib --target x86_64-unknown-linux-gnu --target-dir target/x86-64-v4)
+v4=(cargo test --lib --target x86_64-unknown-linux-gnu --target-dir target/x86-64-v4)
 # x86-64-v4 is AVX-512 F, BW, CD, DQ and VL.
 if grep -qw avx512f /proc/cpuinfo && grep -qw avx512bw /proc/cpuinfo \
   && grep -qw avx512cd /proc/cpuinfo && grep -qw avx512dq /proc/cpuinfo \
@@ -35,6 +39,6 @@ export CXX_aarch64_unknown_linux_gnu=aarch64-linux-gnu-g++
 export AR_aarch64_unknown_linux_gnu=aarch64-linux-gnu-ar
 export BINDGEN_EXTRA_CLANG_ARGS_aarch64_unknown_linux_gnu="--sysroot=/usr/aarch64-linux-gnu"
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L /usr/aarch64-linux-gnu"
-arm=(--release --target aarch64-unknown-linux-gnu --target-dir target/aarch64)
+arm=(--target aarch64-unknown-linux-gnu --target-dir target/aarch64)
 cargo test "${arm[@]}" --all-targets --no-run
 cargo test "${arm[@]}" --lib

@@ -7,7 +7,9 @@ use serde::Serialize;
 use std::path::Path;
 use xnai_model_router::engine::ggml_hook::{self, HookCounts};
 use xnai_model_router::engine::llama::LlamaEngine;
-use xnai_model_router::engine::{Engine, GenerateRequest, LoadSpec, SpecParams, Speculation};
+use xnai_model_router::engine::{
+    Engine, GenerateRequest, LoadSpec, ModelId, SpecParams, SpecStats, Speculation,
+};
 
 /// The reference prompts: five that draw long answers.
 pub const SPEC_PROMPTS: [&str; 5] = [
@@ -88,6 +90,102 @@ pub struct SpecCost {
     pub ceiling_speedup: f64,
 }
 
+/// One prompt's A/B runs: the result, and the sums the totals are made of.
+struct Ab {
+    result: SpecPromptResult,
+    base_ms: f64,
+    spec_ms: f64,
+    drafted: u32,
+    accepted: u32,
+    passes: u32,
+}
+
+/// The two models of a pair, loaded on one engine.
+struct Pair {
+    engine: LlamaEngine,
+    target: ModelId,
+    tokens: u32,
+    rounds: usize,
+}
+
+impl Pair {
+    fn request(&self, prompt: &str, speculation: Speculation) -> GenerateRequest {
+        GenerateRequest {
+            ignore_eos: true,
+            speculation,
+            ..GenerateRequest::greedy(prompt, self.tokens)
+        }
+    }
+
+    /// `prompt` target-only and with `speculation`, `rounds` times each,
+    /// alternating which goes first so drift hits both alike.
+    async fn ab(&self, prompt: &str, speculation: Speculation) -> anyhow::Result<Ab> {
+        let (mut base_ms, mut spec_ms, mut n) = (0.0, 0.0, 0);
+        let mut identical = true;
+        let mut sum = SpecStats::default();
+        for round in 0..self.rounds {
+            let order = if round % 2 == 0 {
+                [false, true]
+            } else {
+                [true, false]
+            };
+            let mut outs = [Vec::new(), Vec::new()];
+            for use_spec in order {
+                let mode = if use_spec {
+                    speculation
+                } else {
+                    Speculation::Off
+                };
+                let g = self
+                    .engine
+                    .generate(self.target, self.request(prompt, mode))
+                    .await?;
+                if use_spec {
+                    spec_ms += g.generate_ms;
+                    let s = g.speculative.clone().unwrap_or_default();
+                    sum.drafted += s.drafted;
+                    sum.accepted += s.accepted;
+                    sum.passes += s.passes;
+                    sum.draft_ms += s.draft_ms;
+                    sum.verify_ms += s.verify_ms;
+                } else {
+                    base_ms += g.generate_ms;
+                    n += g.completion_tokens;
+                }
+                outs[use_spec as usize] = g.token_ids;
+            }
+            identical &= outs[0] == outs[1];
+        }
+        let base_tps = n as f64 / (base_ms / 1e3);
+        let spec_tps = n as f64 / (spec_ms / 1e3);
+        let result = SpecPromptResult {
+            prompt: prompt.chars().take(48).collect(),
+            mode: match speculation {
+                Speculation::Ngram { .. } => "ngram".into(),
+                _ => "draft_model".into(),
+            },
+            tokens: n / self.rounds as u32,
+            target_tokens_per_second: base_tps,
+            speculative_tokens_per_second: spec_tps,
+            speedup: spec_tps / base_tps,
+            acceptance_rate: ratio(sum.accepted as f64, sum.drafted as f64),
+            mean_accepted_per_pass: ratio(n as f64, sum.passes as f64),
+            identical,
+            draft_ms: sum.draft_ms,
+            verify_ms: sum.verify_ms,
+            passes: sum.passes,
+        };
+        Ok(Ab {
+            result,
+            base_ms,
+            spec_ms,
+            drafted: sum.drafted,
+            accepted: sum.accepted,
+            passes: sum.passes,
+        })
+    }
+}
+
 /// Target-only vs speculative greedy, interleaved A/B in one process.
 ///
 /// # Errors
@@ -112,114 +210,37 @@ pub async fn speculative_bench(
     };
     let t = engine.load(spec("target", target)).await?;
     let d = engine.load(spec("draft", draft)).await?;
-    let request = |prompt: &str, speculation| GenerateRequest {
-        ignore_eos: true,
-        speculation,
-        ..GenerateRequest::greedy(prompt, tokens)
+    let pair = Pair {
+        engine,
+        target: t.id,
+        tokens,
+        rounds,
+    };
+    let with_draft = Speculation::Draft {
+        model: d.id,
+        params,
     };
     // Warm-up: page in both models.
-    engine
-        .generate(
-            t.id,
-            request(
-                "Hi",
-                Speculation::Draft {
-                    model: d.id,
-                    params,
-                },
-            ),
-        )
+    pair.engine
+        .generate(t.id, pair.request("Hi", with_draft))
         .await?;
-
-    let run_ab = async |prompt: &str,
-                        speculation: Speculation|
-           -> anyhow::Result<(SpecPromptResult, f64, f64, u32, u32, u32)> {
-        let (mut base_ms, mut spec_ms) = (0.0, 0.0);
-        let mut identical = true;
-        let mut n = 0;
-        let (mut drafted, mut accepted, mut passes) = (0, 0, 0);
-        let (mut draft_ms, mut verify_ms) = (0.0, 0.0);
-        for round in 0..rounds {
-            // Alternate which goes first, so drift hits both alike.
-            let order = if round % 2 == 0 {
-                [false, true]
-            } else {
-                [true, false]
-            };
-            let mut outs = [Vec::new(), Vec::new()];
-            for use_spec in order {
-                let g = engine
-                    .generate(
-                        t.id,
-                        request(
-                            prompt,
-                            if use_spec {
-                                speculation
-                            } else {
-                                Speculation::Off
-                            },
-                        ),
-                    )
-                    .await?;
-                if use_spec {
-                    spec_ms += g.generate_ms;
-                    let s = g.speculative.clone().unwrap_or_default();
-                    drafted += s.drafted;
-                    accepted += s.accepted;
-                    passes += s.passes;
-                    draft_ms += s.draft_ms;
-                    verify_ms += s.verify_ms;
-                } else {
-                    base_ms += g.generate_ms;
-                    n += g.completion_tokens;
-                }
-                outs[use_spec as usize] = g.token_ids;
-            }
-            identical &= outs[0] == outs[1];
-        }
-        let base_tps = n as f64 / (base_ms / 1e3);
-        let spec_tps = n as f64 / (spec_ms / 1e3);
-        let r = SpecPromptResult {
-            prompt: prompt.chars().take(48).collect(),
-            mode: match speculation {
-                Speculation::Ngram { .. } => "ngram".into(),
-                _ => "draft_model".into(),
-            },
-            tokens: n / rounds as u32,
-            target_tokens_per_second: base_tps,
-            speculative_tokens_per_second: spec_tps,
-            speedup: spec_tps / base_tps,
-            acceptance_rate: ratio(accepted as f64, drafted as f64),
-            mean_accepted_per_pass: ratio(n as f64, passes as f64),
-            identical,
-            draft_ms,
-            verify_ms,
-            passes,
-        };
-        Ok((r, base_ms, spec_ms, drafted, accepted, passes))
-    };
-
     let mut prompts = Vec::new();
     let (mut base_ms, mut spec_ms, mut total) = (0.0, 0.0, 0u32);
     let (mut drafted, mut accepted, mut passes) = (0, 0, 0);
     for p in SPEC_PROMPTS {
-        let (r, b, s, dr, ac, pa) = run_ab(
-            p,
-            Speculation::Draft {
-                model: d.id,
-                params,
-            },
-        )
-        .await?;
-        base_ms += b;
-        spec_ms += s;
-        total += r.tokens * rounds as u32;
-        drafted += dr;
-        accepted += ac;
-        passes += pa;
-        prompts.push(r);
+        let ab = pair.ab(p, with_draft).await?;
+        base_ms += ab.base_ms;
+        spec_ms += ab.spec_ms;
+        total += ab.result.tokens * rounds as u32;
+        drafted += ab.drafted;
+        accepted += ab.accepted;
+        passes += ab.passes;
+        prompts.push(ab.result);
     }
-    let (ngram, ..) = run_ab(REWRITE_PROMPT, Speculation::Ngram { params }).await?;
+    let ngram = pair
+        .ab(REWRITE_PROMPT, Speculation::Ngram { params })
+        .await?
+        .result;
     let k = f64::from(params.draft_max);
     let target_ms_per_token = ratio(base_ms, total as f64);
     let draft_ms_per_token = ratio(prompts.iter().map(|p| p.draft_ms).sum(), drafted as f64);
@@ -233,8 +254,9 @@ pub async fn speculative_bench(
             k * draft_ms_per_token + verify_ms_per_pass,
         ),
     };
-    engine.unload(d.id).await;
-    engine.unload(t.id).await;
+    pair.engine.unload(d.id).await;
+    pair.engine.unload(t.id).await;
+    let after = ggml_hook::counts();
     let target_tps = total as f64 / (base_ms / 1e3);
     let spec_tps = total as f64 / (spec_ms / 1e3);
     Ok(SpecBench {
@@ -244,12 +266,9 @@ pub async fn speculative_bench(
         adaptive: params.adaptive,
         batch_kernel: ggml_hook::kernel_name().to_string(),
         quant_kernel: ggml_hook::quant_kernel_name().to_string(),
-        hook: {
-            let after = ggml_hook::counts();
-            HookCounts {
-                offered: after.offered - hook_before.offered,
-                taken: after.taken - hook_before.taken,
-            }
+        hook: HookCounts {
+            offered: after.offered - hook_before.offered,
+            taken: after.taken - hook_before.taken,
         },
         identical: prompts.iter().all(|p| p.identical),
         prompts,
