@@ -9,8 +9,9 @@
 //! - [`cascade`]: start tier, escalation decisions, token shares, the draft handover.
 //! - [`classify`]: the complexity classifier: level, domain, score and signals.
 //! - [`confidence`]: an answer's confidence from its token probabilities.
-//! - [`engine`]: the inference trait; llama.cpp on its own thread; speculative decoding;
-//!   exact batched F32 and quantized kernels (verification, drafting); a scripted fake.
+//! - [`engine`]: the inference trait; llama.cpp on its own thread (a model and its
+//!   context owned together); speculative decoding; `engine::ggml_hook`, ggml's matrix
+//!   product hook with exact F32 and quantized kernels; a scripted fake.
 //! - [`pool`]: lazy loading, LRU eviction inside a byte budget, RAII leases, and
 //!   [`pool::TierPool::run`], the one way to run a request on a tier.
 //! - [`ask`]: one question on one tier, with timings and memory.
