@@ -316,15 +316,9 @@ impl Scene {
         .await)
     }
 
-    /// No job of the drafter pending, and what Redis stored. A worker
-    /// acknowledges its entry just after it announces the answer, so the
-    /// acknowledgement gets a moment to land.
+    /// No job of the drafter pending, and what Redis stored.
     async fn settled(&self) -> Vec<Value> {
         let mut con = self.redis.con().await;
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while pending(&mut con, "drafter").await > 0 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
         assert_eq!(
             pending(&mut con, "drafter").await,
             0,

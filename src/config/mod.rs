@@ -277,12 +277,7 @@ impl Config {
     ///
     /// As [`Config::load`]: a missing or unusable file, or one too large.
     pub fn for_model(path: &Path) -> Result<Config, ConfigError> {
-        let total = sysinfo::System::new()
-            .map(|mut sys| {
-                sys.refresh_memory();
-                sys.total_memory()
-            })
-            .unwrap_or(0);
+        let (total, _) = crate::memory::system_memory();
         let name = path
             .file_stem()
             .map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned());

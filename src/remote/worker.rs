@@ -255,6 +255,10 @@ impl<E: Engine> Worker<E> {
             outcome,
         };
         self.store(con, &job, &result).await?;
+        // Acknowledged before `Done`, so a front end that hears `Done` finds
+        // nothing pending. Should this worker die in between, the front
+        // end's quiet check finds the stored result.
+        let _: u64 = con.xack(&key, GROUP, &[&entry.id]).await?;
         self.event(
             con,
             &job,
@@ -263,7 +267,6 @@ impl<E: Engine> Worker<E> {
             },
         )
         .await?;
-        let _: u64 = con.xack(&key, GROUP, &[&entry.id]).await?;
         self.shared.lock().unwrap().jobs_done += 1;
         Ok(())
     }

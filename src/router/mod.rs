@@ -80,8 +80,6 @@ pub struct Router<E: Engine> {
     metrics: Metrics,
     /// Tiers served through Redis, when `serve --redis` is on.
     remote: Option<RemoteTiers>,
-    /// The pool's resident tiers, for the queue's choice of who runs next.
-    resident: Box<dyn Fn() -> Vec<usize> + Send + Sync>,
     /// A std mutex: short bookkeeping only, never held across `.await`.
     state: Mutex<State>,
 }
@@ -89,17 +87,11 @@ pub struct Router<E: Engine> {
 impl<E: Engine> Router<E> {
     pub fn new(engine: E, config: Arc<Config>) -> Self {
         let stats = vec![TierStats::default(); config.tiers.len()];
-        let pool = TierPool::new(engine, config.clone());
-        let resident = {
-            let pool = pool.clone();
-            Box::new(move || pool.resident_tiers())
-        };
         Router {
-            pool,
+            pool: TierPool::new(engine, config.clone()),
             queue: Scheduler::new(config.server.queue_depth, config.server.max_bypass),
             metrics: Metrics::default(),
             remote: None,
-            resident,
             config,
             state: Mutex::new(State {
                 stats,

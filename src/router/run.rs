@@ -63,7 +63,9 @@ impl<E: Engine> Router<E> {
         started: Instant,
         call: &Call,
     ) -> Result<RouteResult> {
-        let mut tiers = self.tiers();
+        // The queue asks which tiers are resident whenever a slot frees.
+        let resident = || self.pool.resident_tiers();
+        let mut tiers = self.tiers(&resident);
         let mut books = Books::default();
         let mut fallback = plan.fallback;
         let mut next = Next::Climb(plan.start, plan.draft.clone());
@@ -100,13 +102,13 @@ impl<E: Engine> Router<E> {
     }
 
     /// The seam in front of this router's local and remote tiers.
-    fn tiers(&self) -> Tiers<'_, E> {
+    fn tiers<'r>(&'r self, resident: &'r (dyn Fn() -> Vec<usize> + Sync)) -> Tiers<'r, E> {
         Tiers {
             config: &self.config,
             pool: &self.pool,
             queue: &self.queue,
             remote: self.remote.as_ref(),
-            resident: &*self.resident,
+            resident,
             turn: None,
         }
     }
