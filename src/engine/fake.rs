@@ -135,6 +135,7 @@ impl Engine for FakeEngine {
                 .iter()
                 .map(|m| m.content.len() as u32 / 4)
                 .sum(),
+            cached_tokens: 0,
             completion_tokens: n as u32,
             finish: if cancelled {
                 FinishReason::Cancelled

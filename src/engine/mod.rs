@@ -168,6 +168,9 @@ pub struct GenerateRequest {
     /// Updated with the number of tokens emitted as they are emitted.
     pub progress: Progress,
     pub speculation: Speculation,
+    /// Reuse the tier's cached prompt prefix (the default); false computes
+    /// the whole prompt, as a cold run (benchmarks, comparisons).
+    pub cache_prompt: bool,
 }
 
 impl GenerateRequest {
@@ -188,6 +191,7 @@ impl GenerateRequest {
             cancel: Cancel::default(),
             progress: Progress::default(),
             speculation: Speculation::Off,
+            cache_prompt: true,
         }
     }
 }
@@ -229,6 +233,10 @@ pub struct Generation {
     /// Probability of every generated token under the model, each in (0, 1].
     pub token_probs: Vec<f32>,
     pub prompt_tokens: u32,
+    /// Leading prompt tokens whose KV state was reused (prompt cache or a
+    /// restored state) instead of computed.
+    #[serde(default)]
+    pub cached_tokens: u32,
     pub completion_tokens: u32,
     pub finish: FinishReason,
     pub prompt_format: PromptFormat,

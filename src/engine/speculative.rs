@@ -12,10 +12,11 @@
 //! consecutive, so a draft token the draft model has not seen yet (the last
 //! one, when all were accepted) is fed to it at the start of the next round.
 
-use super::llama::{decode_err, feed, Output};
+use super::ggml_hook::Pass;
+use super::llama::{decode, decode_err, feed, Output, Prepared, Slot};
 use super::ngram;
 use super::sampling::{accept_or_resample, argmax, draw, raw_prob, Sampler};
-use super::{EngineError, SpecParams, SpecStats, Speculation};
+use super::{EngineError, GenerateRequest, SpecParams, SpecStats, Speculation};
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::token::LlamaToken;
@@ -83,14 +84,14 @@ struct Decoder<'a, 't, 'd> {
 /// A llama.cpp decode failure.
 pub(super) fn run(
     target: &mut LlamaContext<'_>,
-    draft: Option<&mut LlamaContext<'_>>,
-    speculation: Speculation,
-    prompt: &[LlamaToken],
+    draft: Option<Slot<'_, '_>>,
+    req: &GenerateRequest,
+    prompt: &Prepared,
     first_logits: i32,
     sampler: &mut Sampler,
     out: &mut Output,
 ) -> Result<Option<SpecStats>, EngineError> {
-    let (params, mode) = match speculation {
+    let (params, mode) = match req.speculation {
         Speculation::Off => (
             SpecParams {
                 draft_max: 0,
@@ -105,6 +106,7 @@ pub(super) fn run(
         Speculation::Ngram { params } => (params, Mode::Ngram),
     };
     let report = |stats: SpecStats| (mode != Mode::Plain).then_some(stats);
+    let mut draft_ms = 0.0;
     let first = sampler.pick(target.get_logits_ith(first_logits));
     if !out.push(first.token, first.prob) {
         let stats = SpecStats {
@@ -113,15 +115,25 @@ pub(super) fn run(
         };
         return Ok(report(stats));
     }
+    let draft = match draft {
+        Some((ctx, cache)) if mode == Mode::DraftModel => {
+            let t = Instant::now();
+            let ready = prefill_draft(ctx, cache, prompt, req.cache_prompt)?;
+            draft_ms = t.elapsed().as_secs_f64() * 1e3;
+            ready.then_some(ctx)
+        }
+        _ => None,
+    };
     let mut dec = Decoder::new(
         target,
         draft,
         params,
         mode,
         sampler.is_greedy(),
-        prompt,
+        &prompt.tokens,
         first.token,
     );
+    dec.stats.draft_ms = draft_ms;
     loop {
         // At most as many drafts as can still be emitted, and as fit.
         let k_eff = dec
@@ -171,21 +183,13 @@ impl<'a, 't, 'd> Decoder<'a, 't, 'd> {
             history.extend(prompt.iter().map(|t| t.0 as u32));
             history.push(first);
         }
-        let draft = draft.map(|ctx| {
-            let active = mode == Mode::DraftModel;
-            let mut pending = Vec::new();
-            if active {
-                ctx.clear_kv_cache();
-                pending.extend_from_slice(prompt);
-                pending.push(LlamaToken(first as i32));
-            }
-            DraftModel {
-                batch: LlamaBatch::new(ctx.n_batch() as usize, 1),
-                ctx,
-                pending,
-                past: 0,
-                active,
-            }
+        // The draft model's cache holds the prompt (prefill_draft).
+        let draft = draft.map(|ctx| DraftModel {
+            batch: LlamaBatch::new(ctx.n_batch() as usize, 1),
+            ctx,
+            pending: vec![LlamaToken(first as i32)],
+            past: prompt.len(),
+            active: true,
         });
         let k = params.draft_max as usize;
         Decoder {
@@ -261,7 +265,7 @@ impl<'a, 't, 'd> Decoder<'a, 't, 'd> {
                 )
                 .map_err(decode_err)?;
         }
-        self.target.decode(&mut self.tbatch).map_err(decode_err)
+        decode(self.target, &mut self.tbatch, Pass::Generated)
     }
 
     /// Step 3: accepts the agreeing prefix, then the target's own token.
@@ -360,6 +364,23 @@ impl<'a, 't, 'd> Decoder<'a, 't, 'd> {
     }
 }
 
+/// Brings the draft model's cache to the prompt, as its target's (prompt
+/// passes, the longest cached prefix kept); false, with the draft left
+/// alone, when the prompt leaves its context no room to draft.
+fn prefill_draft(
+    ctx: &mut LlamaContext<'_>,
+    cache: &mut super::llama::PromptCache,
+    prompt: &Prepared,
+    reuse: bool,
+) -> Result<bool, EngineError> {
+    if prompt.tokens.len() + 2 >= ctx.n_ctx() as usize {
+        return Ok(false);
+    }
+    let mut batch = LlamaBatch::new(ctx.n_batch() as usize, 1);
+    cache.prefill(ctx, &mut batch, prompt, reuse)?;
+    Ok(true)
+}
+
 impl DraftModel<'_, '_> {
     /// Feeds what the draft model has not seen, then drafts up to `k_eff`
     /// tokens into `drafts` (and their distributions into `qdists` when
@@ -373,7 +394,13 @@ impl DraftModel<'_, '_> {
         drafts: &mut Vec<u32>,
         qdists: &mut Vec<Vec<f32>>,
     ) -> Result<(), EngineError> {
-        feed(self.ctx, &mut self.batch, &self.pending, self.past)?;
+        feed(
+            self.ctx,
+            &mut self.batch,
+            &self.pending,
+            self.past,
+            Pass::Generated,
+        )?;
         self.past += self.pending.len();
         self.pending.clear();
         let mut idx = self.batch.n_tokens() - 1;
@@ -404,7 +431,7 @@ impl DraftModel<'_, '_> {
                 self.batch
                     .add(LlamaToken(tok as i32), self.past as i32, &[0], true)
                     .map_err(decode_err)?;
-                self.ctx.decode(&mut self.batch).map_err(decode_err)?;
+                decode(self.ctx, &mut self.batch, Pass::Generated)?;
                 self.past += 1;
                 idx = 0;
             }

@@ -49,7 +49,7 @@ pub struct EngineBench {
     pub ratio: f64,
 }
 
-fn median(v: &[f64]) -> f64 {
+pub fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(f64::total_cmp);
     if s.is_empty() {
@@ -82,7 +82,7 @@ fn run_baseline_process(
 }
 
 /// Runs `cmd` to completion and returns its stdout; a failure carries its stderr.
-fn child_stdout(cmd: &mut Command, what: &str) -> anyhow::Result<String> {
+pub fn child_stdout(cmd: &mut Command, what: &str) -> anyhow::Result<String> {
     let out = cmd.output()?;
     anyhow::ensure!(
         out.status.success(),

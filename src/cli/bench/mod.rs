@@ -2,10 +2,12 @@
 //! process or machine, interleaved, never asserted in tests.
 //!
 //! - [`engine`]: generation tokens/s against llama.cpp's own decode loop.
+//! - [`prefill`]: prompt tokens/s against llama.cpp's own batch decode.
 //! - [`speculative`]: speculative against target-only decoding.
 //! - [`scaleout`]: the Redis hop, and one worker against two.
 
 pub mod engine;
+pub mod prefill;
 pub mod scaleout;
 pub mod speculative;
 
@@ -75,6 +77,34 @@ pub enum BenchCmd {
         #[arg(long)]
         context: u32,
     },
+    /// Prompt processing tokens/s against llama.cpp's own batch decode
+    /// (its kernels, tinyBLAS included), same model, threads and token count.
+    Prefill {
+        /// Models to measure (default: every model fetched here).
+        #[arg(long = "model")]
+        models: Vec<PathBuf>,
+        #[arg(long)]
+        threads: Option<u32>,
+        /// Prompt length, in tokens (about).
+        #[arg(long, default_value_t = 512)]
+        tokens: u32,
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The prefill baseline's child process: llama.cpp's batch decode, prints tokens/s.
+    #[command(hide = true)]
+    PrefillLoop {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        threads: u32,
+        #[arg(long)]
+        tokens: u32,
+        #[arg(long)]
+        context: u32,
+    },
     /// Generation tokens/s against llama.cpp's llama-bench, same model and threads.
     Engine {
         /// Models to measure (default: the smallest tier's).
@@ -99,6 +129,12 @@ pub fn ratio(num: f64, den: f64) -> f64 {
     } else {
         0.0
     }
+}
+
+/// Where the fetched models are: `$XNAI_MODELS_DIR`, else the default.
+fn models_dir() -> PathBuf {
+    let dir = xnai_model_router::config::validate::default_models_dir();
+    std::env::var_os("XNAI_MODELS_DIR").map_or(dir, PathBuf::from)
 }
 
 /// Prints a result as one JSON object, or as its table.
@@ -126,8 +162,7 @@ pub fn run(config_path: &Path, cmd: BenchCmd) -> anyhow::Result<()> {
             threads,
             json,
         } => {
-            let dir = xnai_model_router::config::validate::default_models_dir();
-            let dir = std::env::var_os("XNAI_MODELS_DIR").map_or(dir, PathBuf::from);
+            let dir = models_dir();
             let draft = draft.unwrap_or_else(|| dir.join("SmolLM2-135M-Instruct.Q4_1.gguf"));
             let target = target.unwrap_or_else(|| dir.join("SmolLM2-135M-Instruct.F32.gguf"));
             let params = SpecParams {
@@ -176,6 +211,39 @@ pub fn run(config_path: &Path, cmd: BenchCmd) -> anyhow::Result<()> {
             let mut b = engine::Baseline::new(&model, threads, context)?;
             b.round(tokens)?;
             println!("{}", b.round(tokens)?);
+        }
+        BenchCmd::Prefill {
+            models,
+            threads,
+            tokens,
+            rounds,
+            json,
+        } => {
+            let models = if models.is_empty() {
+                prefill::local_models(&models_dir())
+            } else {
+                models
+            };
+            if models.is_empty() {
+                bail!("no models: pass --model, or run scripts/fetch-models.sh");
+            }
+            let threads = threads.unwrap_or_else(cores);
+            let rt = runtime()?;
+            for m in models {
+                let r = rt.block_on(prefill::prefill_bench(&m, threads, tokens, rounds.max(1)))?;
+                show(&r, json, prefill::render)?;
+            }
+        }
+        BenchCmd::PrefillLoop {
+            model,
+            threads,
+            tokens,
+            context,
+        } => {
+            println!(
+                "{}",
+                prefill::prefill_loop(&model, threads, tokens, context)?
+            );
         }
         BenchCmd::Engine {
             models,

@@ -266,10 +266,7 @@ pub async fn speculative_bench(
         adaptive: params.adaptive,
         batch_kernel: ggml_hook::kernel_name().to_string(),
         quant_kernel: ggml_hook::quant_kernel_name().to_string(),
-        hook: HookCounts {
-            offered: after.offered - hook_before.offered,
-            taken: after.taken - hook_before.taken,
-        },
+        hook: after.since(hook_before),
         identical: prompts.iter().all(|p| p.identical),
         prompts,
         target_tokens_per_second: target_tps,

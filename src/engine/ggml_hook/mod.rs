@@ -15,32 +15,58 @@
 //! offers every matrix product to `llamafile_sgemm` (single columns too,
 //! quantized ones after packing their columns); `build.rs` links with
 //! `--wrap=llamafile_sgemm`, so that call lands in
-//! [`__wrap_llamafile_sgemm`], which either computes the product and
-//! answers `true`, or answers `false` and ggml computes it as it always did:
+//! [`__wrap_llamafile_sgemm`], which picks the arithmetic by the kind of
+//! [`Pass`] the engine is decoding:
 //!
-//! - [`f32`]: F32 batches of two or more columns whose length ggml's loop
-//!   covers with no scalar leftovers (verification passes);
-//! - [`quant`]: Q4_1 x Q8_1 and Q8_0 x Q8_0 products of up to
-//!   [`quant::MAX_COLUMNS`] columns (a quantized draft's decoding);
-//! - everything else (single F32 columns, F16 weights, long quantized
-//!   batches, other formats) is declined.
+//! - [`Pass::Prompt`] (a prompt's batches, and any decode outside the
+//!   engine): every product goes to llama.cpp's own `llamafile_sgemm`
+//!   (`__real_llamafile_sgemm` under `--wrap`: tinyBLAS for F32, F16, BF16,
+//!   Q8_0, Q4_0, Q5_0 and IQ4_NL batches of two or more columns), and what it
+//!   declines to ggml's per-element loop: prompts run at llama.cpp's speed.
+//! - [`Pass::Generated`] (tokens the model produced: single-token decodes, a
+//!   draft's steps and catch-ups, verification batches): the exact kernels
+//!   below take what they can, ggml's per-element loop the rest, so a token's
+//!   logits are the same alone or inside a verification batch:
+//!   - [`f32`]: F32 batches of two or more columns whose length ggml's loop
+//!     covers with no scalar leftovers;
+//!   - [`quant`]: Q4_1 x Q8_1 and Q8_0 x Q8_0 products of up to
+//!     [`quant::MAX_COLUMNS`] columns (a quantized draft's decoding);
+//!   - everything else (single F32 columns, F16 weights, long quantized
+//!     batches, other formats) is declined.
+//!
+//! The rule that tells the two apart is the engine's, not the shape's: it
+//! decodes a request's prompt tokens in prompt passes and every token it
+//! generated in generated passes ([`in_pass`]). Greedy speculative decoding
+//! stays exact because the plain run and the speculative run process the
+//! prompt the same way (the same prompt pass, so the same KV cache), and
+//! then compute every generated token with the same arithmetic whether it is
+//! decoded alone or verified in a batch. A prompt cache stays exact because
+//! a cached run decodes every prompt position in the same batch a cold run
+//! does (see `engine::llama::prefix`, which also says why that is needed).
+//!
+//! ggml's threads read the pass from a process-wide flag, so every thread of
+//! a product makes the same choice; [`in_pass`] runs one decode at a time in
+//! the process to keep that flag true for the decode that reads it.
 //!
 //! The kernels reproduce the arithmetic of *this* build's ggml: x86-64 with
 //! AVX2 and FMA and no AVX-512 at compile time (cfg `ggml_f32x8`, set by
 //! `build.rs`). Any other build (AVX-512 at compile time, where ggml sums
 //! F32 in 16 lanes; aarch64; macOS) compiles no kernel and declines every
-//! product, so its outputs stay exact, only slower.
+//! product of a generated pass, so its outputs stay exact, only slower.
+//! Where the linker has no `--wrap` (macOS), ggml calls llama.cpp's
+//! `llamafile_sgemm` directly for every pass.
 //!
 //! The hook implements a private ggml function and reads the head of a
 //! private ggml struct, so `llama-cpp-2` and `llama-cpp-sys-2` are pinned
 //! with `=` in Cargo.toml; [`PINNED_LLAMA_CPP_SYS`] names the release whose
 //! declarations the tests check, and [`counts`] tells how many products the
-//! hook was offered and took, so a hook that silently stops being called
-//! (a renamed symbol, a dynamically linked ggml) fails a test.
+//! hook was offered, took, and passed on to llama.cpp's kernels, so a hook
+//! that silently stops being called (a renamed symbol, a dynamically linked
+//! ggml) fails a test.
 //!
-//! `XNAI_EXACT_GEMM=off` leaves every product to ggml (slower verification
-//! and drafting, same results); `avx2` keeps to the 8-lane kernels, F32 and
-//! quantized.
+//! `XNAI_EXACT_GEMM=off` leaves every product of a generated pass to ggml
+//! (slower verification and drafting, same results); `avx2` keeps to the
+//! 8-lane kernels, F32 and quantized. Prompt passes are not affected.
 
 #[cfg(ggml_f32x8)]
 pub mod f32;
@@ -48,8 +74,8 @@ pub mod f32;
 pub mod quant;
 
 use std::ffi::{c_int, c_void};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock, PoisonError};
 
 /// The `llama-cpp-sys-2` release whose ggml the kernels reproduce and whose
 /// `llamafile_sgemm` prototype and `ggml_compute_params` head the hook
@@ -196,22 +222,73 @@ pub fn quant_kernel_name() -> &'static str {
     quant_kernel().map_or("ggml", QuantKernel::name)
 }
 
-/// Products ggml offered the hook, and products it computed, since the
-/// process started (each counted once, not once per thread).
+/// What one llama.cpp decode computes, which decides its arithmetic (see
+/// the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pass {
+    /// Prompt tokens: llama.cpp's own kernels.
+    Prompt,
+    /// Tokens the model generated (alone, drafted, or verified in a batch):
+    /// the exact kernels, else ggml's per-element dot product.
+    Generated,
+}
+
+/// Whether the decode in progress is a [`Pass::Generated`] one; false
+/// outside [`in_pass`], so a decode outside the engine is llama.cpp's own.
+static GENERATED: AtomicBool = AtomicBool::new(false);
+/// One pass at a time in the process: [`GENERATED`] is global.
+static ONE_PASS: Mutex<()> = Mutex::new(());
+
+/// Clears [`GENERATED`] when a pass ends, even by unwinding.
+struct EndPass;
+
+impl Drop for EndPass {
+    fn drop(&mut self) {
+        GENERATED.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Runs `decode` (one `llama_decode`) as a pass of the given kind. Passes
+/// run one at a time in the process: a concurrent decode on another model
+/// waits for this one (both would share the same cores anyway).
+pub fn in_pass<R>(pass: Pass, decode: impl FnOnce() -> R) -> R {
+    let _turn = ONE_PASS.lock().unwrap_or_else(PoisonError::into_inner);
+    let _end = EndPass;
+    GENERATED.store(pass == Pass::Generated, Ordering::SeqCst);
+    decode()
+}
+
+/// Products ggml offered the hook; those the exact kernels computed; and
+/// those passed on to llama.cpp's `llamafile_sgemm` (prompt passes), since
+/// the process started (each counted once, not once per thread).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct HookCounts {
     pub offered: u64,
     pub taken: u64,
+    pub forwarded: u64,
+}
+
+impl HookCounts {
+    /// The counts between `before` and `self`.
+    pub fn since(self, before: HookCounts) -> HookCounts {
+        HookCounts {
+            offered: self.offered - before.offered,
+            taken: self.taken - before.taken,
+            forwarded: self.forwarded - before.forwarded,
+        }
+    }
 }
 
 static OFFERED: AtomicU64 = AtomicU64::new(0);
 static TAKEN: AtomicU64 = AtomicU64::new(0);
+static FORWARDED: AtomicU64 = AtomicU64::new(0);
 
-/// How many products the hook has been offered and has taken so far.
+/// How many products the hook has been offered, taken and forwarded so far.
 pub fn counts() -> HookCounts {
     HookCounts {
         offered: OFFERED.load(Ordering::Relaxed),
         taken: TAKEN.load(Ordering::Relaxed),
+        forwarded: FORWARDED.load(Ordering::Relaxed),
     }
 }
 
@@ -244,10 +321,21 @@ pub unsafe extern "C" fn __wrap_llamafile_sgemm(
     c_type: c_int,
 ) -> bool {
     // SAFETY: ggml passes a live ggml_compute_params (the caller's contract).
-    let params = unsafe { &*params };
-    let first = params.ith == 0;
+    let (ith, nth) = unsafe { ((*params).ith, (*params).nth) };
+    let first = ith == 0;
     if first {
         OFFERED.fetch_add(1, Ordering::Relaxed);
+    }
+    if !GENERATED.load(Ordering::SeqCst) {
+        if first {
+            FORWARDED.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: the arguments are ggml's own, passed on unchanged.
+        return unsafe {
+            llama_cpp_sgemm(
+                params, m, n, k, a, lda, b, ldb, c, ldc, a_type, b_type, c_type,
+            )
+        };
     }
     if m < 1 || n < 1 || k < 1 || c_type != types::F32 {
         return false;
@@ -260,7 +348,7 @@ pub unsafe extern "C" fn __wrap_llamafile_sgemm(
         ldb: ldb as usize,
         ldc: ldc as usize,
     };
-    let threads = (params.ith as usize, params.nth as usize);
+    let threads = (ith as usize, nth as usize);
     // SAFETY: the pointers are valid for `shape` in these types (the
     // caller's contract).
     let taken = unsafe { compute(threads, shape, [a_type, b_type], a, b, c) };
@@ -268,6 +356,66 @@ pub unsafe extern "C" fn __wrap_llamafile_sgemm(
         TAKEN.fetch_add(1, Ordering::Relaxed);
     }
     taken
+}
+
+#[cfg(sgemm_wrapped)]
+extern "C" {
+    /// llama.cpp's own `llamafile_sgemm`, as `--wrap` names it.
+    fn __real_llamafile_sgemm(
+        params: *const ComputeParams,
+        m: i64,
+        n: i64,
+        k: i64,
+        a: *const c_void,
+        lda: i64,
+        b: *const c_void,
+        ldb: i64,
+        c: *mut c_void,
+        ldc: i64,
+        a_type: c_int,
+        b_type: c_int,
+        c_type: c_int,
+    ) -> bool;
+}
+
+/// llama.cpp's `llamafile_sgemm` (tinyBLAS): true when it computed the
+/// product, false to leave it to ggml's loop.
+///
+/// # Safety
+///
+/// The arguments are those ggml passed to the hook, unchanged.
+#[allow(clippy::too_many_arguments)]
+unsafe fn llama_cpp_sgemm(
+    params: *const ComputeParams,
+    m: i64,
+    n: i64,
+    k: i64,
+    a: *const c_void,
+    lda: i64,
+    b: *const c_void,
+    ldb: i64,
+    c: *mut c_void,
+    ldc: i64,
+    a_type: c_int,
+    b_type: c_int,
+    c_type: c_int,
+) -> bool {
+    #[cfg(sgemm_wrapped)]
+    {
+        // SAFETY: ggml's own arguments, for the function it meant to call.
+        unsafe {
+            __real_llamafile_sgemm(
+                params, m, n, k, a, lda, b, ldb, c, ldc, a_type, b_type, c_type,
+            )
+        }
+    }
+    #[cfg(not(sgemm_wrapped))]
+    {
+        let _ = (
+            params, m, n, k, a, lda, b, ldb, c, ldc, a_type, b_type, c_type,
+        );
+        false
+    }
 }
 
 /// Computes thread `ith` of `nth`'s share of a product this build's
@@ -330,6 +478,11 @@ pub(crate) fn run_hook<T>(
     nth: c_int,
 ) -> Option<Vec<f32>> {
     let mut c = vec![f32::NAN; s.ldc * s.n];
+    // A generated pass: the exact kernels' arithmetic (a prompt pass would
+    // forward to llama.cpp, which needs a real ggml thread pool).
+    let _pass = ONE_PASS.lock().unwrap_or_else(PoisonError::into_inner);
+    let _end = EndPass;
+    GENERATED.store(true, Ordering::SeqCst);
     for ith in 0..nth {
         let params = ComputeParams { ith, nth };
         // SAFETY: `params` is live, and the callers' buffers hold the

@@ -135,15 +135,19 @@ fn the_locked_ggml_is_the_pinned_one() {
 
 /// The source of the pinned llama-cpp-sys-2 in cargo's registry.
 fn sys_crate_source() -> PathBuf {
+    crate_source(&format!("llama-cpp-sys-2-{PINNED_LLAMA_CPP_SYS}"))
+}
+
+/// The source of a crate (`name-version`) in cargo's registry.
+fn crate_source(dir: &str) -> PathBuf {
     let home = std::env::var_os("CARGO_HOME").map_or_else(
         || PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cargo"),
         PathBuf::from,
     );
     let registry = home.join("registry/src");
-    let dir = format!("llama-cpp-sys-2-{PINNED_LLAMA_CPP_SYS}");
     std::fs::read_dir(&registry)
         .unwrap_or_else(|e| panic!("{}: {e}", registry.display()))
-        .filter_map(|index| Some(index.ok()?.path().join(&dir)))
+        .filter_map(|index| Some(index.ok()?.path().join(dir)))
         .find(|p| p.is_dir())
         .unwrap_or_else(|| panic!("{dir} is not under {}", registry.display()))
 }
@@ -172,5 +176,33 @@ fn ggml_declares_what_the_hook_implements() {
     assert!(
         params.contains(&head),
         "ggml_compute_params no longer starts with ith, nth"
+    );
+}
+
+/// The engine loads models with its own parameters (no weight repacking)
+/// and wraps llama.cpp's pointer in `LlamaModel` by `transmute`, which is
+/// sound only while `LlamaModel` is a transparent wrapper of a transparent
+/// wrapper of `NonNull<llama_model>`.
+#[test]
+fn llama_model_is_a_transparent_owned_pointer() {
+    let src = crate_source(&format!("llama-cpp-2-{}", locked_version("llama-cpp-2")));
+    let read = |p: &str| {
+        squeeze(&std::fs::read_to_string(src.join(p)).unwrap_or_else(|e| panic!("{p}: {e}")))
+    };
+    assert!(
+        read("src/model.rs").contains(&squeeze(
+            "#[repr(transparent)] #[allow(clippy::module_name_repetitions)] pub struct LlamaModel { pub(crate) model: Ptr<llama_cpp_sys_2::llama_model>, }"
+        )),
+        "LlamaModel changed: revisit engine::llama::load_model"
+    );
+    assert!(
+        read("src/ptr.rs").contains(&squeeze(
+            "#[repr(transparent)] pub(crate) struct Ptr<T: ?Sized>(NonNull<T>);"
+        )),
+        "Ptr changed: revisit engine::llama::load_model"
+    );
+    assert_eq!(
+        std::mem::size_of::<llama_cpp_2::model::LlamaModel>(),
+        std::mem::size_of::<std::ptr::NonNull<llama_cpp_sys_2::llama_model>>()
     );
 }

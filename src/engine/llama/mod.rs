@@ -6,23 +6,28 @@
 //! parallelism: llama.cpp already spreads one decode over all its threads, and
 //! two decodes at once on the same cores only slow each other down.
 
+mod prefix;
+mod prompt;
 mod resident;
 
+use super::ggml_hook::{self, Pass};
 use super::sampling::Sampler;
 use super::speculative;
 use super::stop::StopSet;
 use super::{
-    EngineError, FinishReason, GenerateRequest, Generation, LoadSpec, LoadedModel, Message,
-    ModelId, PromptFormat,
+    EngineError, FinishReason, GenerateRequest, Generation, LoadSpec, LoadedModel, ModelId,
 };
 use crate::gguf;
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
-use llama_cpp_2::model::params::LlamaModelParams;
-use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel};
+use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
+pub(super) use prefix::PromptCache;
+pub use prompt::plain_prompt;
+use prompt::prepare;
+pub(super) use prompt::Prepared;
 use resident::Resident;
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -166,12 +171,9 @@ fn load(spec: &LoadSpec) -> Result<(Resident, f64, u32), EngineError> {
         reason: e.to_string(),
     })?;
     let backend = backend();
-    let params = LlamaModelParams::default().with_use_mlock(spec.mlock);
-    let model = LlamaModel::load_from_file(backend, &spec.path, &params).map_err(|_| {
-        EngineError::LoadFailed {
-            tier: spec.name.clone(),
-            path: spec.path.clone(),
-        }
+    let model = load_model(&spec.path, spec.mlock).ok_or_else(|| EngineError::LoadFailed {
+        tier: spec.name.clone(),
+        path: spec.path.clone(),
     })?;
     let threads = spec.threads.max(1) as i32;
     let ctx_params = LlamaContextParams::default()
@@ -179,6 +181,11 @@ fn load(spec: &LoadSpec) -> Result<(Resident, f64, u32), EngineError> {
         .with_n_batch(BATCH)
         .with_n_ubatch(BATCH)
         .with_n_seq_max(1)
+        // Sliding-window layers keep every position, in order, like the
+        // others: a cached prefix then meets the cache a cold run builds
+        // (see `prefix`). The memory estimate already counts them in full.
+        .with_swa_full(true)
+        .with_flash_attention_policy(llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED)
         .with_n_threads(threads)
         .with_n_threads_batch(threads);
     let mut resident = Resident::new(spec.name.clone(), model, |m| {
@@ -189,102 +196,53 @@ fn load(spec: &LoadSpec) -> Result<(Resident, f64, u32), EngineError> {
                 reason: e.to_string(),
             })
     })?;
-    let context = resident.with(|_, ctx| ctx.n_ctx());
+    let context = resident.with(|_, ctx, _| ctx.n_ctx());
     tracing::info!(tier = %spec.name, path = %spec.path.display(), context, "model loaded");
     Ok((resident, started.elapsed().as_secs_f64() * 1e3, context))
 }
 
-fn apply_template(
-    model: &LlamaModel,
-    tmpl: &LlamaChatTemplate,
-    messages: &[Message],
-) -> Option<String> {
-    let chat: Vec<LlamaChatMessage> = messages
-        .iter()
-        .filter_map(|m| LlamaChatMessage::new(m.role.clone(), m.content.clone()).ok())
-        .collect();
-    model
-        .apply_chat_template(tmpl, &chat, true)
-        .map_err(|e| tracing::warn!(error = %e, "chat template could not be applied"))
-        .ok()
-}
-
-/// Renders the conversation with the model's chat template, or as plain
-/// `User:/Assistant:` text when the GGUF carries none (base models such as
-/// the Gemma 3 270M file here) or llama.cpp cannot apply it.
-fn render_prompt(model: &LlamaModel, messages: &[Message]) -> (String, PromptFormat) {
-    match model
-        .chat_template(None)
-        .ok()
-        .and_then(|t| apply_template(model, &t, messages))
-    {
-        Some(p) => (p, PromptFormat::ModelTemplate),
-        None => (plain_prompt(messages), PromptFormat::Plain),
+/// Loads `path` with llama.cpp's default model parameters except two:
+/// mlock as asked (memory-mapped and locked), and `use_extra_bufts` off, so no weight is
+/// repacked at load (Q4_0, Q4_K, IQ4_NL, ... on x86). A repacked matrix's
+/// batched product takes its columns four at a time and the rest one by
+/// one, with different arithmetic, so a token's logits would depend on its
+/// place in the batch: speculative verification and the prompt cache would
+/// no longer be exact. (`llama-cpp-2` exposes no setter for it, hence the
+/// raw call.) None when llama.cpp cannot load the file.
+fn load_model(path: &std::path::Path, mlock: bool) -> Option<LlamaModel> {
+    let path = std::ffi::CString::new(path.to_str()?).ok()?;
+    // SAFETY: no preconditions; returns llama.cpp's defaults by value.
+    let mut params = unsafe { llama_cpp_sys_2::llama_model_default_params() };
+    if mlock {
+        params.load_mode = llama_cpp_sys_2::LLAMA_LOAD_MODE_MMAP_MLOCK;
     }
-}
-
-/// The fallback layout for models without a chat template.
-pub fn plain_prompt(messages: &[Message]) -> String {
-    let mut out = String::new();
-    for m in messages {
-        let who = match m.role.as_str() {
-            "system" => "System",
-            "assistant" => "Assistant",
-            _ => "User",
-        };
-        out.push_str(who);
-        out.push_str(": ");
-        out.push_str(m.content.trim());
-        out.push('\n');
-    }
-    out.push_str("Assistant:");
-    out
+    params.use_extra_bufts = false;
+    // SAFETY: `path` is NUL-terminated and outlives the call; `params` is
+    // llama.cpp's own default with two flags changed; the backend is
+    // initialised (`backend()`, called by `load`).
+    let raw = unsafe { llama_cpp_sys_2::llama_model_load_from_file(path.as_ptr(), params) };
+    let raw = std::ptr::NonNull::new(raw)?;
+    // SAFETY: `LlamaModel` is `#[repr(transparent)]` over a private
+    // `#[repr(transparent)]` wrapper of `NonNull<llama_model>` that owns the
+    // model and frees it on drop (llama-cpp-2, pinned with `=`; the engine's
+    // tests check both declarations in the pinned source), and we own `raw`.
+    Some(unsafe {
+        std::mem::transmute::<std::ptr::NonNull<llama_cpp_sys_2::llama_model>, LlamaModel>(raw)
+    })
 }
 
 pub(super) fn decode_err(e: impl std::fmt::Display) -> EngineError {
     EngineError::Decode(e.to_string())
 }
 
-/// A prompt ready to decode: tokens, format and stop strings.
-struct Prepared {
-    tokens: Vec<LlamaToken>,
-    format: PromptFormat,
-    stops: StopSet,
-}
-
-fn prepare(model: &LlamaModel, n_ctx: u32, req: &GenerateRequest) -> Result<Prepared, EngineError> {
-    let vocab = model.vocab();
-    let (prompt, format) = render_prompt(model, &req.messages);
-    // Plain prompts would otherwise run on into a made-up next turn.
-    let mut stops = req.stop.clone();
-    if format == PromptFormat::Plain {
-        stops.push("\nUser:".into());
-    }
-    let mut tokens = vocab.tokenize(prompt.as_bytes(), true, true);
-    // Templates that spell out BOS themselves would get a second one.
-    if tokens.len() >= 2 && tokens[0] == tokens[1] && tokens[0] == vocab.bos() {
-        tokens.remove(0);
-    }
-    if tokens.is_empty() || tokens.len() + 1 >= n_ctx as usize {
-        return Err(EngineError::PromptTooLong {
-            tokens: tokens.len(),
-            context: n_ctx,
-        });
-    }
-    Ok(Prepared {
-        tokens,
-        format,
-        stops: StopSet::new(&stops),
-    })
-}
-
 /// Decodes `tokens` from position `pos` in batches of the context's
-/// n_batch, with logits for the last token only.
+/// n_batch as passes of the given kind, with logits for the last token only.
 pub(super) fn feed(
     ctx: &mut LlamaContext<'_>,
     batch: &mut LlamaBatch,
     tokens: &[LlamaToken],
     pos: usize,
+    pass: Pass,
 ) -> Result<(), EngineError> {
     let n_batch = ctx.n_batch() as usize;
     let last = tokens.len() - 1;
@@ -296,9 +254,18 @@ pub(super) fn feed(
                 .add(t, (pos + i) as i32, &[0], i == last)
                 .map_err(decode_err)?;
         }
-        ctx.decode(batch).map_err(decode_err)?;
+        decode(ctx, batch, pass)?;
     }
     Ok(())
+}
+
+/// One `llama_decode` of `batch` as a pass of the given kind.
+pub(super) fn decode(
+    ctx: &mut LlamaContext<'_>,
+    batch: &mut LlamaBatch,
+    pass: Pass,
+) -> Result<(), EngineError> {
+    ggml_hook::in_pass(pass, || ctx.decode(batch)).map_err(decode_err)
 }
 
 fn generate(
@@ -307,32 +274,36 @@ fn generate(
     req: &GenerateRequest,
 ) -> Result<Generation, EngineError> {
     match draft {
-        None => r.with(|model, ctx| generate_with(model, ctx, None, req)),
-        Some(d) => r.with(|model, ctx| {
-            d.with(|_, draft_ctx| generate_with(model, ctx, Some(draft_ctx), req))
+        None => r.with(|model, ctx, cache| generate_with(model, (ctx, cache), None, req)),
+        Some(d) => r.with(|model, ctx, cache| {
+            d.with(|_, draft_ctx, draft_cache| {
+                generate_with(model, (ctx, cache), Some((draft_ctx, draft_cache)), req)
+            })
         }),
     }
 }
 
+/// A context and its prompt cache.
+pub(super) type Slot<'a, 'm> = (&'a mut LlamaContext<'m>, &'a mut PromptCache);
+
 fn generate_with(
     model: &LlamaModel,
-    ctx: &mut LlamaContext<'_>,
-    draft: Option<&mut LlamaContext<'_>>,
+    (ctx, cache): Slot<'_, '_>,
+    draft: Option<Slot<'_, '_>>,
     req: &GenerateRequest,
 ) -> Result<Generation, EngineError> {
     let n_ctx = ctx.n_ctx();
-    let prep = prepare(model, n_ctx, req)?;
+    let mut prep = prepare(model, n_ctx, req)?;
     let started = Instant::now();
-    ctx.clear_kv_cache();
     let mut batch = LlamaBatch::new(ctx.n_batch() as usize, 1);
-    feed(ctx, &mut batch, &prep.tokens, 0)?;
+    let cached_tokens = cache.prefill(ctx, &mut batch, &prep, req.cache_prompt)?;
     let prompt_ms = started.elapsed().as_secs_f64() * 1e3;
 
     let gen_started = Instant::now();
     let room = n_ctx as usize - prep.tokens.len();
     let mut out = Output::new(
         model,
-        prep.stops,
+        std::mem::take(&mut prep.stops),
         (req.max_tokens as usize).min(room),
         req.max_tokens as usize,
         req.ignore_eos,
@@ -341,15 +312,8 @@ fn generate_with(
     );
     let mut sampler = Sampler::new(req.sampling);
     let last_logits = batch.n_tokens() - 1;
-    let speculative = speculative::run(
-        ctx,
-        draft,
-        req.speculation,
-        &prep.tokens,
-        last_logits,
-        &mut sampler,
-        &mut out,
-    )?;
+    let speculative =
+        speculative::run(ctx, draft, req, &prep, last_logits, &mut sampler, &mut out)?;
     let generate_ms = gen_started.elapsed().as_secs_f64() * 1e3;
     let completion_tokens = out.ids.len() as u32;
     let finish = out.finish.unwrap_or(FinishReason::Length);
@@ -358,6 +322,7 @@ fn generate_with(
         token_ids: out.ids,
         token_probs: out.probs,
         prompt_tokens: prep.tokens.len() as u32,
+        cached_tokens: cached_tokens as u32,
         completion_tokens,
         finish,
         prompt_format: prep.format,

@@ -8,6 +8,7 @@
 //! reached through a closure whose lifetime is its own, so a context can
 //! neither escape its model nor be swapped into another pair.
 
+use super::prefix::PromptCache;
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::model::LlamaModel;
 use self_cell::self_cell;
@@ -25,9 +26,11 @@ self_cell!(
     }
 );
 
-/// A model loaded on the inference thread, with its context.
+/// A model loaded on the inference thread, with its context and the
+/// prompt tokens that context's KV cache holds.
 pub struct Resident {
     pair: Pair,
+    cache: PromptCache,
     /// The tier name it was loaded for, for logs.
     pub name: String,
 }
@@ -45,15 +48,17 @@ impl Resident {
     ) -> Result<Self, E> {
         Ok(Resident {
             pair: Pair::try_new(model, make)?,
+            cache: PromptCache::default(),
             name,
         })
     }
 
-    /// Runs `f` with the model and its context.
+    /// Runs `f` with the model, its context and the context's prompt cache.
     pub fn with<R>(
         &mut self,
-        f: impl for<'m> FnOnce(&'m LlamaModel, &mut LlamaContext<'m>) -> R,
+        f: impl for<'m> FnOnce(&'m LlamaModel, &mut LlamaContext<'m>, &mut PromptCache) -> R,
     ) -> R {
-        self.pair.with_dependent_mut(f)
+        let Resident { pair, cache, .. } = self;
+        pair.with_dependent_mut(|model, ctx| f(model, ctx, cache))
     }
 }

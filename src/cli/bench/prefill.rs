@@ -1,0 +1,212 @@
+//! `bench prefill`: our prompt processing against llama.cpp's own batch
+//! decode of the same number of tokens, on the same model, threads and
+//! build, rounds interleaved, as a ratio.
+//!
+//! The baseline is llama-bench's `pp` method through the same library, in
+//! a child process (`bench prefill-loop`; one process per side, as in
+//! `bench engine`): a context with llama.cpp's default settings, the tokens
+//! decoded in batches of n_batch with logits for the last one only, every
+//! matrix product on llama.cpp's own kernels (tinyBLAS included; a decode
+//! outside the engine is never a generated pass). Our side is a real
+//! request through the engine thread with the prompt cache off, so the whole
+//! chat prompt is tokenised and processed each round; we count
+//! `prompt_tokens / prompt_ms`.
+
+use super::engine::{child_stdout, median};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+use xnai_model_router::engine::llama::{backend, LlamaEngine};
+use xnai_model_router::engine::{Engine, GenerateRequest, LoadSpec};
+
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::token::LlamaToken;
+use std::num::NonZeroU32;
+
+/// One model's result.
+#[derive(Debug, Clone, Serialize)]
+pub struct PrefillBench {
+    pub model: String,
+    pub threads: u32,
+    /// Prompt tokens processed per round, on both sides.
+    pub tokens: u32,
+    pub rounds: usize,
+    /// Our prompt tokens per second, each round.
+    pub ours: Vec<f64>,
+    /// llama.cpp's batch decode, tokens per second, each round.
+    pub baseline: Vec<f64>,
+    pub ours_median: f64,
+    pub baseline_median: f64,
+    /// ours / baseline.
+    pub ratio: f64,
+}
+
+/// A prompt of roughly `tokens` tokens: varied prose, as an agent's
+/// context would be, not one repeated word.
+fn long_prompt(tokens: u32) -> String {
+    const TOPICS: [&str; 6] = [
+        "the build log shows a linker error in the storage module",
+        "the test suite timed out while waiting for the database",
+        "a user reported that the export button does nothing",
+        "the nightly job copied twelve gigabytes of old backups",
+        "the configuration file sets the cache size to zero",
+        "the profiler shows most time spent parsing JSON",
+    ];
+    let mut text = String::from("Here are today's notes from the team.\n");
+    let mut i = 0;
+    // About four characters per token in English prose.
+    while text.len() < tokens as usize * 4 {
+        let topic = TOPICS[i % TOPICS.len()];
+        text.push_str(&format!(
+            "Note {}: {topic}; we looked at it on day {} and wrote down what we saw.\n",
+            i + 1,
+            i % 7 + 1
+        ));
+        i += 1;
+    }
+    text.push_str("Summarise the notes in one sentence.");
+    text
+}
+
+/// Runs the baseline in a child process: a warm-up decode, then one timed.
+fn run_baseline_process(
+    model: &Path,
+    threads: u32,
+    tokens: u32,
+    context: u32,
+) -> anyhow::Result<f64> {
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.args(["bench", "prefill-loop", "--model"])
+        .arg(model)
+        .args(["--threads", &threads.to_string()])
+        .args(["--tokens", &tokens.to_string()])
+        .args(["--context", &context.to_string()])
+        .env("XNAI_LOG", "error");
+    Ok(child_stdout(&mut cmd, "baseline process")?.trim().parse()?)
+}
+
+/// The child's side: llama.cpp's batch decode of `tokens` random tokens,
+/// llama-bench's `pp` test, once to warm up and once timed; tokens/s.
+///
+/// # Errors
+///
+/// The model or context fails to load, or a decode fails.
+pub fn prefill_loop(model: &Path, threads: u32, tokens: u32, context: u32) -> anyhow::Result<f64> {
+    let model = LlamaModel::load_from_file(backend(), model, &LlamaModelParams::default())?;
+    let t = threads as i32;
+    let n_batch = xnai_model_router::estimate::UBATCH;
+    let params = LlamaContextParams::default()
+        .with_n_ctx(NonZeroU32::new(context))
+        .with_n_batch(n_batch)
+        .with_n_ubatch(n_batch)
+        .with_n_seq_max(1)
+        .with_n_threads(t)
+        .with_n_threads_batch(t);
+    let mut ctx = model.new_context(backend(), params)?;
+    let mut rng = xnai_model_router::engine::sampling::Rng::new(1);
+    let n_vocab = model.n_vocab() as u64;
+    let ids: Vec<LlamaToken> = (0..tokens)
+        .map(|_| LlamaToken((rng.next_u64() % n_vocab) as i32))
+        .collect();
+    let mut batch = LlamaBatch::new(n_batch as usize, 1);
+    let mut once = || -> anyhow::Result<f64> {
+        ctx.clear_kv_cache();
+        let started = Instant::now();
+        for (c, chunk) in ids.chunks(n_batch as usize).enumerate() {
+            batch.clear();
+            for (j, &id) in chunk.iter().enumerate() {
+                let pos = c * n_batch as usize + j;
+                batch.add(id, pos as i32, &[0], pos + 1 == ids.len())?;
+            }
+            ctx.decode(&mut batch)?;
+        }
+        Ok(tokens as f64 / started.elapsed().as_secs_f64())
+    };
+    once()?;
+    once()
+}
+
+/// Benchmarks `model` over `rounds` alternating rounds of a prompt of
+/// about `tokens` tokens.
+///
+/// # Errors
+///
+/// Model load failures, or the baseline process failing.
+pub async fn prefill_bench(
+    model: &Path,
+    threads: u32,
+    tokens: u32,
+    rounds: usize,
+) -> anyhow::Result<PrefillBench> {
+    let context = (tokens + 256).next_power_of_two().max(1024);
+    let engine = LlamaEngine::new();
+    let loaded = engine
+        .load(LoadSpec {
+            name: "bench".into(),
+            path: model.to_path_buf(),
+            context,
+            threads,
+            mlock: false,
+        })
+        .await?;
+    let request = GenerateRequest {
+        cache_prompt: false,
+        ..GenerateRequest::greedy(&long_prompt(tokens), 1)
+    };
+    // Warm-up, and the prompt's length in this model's tokens.
+    let n = engine
+        .generate(loaded.id, request.clone())
+        .await?
+        .prompt_tokens;
+    let (mut ours, mut base) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        base.push(run_baseline_process(model, threads, n, context)?);
+        let g = engine.generate(loaded.id, request.clone()).await?;
+        anyhow::ensure!(g.cached_tokens == 0, "the prompt cache was used");
+        ours.push(g.prompt_tokens as f64 / (g.prompt_ms / 1e3));
+    }
+    engine.unload(loaded.id).await;
+    let (o, b) = (median(&ours), median(&base));
+    Ok(PrefillBench {
+        model: model.display().to_string(),
+        threads,
+        tokens: n,
+        rounds,
+        ours,
+        baseline: base,
+        ours_median: o,
+        baseline_median: b,
+        ratio: o / b,
+    })
+}
+
+/// The models here: every `.gguf` of the fetched ladder that exists.
+pub fn local_models(dir: &Path) -> Vec<PathBuf> {
+    [
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "gemma-3-270m-q4_k_m.gguf",
+        "SmolLM2-135M-Instruct.F32.gguf",
+    ]
+    .iter()
+    .map(|f| dir.join(f))
+    .filter(|p| p.exists())
+    .collect()
+}
+
+/// One model's result as a line.
+pub fn render(r: &PrefillBench) -> String {
+    format!(
+        "{}: ours {:.1} tok/s, llama.cpp batch decode {:.1} tok/s, ratio {:.3} ({} prompt tokens, {} threads, median of {} alternating rounds)\n",
+        Path::new(&r.model).file_name().unwrap_or_default().to_string_lossy(),
+        r.ours_median,
+        r.baseline_median,
+        r.ratio,
+        r.tokens,
+        r.threads,
+        r.rounds
+    )
+}

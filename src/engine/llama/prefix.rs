@@ -1,0 +1,187 @@
+//! The prompt cache of one context (llama-server's `cache_prompt`): which
+//! prompt tokens its KV cache holds, how many of a new prompt's leading
+//! tokens they cover, and how the rest is cut into batches.
+//!
+//! Exactness. llama.cpp's arithmetic for a prompt token depends on the batch
+//! it is decoded in, not only on the token and what precedes it: measured
+//! here, a suffix decoded in a smaller batch than a cold run used gives
+//! logits that differ in the last bits on gemma-3 (its F16 attention
+//! products), even though tinyBLAS alone is column-invariant. So a cached
+//! run must decode every prompt position in the very batch a cold run
+//! decodes it in. The rule: a prompt's batches start at each message's
+//! first token and every `n_batch` tokens after it (a function of the
+//! prompt alone, [`batch_starts`]); a cache keeps a prefix only up to a
+//! batch start on which its own prompt's batches and the new prompt's agree
+//! ([`reusable`]). Messages shared by two turns of a conversation start at
+//! the same tokens in both, so a new turn reuses everything up to the
+//! previous turn's reply and decodes the rest as a cold run would, to the
+//! bit. Tokens the model generated are never reused: they were computed
+//! one at a time, not as prompt batches.
+
+use super::feed;
+use super::prompt::Prepared;
+use crate::engine::ggml_hook::Pass;
+use crate::engine::EngineError;
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::token::LlamaToken;
+
+/// The prompt tokens a context's KV cache holds at positions `0..len`,
+/// and the starts of the batches they were decoded in.
+#[derive(Debug, Default)]
+pub struct PromptCache {
+    tokens: Vec<LlamaToken>,
+    starts: Vec<usize>,
+}
+
+impl PromptCache {
+    /// Records that the context's KV cache now holds `tokens`, decoded in
+    /// batches starting at `starts` (restored from a saved state).
+    pub fn set(&mut self, tokens: Vec<LlamaToken>, starts: Vec<usize>) {
+        self.tokens = tokens;
+        self.starts = starts;
+    }
+
+    /// Forgets the cache (the context's KV cache is being cleared).
+    pub fn clear(&mut self) {
+        self.tokens.clear();
+        self.starts.clear();
+    }
+
+    /// Brings `ctx`'s KV cache to `prompt`: keeps the reusable prefix
+    /// (none unless `reuse`), decodes the rest in prompt passes. Returns
+    /// the tokens kept.
+    ///
+    /// # Errors
+    ///
+    /// A llama.cpp decode failure; the cache is then empty.
+    pub fn prefill(
+        &mut self,
+        ctx: &mut LlamaContext<'_>,
+        batch: &mut LlamaBatch,
+        prompt: &Prepared,
+        reuse: bool,
+    ) -> Result<usize, EngineError> {
+        let tokens = &prompt.tokens;
+        let starts = batch_starts(tokens.len(), ctx.n_batch() as usize, &prompt.message_starts);
+        let mut keep = if reuse {
+            reusable((&self.tokens, &self.starts), (tokens, &starts))
+        } else {
+            0
+        };
+        self.clear();
+        if keep == 0 || !trim(ctx, keep) {
+            ctx.clear_kv_cache();
+            keep = 0;
+        }
+        let first = starts.partition_point(|&s| s < keep);
+        for (i, &start) in starts.iter().enumerate().skip(first) {
+            let end = starts.get(i + 1).copied().unwrap_or(tokens.len());
+            feed(ctx, batch, &tokens[start..end], start, Pass::Prompt)?;
+        }
+        self.set(tokens.clone(), starts);
+        Ok(keep)
+    }
+}
+
+/// Drops every cached position from `keep` on; false where llama.cpp
+/// cannot (a recurrent model's state) or the kept positions are not all
+/// there (a sliding-window cache that already dropped some).
+fn trim(ctx: &mut LlamaContext<'_>, keep: usize) -> bool {
+    if ctx.kv_cache_seq_rm(0, Some(keep as u32), None).is_err() {
+        return false;
+    }
+    ctx.kv_cache_seq_pos_min(0) == 0 && ctx.kv_cache_seq_pos_max(0) == keep as i32 - 1
+}
+
+/// The starts of a prompt's batches: 0, each of `message_starts`, and
+/// every `n_batch` tokens after each of those, sorted, all below `len`.
+pub fn batch_starts(len: usize, n_batch: usize, message_starts: &[usize]) -> Vec<usize> {
+    let mut segments: Vec<usize> = std::iter::once(0)
+        .chain(message_starts.iter().copied())
+        .filter(|&s| s < len)
+        .collect();
+    segments.sort_unstable();
+    segments.dedup();
+    let mut out = Vec::new();
+    for (i, &s) in segments.iter().enumerate() {
+        let end = segments.get(i + 1).copied().unwrap_or(len);
+        out.extend((s..end).step_by(n_batch));
+    }
+    out
+}
+
+/// How many leading tokens of a new prompt a cache can keep: the last batch
+/// start on which the cached prompt's batches and the new one's agree (the
+/// cached prompt's end counting as a start of its own), within their common
+/// prefix and leaving at least one token to decode for the logits.
+pub fn reusable<T: PartialEq>(
+    (cached, cached_starts): (&[T], &[usize]),
+    (prompt, starts): (&[T], &[usize]),
+) -> usize {
+    let common = cached
+        .iter()
+        .zip(prompt)
+        .take_while(|(a, b)| a == b)
+        .count();
+    let limit = common.min(prompt.len().saturating_sub(1));
+    let cached_starts = cached_starts.iter().copied().chain([cached.len()]);
+    let mut keep = 0;
+    for (a, b) in cached_starts.zip(starts.iter().copied()) {
+        if a != b || b > limit {
+            break;
+        }
+        keep = b;
+    }
+    keep
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_start_at_each_message_and_every_n_batch_tokens_after_it() {
+        assert_eq!(batch_starts(10, 4, &[]), vec![0, 4, 8]);
+        assert_eq!(batch_starts(10, 4, &[3, 9]), vec![0, 3, 7, 9]);
+        assert_eq!(batch_starts(10, 512, &[3, 3, 12]), vec![0, 3]);
+        assert_eq!(batch_starts(1, 512, &[]), vec![0]);
+        assert!(batch_starts(0, 512, &[]).is_empty());
+    }
+
+    #[test]
+    fn a_new_turn_reuses_the_previous_prompt_up_to_a_shared_batch_start() {
+        // Turn 1: system (0..6), user (6..9); turn 2 adds the reply and a
+        // new question, whose batches start at 9 and 12.
+        let turn1 = [1, 1, 1, 1, 1, 1, 2, 2, 2];
+        let turn2 = [1, 1, 1, 1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4];
+        let (s1, s2) = (batch_starts(9, 4, &[6]), batch_starts(14, 4, &[6, 9, 12]));
+        assert_eq!(s1, vec![0, 4, 6]);
+        assert_eq!(s2, vec![0, 4, 6, 9, 12]);
+        // Everything the first turn decoded: its end is a start in turn 2.
+        assert_eq!(reusable((&turn1[..], &s1[..]), (&turn2[..], &s2[..])), 9);
+        // The same prompt again: up to the last batch start.
+        assert_eq!(reusable((&turn2[..], &s2[..]), (&turn2[..], &s2[..])), 12);
+        // A prompt that diverges inside a batch keeps the batches before it.
+        let other = [1, 1, 1, 1, 1, 9, 9];
+        let so = batch_starts(7, 4, &[5]);
+        assert_eq!(reusable((&turn2[..], &s2[..]), (&other[..], &so[..])), 4);
+        // Batches that disagree stop the reuse even where tokens agree.
+        let shifted = batch_starts(14, 4, &[7, 9, 12]);
+        assert_eq!(
+            reusable((&turn2[..], &s2[..]), (&turn2[..], &shifted[..])),
+            4
+        );
+        assert_eq!(reusable::<i32>((&[], &[]), (&turn2[..], &s2[..])), 0);
+    }
+
+    #[test]
+    fn reuse_always_leaves_a_token_to_decode() {
+        let p = [5, 6, 7, 8];
+        let s = batch_starts(4, 2, &[]);
+        assert_eq!(reusable((&p[..], &s[..]), (&p[..], &s[..])), 2);
+        let one = [5];
+        let s1 = batch_starts(1, 2, &[]);
+        assert_eq!(reusable((&one[..], &s1[..]), (&one[..], &s1[..])), 0);
+    }
+}
