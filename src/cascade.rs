@@ -191,6 +191,10 @@ mod tests {
             },
             server: Default::default(),
             redis: Default::default(),
+            cache: crate::config::CacheConfig {
+                dir: dir.join("kv"),
+                max_bytes: 0,
+            },
             tiers: Vec::new(),
         };
         let c = classify("Debug this function: fn f() {}");

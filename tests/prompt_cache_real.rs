@@ -2,12 +2,14 @@
 //! prompt reuses a cached prefix is the cold answer token for token, with
 //! the same probabilities to the bit (so the same logits); a new turn reuses
 //! the previous turn's whole prompt; a draft model's cache follows its
-//! target's; and a prompt that is not a continuation is answered as if
-//! nothing were cached.
+//! target's; a prompt that is not a continuation is answered as if nothing
+//! were cached; and a tier swapped out and back restores its saved state,
+//! exactly, skipping a corrupt one.
 
 mod common;
 
 use common::{real_model, GEMMA, SMOL_F32, SMOL_Q4};
+use xnai_model_router::engine::llama::store::{self, StoreSettings};
 use xnai_model_router::engine::llama::LlamaEngine;
 use xnai_model_router::engine::{
     Engine, GenerateRequest, Generation, LoadSpec, Message, ModelId, SpecParams, Speculation,
@@ -16,8 +18,12 @@ use xnai_model_router::engine::{
 /// A system prompt long enough that the prompt spans several llama.cpp
 /// batches (512 tokens each), so cached prefixes end mid-batch.
 fn system_prompt() -> String {
+    system_prompt_of(60)
+}
+
+fn system_prompt_of(rules: usize) -> String {
     let mut s = String::from("You are a careful assistant for a small software team. ");
-    for i in 0..60 {
+    for i in 0..rules {
         s.push_str(&format!(
             "Rule {i}: keep answers short, cite file {i}.rs when it matters, and never invent results. "
         ));
@@ -26,7 +32,11 @@ fn system_prompt() -> String {
 }
 
 fn turn(history: &[(&str, &str)], question: &str) -> Vec<Message> {
-    let mut m = vec![Message::new("system", system_prompt())];
+    turn_of(system_prompt(), history, question)
+}
+
+fn turn_of(system: String, history: &[(&str, &str)], question: &str) -> Vec<Message> {
+    let mut m = vec![Message::new("system", system)];
     for (q, a) in history {
         m.push(Message::new("user", *q));
         m.push(Message::new("assistant", *a));
@@ -196,4 +206,103 @@ async fn a_cached_speculative_answer_is_the_cold_plain_answer() {
         .await
         .unwrap();
     assert_same("speculative, second turn", &cold, &warm);
+}
+
+/// A tier that is unloaded and loaded again restores its saved KV state for
+/// a prompt that continues the conversation, and answers exactly as cold; a
+/// corrupted state is skipped (answered cold, still exact) and removed.
+async fn swap_restores_state(file: &str, rules: usize) {
+    let dir = std::env::temp_dir().join(format!("xnai-kv-{}-{file}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let engine = LlamaEngine::with_store(Some(StoreSettings {
+        dir: dir.clone(),
+        max_bytes: 1 << 30,
+    }));
+    let first = turn_of(system_prompt_of(rules), &[], "Which file holds the parser?");
+    let id = load(&engine, file).await;
+    let a1 = engine.generate(id, request(first, true)).await.unwrap();
+    engine.unload(id).await;
+    let kv_files = || {
+        std::fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(|f| {
+                Some(f.ok()?.path()).filter(|p| p.extension().is_some_and(|e| e == "kv"))
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        kv_files().len(),
+        1,
+        "{file}: the unloaded tier's state was not saved"
+    );
+
+    let id = load(&engine, file).await;
+    let history = [("Which file holds the parser?", a1.text.as_str())];
+    let second = turn_of(system_prompt_of(rules), &history, "And the tests?");
+    let before = store::counts();
+    let restored = engine
+        .generate(id, request(second.clone(), true))
+        .await
+        .unwrap();
+    assert!(
+        restored.cached_tokens + 8 > a1.prompt_tokens,
+        "{file}: {} restored",
+        restored.cached_tokens
+    );
+    assert!(store::counts().hits > before.hits);
+    let cold = engine
+        .generate(id, request(second.clone(), false))
+        .await
+        .unwrap();
+    assert_same(&format!("{file}, restored after a swap"), &cold, &restored);
+
+    // Corrupt every saved state: the next swap answers cold, exactly.
+    engine.unload(id).await;
+    for kv in kv_files() {
+        let mut bytes = std::fs::read(&kv).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0x5a;
+        std::fs::write(&kv, bytes).unwrap();
+    }
+    let id = load(&engine, file).await;
+    let before = store::counts();
+    let after_corruption = engine.generate(id, request(second, true)).await.unwrap();
+    assert!(
+        after_corruption.cached_tokens < 4,
+        "{file}: a corrupt state was used"
+    );
+    assert!(store::counts().failures > before.failures);
+    assert_same(&format!("{file}, corrupt state"), &cold, &after_corruption);
+    engine.unload(id).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_swapped_out_smollm2_restores_its_state_exactly() {
+    swap_restores_state(SMOL_Q4, 60).await;
+}
+
+#[tokio::test]
+async fn a_swapped_out_gemma3_restores_its_state_exactly() {
+    // Within its 512-token sliding window: llama.cpp saves only the window.
+    swap_restores_state(GEMMA, 12).await;
+}
+
+/// Past its sliding window, gemma-3's state is not saved (it could not be
+/// restored exactly), and the tier simply answers cold after a swap.
+#[tokio::test]
+async fn a_windowed_state_longer_than_its_window_is_not_saved() {
+    let dir = std::env::temp_dir().join(format!("xnai-kv-window-{}", std::process::id()));
+    let engine = LlamaEngine::with_store(Some(StoreSettings {
+        dir: dir.clone(),
+        max_bytes: 1 << 30,
+    }));
+    let id = load(&engine, GEMMA).await;
+    let first = turn(&[], "Which file holds the parser?");
+    let a1 = engine.generate(id, request(first, true)).await.unwrap();
+    assert!(a1.prompt_tokens > 512);
+    engine.unload(id).await;
+    let saved = std::fs::read_dir(&dir).map_or(0, |d| d.count());
+    assert_eq!(saved, 0, "a state longer than the window was saved");
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -55,7 +55,7 @@ pub fn run(config_path: &Path, a: AskArgs) -> anyhow::Result<()> {
     } else {
         vec![a.tier.clone()]
     };
-    let pool = TierPool::new(LlamaEngine::new(), Arc::new(config));
+    let pool = TierPool::new(LlamaEngine::for_config(&config), Arc::new(config));
     let rt = runtime()?;
     for tier in tiers {
         let opts = AskOptions {

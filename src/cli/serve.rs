@@ -106,7 +106,7 @@ pub fn serve(config_path: &Path, a: ServeArgs) -> anyhow::Result<()> {
     let redis_settings = config.redis.clone();
     let rt = runtime()?;
     rt.block_on(async {
-        let mut router = Router::new(LlamaEngine::new(), config);
+        let mut router = Router::new(LlamaEngine::for_config(&config), config);
         if let Some(redis) = redis {
             router = router.with_remote(RemoteTiers::new(redis, redis_settings));
         }
@@ -192,7 +192,7 @@ pub fn worker(config_path: &Path, a: WorkerArgs) -> anyhow::Result<()> {
         settings: config.redis.clone(),
     };
     runtime()?.block_on(async {
-        let pool = TierPool::new(LlamaEngine::new(), Arc::new(config));
+        let pool = TierPool::new(LlamaEngine::for_config(&config), Arc::new(config));
         let worker = Arc::new(Worker::new(pool, redis, opts));
         let stop = tokio_util::sync::CancellationToken::new();
         let on_signal = stop.clone();

@@ -132,7 +132,16 @@ pub struct Config {
     pub routing: Routing,
     pub server: ServerSettings,
     pub redis: RedisSettings,
+    pub cache: CacheConfig,
     pub tiers: Vec<Tier>,
+}
+
+/// Where unloaded tiers' KV states are kept (`cache:` in tiers.yaml).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CacheConfig {
+    pub dir: PathBuf,
+    /// 0: states are not saved.
+    pub max_bytes: u64,
 }
 
 /// Which tiers this process runs itself; the others are remote (served
@@ -290,6 +299,7 @@ impl Config {
             routing: raw::RawRouting::default(),
             server: ServerSettings::default(),
             redis: RedisSettings::default(),
+            cache: raw::CacheSettings::default(),
             tiers: vec![raw::RawTier {
                 name,
                 role: Role::Router,

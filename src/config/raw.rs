@@ -20,6 +20,8 @@ pub struct RawConfig {
     /// The request queue and the HTTP server's limits.
     #[serde(default)]
     pub server: ServerSettings,
+    #[serde(default)]
+    pub cache: CacheSettings,
     /// Scale-out over Redis Streams (`serve --redis`, `worker`).
     #[serde(default)]
     pub redis: RedisSettings,
@@ -163,6 +165,34 @@ impl Default for ServerSettings {
             max_body: default_max_body(),
             max_sessions: default_max_sessions(),
             session_idle_secs: default_session_idle(),
+        }
+    }
+}
+
+/// Where a tier's KV state goes when it is unloaded, so that a prompt that
+/// shares its prefix after the tier comes back is restored, not recomputed.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSettings {
+    /// Folder for saved states. Default: the project's cache folder,
+    /// `~/.cache/xnai-model-router/kv`.
+    #[serde(default)]
+    pub dir: Option<String>,
+    /// Most bytes of saved states kept on disk, least recently used out
+    /// first; 0 turns saving off. Default: 2 GiB.
+    #[serde(default = "default_cache_max_bytes")]
+    pub max_bytes: ByteSize,
+}
+
+fn default_cache_max_bytes() -> ByteSize {
+    ByteSize(2 << 30)
+}
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        CacheSettings {
+            dir: None,
+            max_bytes: default_cache_max_bytes(),
         }
     }
 }

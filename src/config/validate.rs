@@ -300,6 +300,7 @@ pub fn validate_placed(
     let routing = resolve_routing(&raw, &mut bad);
     check_server(&raw.server, &mut bad);
     check_redis(&raw.redis, &mut bad);
+    let cache = resolve_cache(&raw.cache, &mut bad);
 
     if problems.is_empty() {
         Ok(Config {
@@ -308,6 +309,7 @@ pub fn validate_placed(
             routing,
             server: raw.server.clone(),
             redis: raw.redis.clone(),
+            cache,
             tiers,
         })
     } else {
@@ -397,6 +399,37 @@ fn check_server(s: &super::raw::ServerSettings, bad: &mut impl FnMut(String, Str
             "server.session_idle_secs".into(),
             "must be at least 1, got 0".into(),
         );
+    }
+}
+
+/// The KV state store's folder (`~` and `${VAR}` expanded; the project's
+/// cache folder when unset) and size.
+fn resolve_cache(
+    c: &super::raw::CacheSettings,
+    bad: &mut impl FnMut(String, String),
+) -> super::CacheConfig {
+    let default_dir = || {
+        let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
+        home.join(".cache/xnai-model-router/kv")
+    };
+    let dir = match c.dir.as_deref().map(expand) {
+        None => default_dir(),
+        Some(Ok(d)) if !d.trim().is_empty() => PathBuf::from(d),
+        Some(Ok(_)) => {
+            bad(
+                "cache.dir".into(),
+                "is empty; leave it out for the default".into(),
+            );
+            default_dir()
+        }
+        Some(Err(e)) => {
+            bad("cache.dir".into(), e);
+            default_dir()
+        }
+    };
+    super::CacheConfig {
+        dir,
+        max_bytes: c.max_bytes.0,
     }
 }
 

@@ -9,6 +9,7 @@
 mod prefix;
 mod prompt;
 mod resident;
+pub mod store;
 
 use super::ggml_hook::{self, Pass};
 use super::sampling::Sampler;
@@ -34,6 +35,7 @@ use std::num::NonZeroU32;
 use std::sync::mpsc;
 use std::sync::OnceLock;
 use std::time::Instant;
+use store::{StateStore, StoreSettings};
 use tokio::sync::oneshot;
 
 /// Tokens per llama.cpp batch (and micro-batch) when processing a prompt.
@@ -74,12 +76,28 @@ impl Default for LlamaEngine {
 }
 
 impl LlamaEngine {
-    /// Starts the inference thread. It ends when the last handle is dropped.
+    /// Starts the inference thread, keeping no KV state across unloads. It
+    /// ends when the last handle is dropped.
     pub fn new() -> Self {
+        Self::with_store(None)
+    }
+
+    /// The engine for a ladder: unloaded tiers' KV states go to the
+    /// config's `cache` folder (unless its `max_bytes` is 0).
+    pub fn for_config(config: &crate::config::Config) -> Self {
+        Self::with_store(Some(StoreSettings {
+            dir: config.cache.dir.clone(),
+            max_bytes: config.cache.max_bytes,
+        }))
+    }
+
+    /// Starts the inference thread; with `store`, unloaded models' KV
+    /// states are kept there and restored (see [`store`]).
+    pub fn with_store(store: Option<StoreSettings>) -> Self {
         let (tx, rx) = mpsc::channel();
         std::thread::Builder::new()
             .name("xnai-llama".into())
-            .spawn(move || worker(rx))
+            .spawn(move || worker(rx, store.and_then(StateStore::new)))
             .expect("spawn the inference thread");
         LlamaEngine { tx }
     }
@@ -115,13 +133,14 @@ impl super::Engine for LlamaEngine {
     }
 }
 
-fn worker(rx: mpsc::Receiver<Command>) {
+fn worker(rx: mpsc::Receiver<Command>, store: Option<StateStore>) {
     let mut models: HashMap<ModelId, Resident> = HashMap::new();
     let mut next_id: ModelId = 1;
     while let Ok(cmd) = rx.recv() {
         match cmd {
             Command::Load(spec, reply) => {
-                let result = load(&spec).map(|(resident, loaded_ms, context)| {
+                let result = load(&spec).map(|(mut resident, loaded_ms, context)| {
+                    resident.identity = store::ModelIdentity::of(&spec.path);
                     let id = next_id;
                     next_id += 1;
                     models.insert(id, resident);
@@ -134,7 +153,10 @@ fn worker(rx: mpsc::Receiver<Command>) {
                 let _ = reply.send(result);
             }
             Command::Unload(id, reply) => {
-                if let Some(r) = models.remove(&id) {
+                if let Some(mut r) = models.remove(&id) {
+                    if let Some(store) = &store {
+                        r.save_state(store);
+                    }
                     tracing::info!(tier = %r.name, "model unloaded");
                 }
                 let _ = reply.send(());
@@ -146,13 +168,13 @@ fn worker(rx: mpsc::Receiver<Command>) {
                     ),
                     super::Speculation::Draft { model: d, .. } => {
                         match models.get_disjoint_mut([&id, &d]) {
-                            [Some(t), Some(dr)] => generate(t, Some(dr), &request),
+                            [Some(t), Some(dr)] => generate(t, Some(dr), &request, store.as_ref()),
                             [None, _] => Err(EngineError::NotLoaded(id)),
                             [_, None] => Err(EngineError::NotLoaded(d)),
                         }
                     }
                     _ => match models.get_mut(&id) {
-                        Some(r) => generate(r, None, &request),
+                        Some(r) => generate(r, None, &request, store.as_ref()),
                         None => Err(EngineError::NotLoaded(id)),
                     },
                 };
@@ -272,12 +294,21 @@ fn generate(
     r: &mut Resident,
     draft: Option<&mut Resident>,
     req: &GenerateRequest,
+    store: Option<&StateStore>,
 ) -> Result<Generation, EngineError> {
+    let saved = store.zip(r.identity.clone()).filter(|_| req.cache_prompt);
+    let saved = saved.as_ref().map(|(s, id)| (*s, id));
     match draft {
-        None => r.with(|model, ctx, cache| generate_with(model, (ctx, cache), None, req)),
+        None => r.with(|model, ctx, cache| generate_with(model, (ctx, cache), None, req, saved)),
         Some(d) => r.with(|model, ctx, cache| {
             d.with(|_, draft_ctx, draft_cache| {
-                generate_with(model, (ctx, cache), Some((draft_ctx, draft_cache)), req)
+                generate_with(
+                    model,
+                    (ctx, cache),
+                    Some((draft_ctx, draft_cache)),
+                    req,
+                    saved,
+                )
             })
         }),
     }
@@ -291,11 +322,15 @@ fn generate_with(
     (ctx, cache): Slot<'_, '_>,
     draft: Option<Slot<'_, '_>>,
     req: &GenerateRequest,
+    saved: Option<(&StateStore, &store::ModelIdentity)>,
 ) -> Result<Generation, EngineError> {
     let n_ctx = ctx.n_ctx();
     let mut prep = prepare(model, n_ctx, req)?;
     let started = Instant::now();
     let mut batch = LlamaBatch::new(ctx.n_batch() as usize, 1);
+    if let Some((store, identity)) = saved {
+        cache.restore_from(store, identity, ctx, &prep);
+    }
     let cached_tokens = cache.prefill(ctx, &mut batch, &prep, req.cache_prompt)?;
     let prompt_ms = started.elapsed().as_secs_f64() * 1e3;
 

@@ -20,6 +20,7 @@
 
 use super::feed;
 use super::prompt::Prepared;
+use super::store::{ModelIdentity, StateStore};
 use crate::engine::ggml_hook::Pass;
 use crate::engine::EngineError;
 use llama_cpp_2::context::LlamaContext;
@@ -35,6 +36,16 @@ pub struct PromptCache {
 }
 
 impl PromptCache {
+    /// The cached prompt tokens.
+    pub fn tokens(&self) -> &[LlamaToken] {
+        &self.tokens
+    }
+
+    /// The starts of the batches the cached tokens were decoded in.
+    pub fn starts(&self) -> &[usize] {
+        &self.starts
+    }
+
     /// Records that the context's KV cache now holds `tokens`, decoded in
     /// batches starting at `starts` (restored from a saved state).
     pub fn set(&mut self, tokens: Vec<LlamaToken>, starts: Vec<usize>) {
@@ -46,6 +57,44 @@ impl PromptCache {
     pub fn clear(&mut self) {
         self.tokens.clear();
         self.starts.clear();
+    }
+
+    /// Restores a saved state from `store` into `ctx` when it lets `prompt`
+    /// keep more than this cache does (the tier was unloaded and came back,
+    /// or served other conversations meanwhile). Any failure leaves the
+    /// cache empty and the prompt to be decoded cold.
+    pub fn restore_from(
+        &mut self,
+        store: &StateStore,
+        identity: &ModelIdentity,
+        ctx: &mut LlamaContext<'_>,
+        prompt: &Prepared,
+    ) {
+        let starts = batch_starts(
+            prompt.tokens.len(),
+            ctx.n_batch() as usize,
+            &prompt.message_starts,
+        );
+        let now = reusable((&self.tokens, &self.starts), (&prompt.tokens, &starts));
+        let score = |t: &[LlamaToken], s: &[usize]| reusable((t, s), (&prompt.tokens, &starts));
+        let Some((key, entry, _)) = store.best(identity, now, score) else {
+            return;
+        };
+        self.clear();
+        let Some(tokens) = store.restore(&key, &entry, ctx) else {
+            return;
+        };
+        // A sliding-window cache saves only its window; the positions it
+        // restores then sit at other cells than a cold run's, which changes
+        // the last bits, so such a state is not used (and not saved: see
+        // `Resident::save_state`).
+        if ctx.kv_cache_seq_pos_min(0) != 0 {
+            tracing::debug!("a windowed KV state cannot be reused exactly; answering cold");
+            ctx.clear_kv_cache();
+            return;
+        }
+        tracing::debug!(tokens = tokens.len(), "KV state restored");
+        self.set(tokens, entry.starts);
     }
 
     /// Brings `ctx`'s KV cache to `prompt`: keeps the reusable prefix

@@ -9,6 +9,7 @@
 //! neither escape its model nor be swapped into another pair.
 
 use super::prefix::PromptCache;
+use super::store::{ModelIdentity, StateStore};
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::model::LlamaModel;
 use self_cell::self_cell;
@@ -33,6 +34,10 @@ pub struct Resident {
     cache: PromptCache,
     /// The tier name it was loaded for, for logs.
     pub name: String,
+    /// The model file's identity, which keys its saved KV states.
+    pub identity: Option<ModelIdentity>,
+    /// The sliding attention window, for models that have one.
+    window: Option<usize>,
 }
 
 impl Resident {
@@ -46,10 +51,13 @@ impl Resident {
         model: LlamaModel,
         make: impl for<'m> FnOnce(&'m LlamaModel) -> Result<LlamaContext<'m>, E>,
     ) -> Result<Self, E> {
+        let window = sliding_window(&model);
         Ok(Resident {
             pair: Pair::try_new(model, make)?,
             cache: PromptCache::default(),
             name,
+            identity: None,
+            window,
         })
     }
 
@@ -61,4 +69,36 @@ impl Resident {
         let Resident { pair, cache, .. } = self;
         pair.with_dependent_mut(|model, ctx| f(model, ctx, cache))
     }
+
+    /// Saves the cached prompt's KV state to `store` (the model is being
+    /// unloaded): positions past the prompt are dropped first.
+    pub fn save_state(&mut self, store: &StateStore) {
+        let Some(identity) = self.identity.clone() else {
+            return;
+        };
+        let window = self.window;
+        self.with(|_, ctx, cache| {
+            // llama.cpp saves only a sliding-window cache's window, which
+            // could not be restored exactly (see `PromptCache::restore_from`).
+            if cache.tokens().is_empty() || window.is_some_and(|w| cache.tokens().len() > w) {
+                return;
+            }
+            if ctx
+                .kv_cache_seq_rm(0, Some(cache.tokens().len() as u32), None)
+                .is_ok()
+            {
+                store.save(&identity, ctx, cache.tokens(), cache.starts());
+            }
+        });
+    }
+}
+
+/// The model's sliding attention window (`<arch>.attention.sliding_window`
+/// in its GGUF), if it has one.
+fn sliding_window(model: &LlamaModel) -> Option<usize> {
+    let arch = model.meta_val_str("general.architecture").ok()?;
+    let window = model
+        .meta_val_str(&format!("{arch}.attention.sliding_window"))
+        .ok()?;
+    window.trim().parse().ok().filter(|&w| w > 0)
 }
