@@ -59,6 +59,8 @@ pub struct AskResult {
     pub finish: FinishReason,
     pub prompt_format: PromptFormat,
     pub prompt_tokens: u32,
+    /// Leading prompt tokens reused (prompt cache, saved KV state).
+    pub cached_tokens: u32,
     pub completion_tokens: u32,
     /// Generated tokens per second of generation time.
     pub tokens_per_second: f64,
@@ -135,6 +137,7 @@ pub async fn ask<E: Engine>(
         finish: g.finish,
         prompt_format: g.prompt_format,
         prompt_tokens: g.prompt_tokens,
+        cached_tokens: g.cached_tokens,
         completion_tokens: g.completion_tokens,
         tokens_per_second: g.tokens_per_second,
         confidence: crate::confidence::confidence(&g.token_probs),

@@ -38,6 +38,8 @@ pub struct Metrics {
     request_seconds: Histogram,
     attempt_seconds: Family<TierLabel, Histogram, fn() -> Histogram>,
     tokens: Family<TierLabel, Counter>,
+    prompt_tokens: Family<TierLabel, Counter>,
+    cached_tokens: Family<TierLabel, Counter>,
     generate_seconds: Family<TierLabel, Counter<f64, AtomicU64>>,
     drafted: Family<TierLabel, Counter>,
     accepted: Family<TierLabel, Counter>,
@@ -53,6 +55,8 @@ impl Default for Metrics {
             request_seconds: seconds_histogram(),
             attempt_seconds: Family::new_with_constructor(seconds_histogram),
             tokens: Family::default(),
+            prompt_tokens: Family::default(),
+            cached_tokens: Family::default(),
             generate_seconds: Family::default(),
             drafted: Family::default(),
             accepted: Family::default(),
@@ -71,6 +75,8 @@ pub struct AttemptRecord<'a> {
     pub tokens: u32,
     pub generate_seconds: f64,
     pub escalated: bool,
+    pub prompt_tokens: u32,
+    pub cached_tokens: u32,
     pub drafted: u64,
     pub accepted: u64,
 }
@@ -81,6 +87,12 @@ impl Metrics {
         self.attempts.get_or_create(&t).inc();
         self.attempt_seconds.get_or_create(&t).observe(a.seconds);
         self.tokens.get_or_create(&t).inc_by(u64::from(a.tokens));
+        self.prompt_tokens
+            .get_or_create(&t)
+            .inc_by(u64::from(a.prompt_tokens));
+        self.cached_tokens
+            .get_or_create(&t)
+            .inc_by(u64::from(a.cached_tokens));
         self.generate_seconds
             .get_or_create(&t)
             .inc_by(a.generate_seconds);
@@ -146,6 +158,16 @@ impl Metrics {
             self.tokens.clone(),
         );
         r.register(
+            "prompt_tokens",
+            "Prompt tokens of the tier's attempts",
+            self.prompt_tokens.clone(),
+        );
+        r.register(
+            "prompt_tokens_cached",
+            "Prompt tokens reused from the tier's prompt cache or a saved KV state instead of computed",
+            self.cached_tokens.clone(),
+        );
+        r.register(
             "generation_seconds",
             "Seconds spent generating per tier",
             self.generate_seconds.clone(),
@@ -195,6 +217,7 @@ pub struct Live {
     pub rejected: u64,
     /// With remote tiers: whether Redis answers, and healthy workers.
     pub redis: Option<(bool, usize)>,
+    pub kv_store: crate::engine::llama::store::StoreCounts,
 }
 
 impl prometheus_client::collector::Collector for Live {
@@ -320,13 +343,52 @@ impl prometheus_client::collector::Collector for Live {
                 workers as i64,
             )?;
         }
-        let c = ConstCounter::new(self.rejected);
-        c.encode(e.encode_descriptor(
+        gauge(
+            &mut e,
+            "kv_store_entries",
+            "Saved KV states on disk (cache.dir)",
+            self.kv_store.entries as i64,
+        )?;
+        gauge(
+            &mut e,
+            "kv_store_bytes",
+            "Bytes of saved KV states on disk",
+            self.kv_store.bytes as i64,
+        )?;
+        let counter = |e: &mut DescriptorEncoder, name: &str, help: &str, v: u64| {
+            let c = ConstCounter::new(v);
+            c.encode(e.encode_descriptor(name, help, None, c.metric_type())?)
+        };
+        counter(
+            &mut e,
+            "kv_store_hits",
+            "Saved KV states restored for a returning tier",
+            self.kv_store.hits,
+        )?;
+        counter(
+            &mut e,
+            "kv_store_misses",
+            "Loads of a tier with no saved state worth restoring",
+            self.kv_store.misses,
+        )?;
+        counter(
+            &mut e,
+            "kv_store_restored_tokens",
+            "Prompt tokens restored from saved KV states",
+            self.kv_store.restored_tokens,
+        )?;
+        counter(
+            &mut e,
+            "kv_store_failures",
+            "Saved KV states that could not be written or were skipped as bad",
+            self.kv_store.failures,
+        )?;
+        counter(
+            &mut e,
             "rejected_requests",
             "Requests refused because the queue was full",
-            None,
-            c.metric_type(),
-        )?)
+            self.rejected,
+        )
     }
 }
 
@@ -343,6 +405,8 @@ mod tests {
             tokens: 12,
             generate_seconds: 0.25,
             escalated: true,
+            prompt_tokens: 700,
+            cached_tokens: 640,
             drafted: 8,
             accepted: 6,
         });
@@ -362,9 +426,20 @@ mod tests {
             queue_depth: 16,
             rejected: 1,
             redis: Some((true, 2)),
+            kv_store: crate::engine::llama::store::StoreCounts {
+                hits: 2,
+                restored_tokens: 1500,
+                entries: 1,
+                bytes: 4096,
+                ..Default::default()
+            },
             ..Live::default()
         });
         for line in [
+            "xnai_prompt_tokens_cached_total{tier=\"router\"} 640",
+            "xnai_kv_store_hits_total 2",
+            "xnai_kv_store_restored_tokens_total 1500",
+            "xnai_kv_store_bytes 4096",
             "xnai_attempts_total{tier=\"router\"} 1",
             "xnai_escalations_total{tier=\"router\"} 1",
             "xnai_generated_tokens_total{tier=\"router\"} 12",

@@ -302,6 +302,8 @@ impl<E: Engine> Router<E> {
             tokens: spent.tokens,
             generate_seconds: spent.generate_ms / 1e3,
             escalated: spent.escalated,
+            prompt_tokens: spent.prompt_tokens,
+            cached_tokens: spent.cached_tokens,
             drafted: spent.speculative.map_or(0, |s| u64::from(s.drafted)),
             accepted: spent.speculative.map_or(0, |s| u64::from(s.accepted)),
         });
@@ -336,6 +338,7 @@ impl<E: Engine> Router<E> {
                 .remote
                 .as_ref()
                 .map(|r| (r.reachable, r.workers.iter().filter(|w| w.healthy).count())),
+            kv_store: status.kv_store,
         })
     }
 
@@ -377,6 +380,8 @@ impl<E: Engine> Router<E> {
                     requests_served: s.answers,
                     escalations_out: s.escalations_out,
                     mean_latency_ms: s.mean_latency_ms(),
+                    prompt_tokens: s.prompt_tokens,
+                    cached_prompt_tokens: s.cached_tokens,
                     tokens_per_second: s.tokens_per_second(),
                     speculative: s.speculative(),
                 }
@@ -386,6 +391,7 @@ impl<E: Engine> Router<E> {
             tiers,
             remote,
             memory: MemoryView::of(&pool),
+            kv_store: crate::engine::llama::store::counts(),
         }
     }
 }

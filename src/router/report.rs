@@ -24,6 +24,10 @@ pub struct Attempt {
     /// escalation_limit, budget, or failed.
     pub outcome: Outcome,
     pub prompt_tokens: u32,
+    /// Leading prompt tokens reused from the tier's prompt cache or a saved
+    /// KV state instead of computed.
+    #[serde(default)]
+    pub cached_tokens: u32,
     pub completion_tokens: u32,
     pub max_tokens: u32,
     pub tokens_per_second: f64,
@@ -57,6 +61,7 @@ impl Attempt {
             threshold: t.threshold,
             outcome: Outcome::Failed,
             prompt_tokens: 0,
+            cached_tokens: 0,
             completion_tokens: 0,
             max_tokens,
             tokens_per_second: 0.0,
@@ -148,6 +153,10 @@ pub struct TierStatus {
     pub escalations_out: u64,
     /// Mean of load + queue + generate per attempt.
     pub mean_latency_ms: f64,
+    /// Prompt tokens of its attempts, and how many were reused from its
+    /// prompt cache or a saved KV state instead of computed.
+    pub prompt_tokens: u64,
+    pub cached_prompt_tokens: u64,
     pub tokens_per_second: f64,
     /// Speculative decoding totals over this tier's attempts.
     pub speculative: Option<SpecStats>,
@@ -161,4 +170,7 @@ pub struct TierStatusReport {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remote: Option<RemoteStatus>,
     pub memory: MemoryView,
+    /// The KV state store (`cache:`): states saved when tiers were
+    /// unloaded, restores, misses and failures since the server started.
+    pub kv_store: crate::engine::llama::store::StoreCounts,
 }

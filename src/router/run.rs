@@ -158,6 +158,8 @@ impl<E: Engine> Router<E> {
             generate_ms: g.generate_ms,
             speculative: g.speculative.as_ref(),
             escalated,
+            prompt_tokens: g.prompt_tokens,
+            cached_tokens: g.cached_tokens,
         };
         if g.finish == FinishReason::Cancelled {
             self.stats(tier, &spent(false));
@@ -191,6 +193,7 @@ impl<E: Engine> Router<E> {
             confidence: conf,
             outcome,
             prompt_tokens: g.prompt_tokens,
+            cached_tokens: g.cached_tokens,
             completion_tokens: g.completion_tokens,
             tokens_per_second: g.tokens_per_second,
             queue_ms: ran.queue_ms,

@@ -15,6 +15,9 @@ pub struct Spent<'a> {
     pub speculative: Option<&'a SpecStats>,
     /// The attempt escalated to the next tier.
     pub escalated: bool,
+    /// Prompt tokens, and those reused from a cache instead of computed.
+    pub prompt_tokens: u32,
+    pub cached_tokens: u32,
 }
 
 impl Spent<'_> {
@@ -37,6 +40,9 @@ pub struct TierStats {
     spec: SpecStats,
     /// Tokens emitted by speculative attempts, for tokens per target pass.
     spec_tokens: u64,
+    pub prompt_tokens: u64,
+    /// Prompt tokens reused (prompt cache, saved KV state).
+    pub cached_tokens: u64,
 }
 
 impl TierStats {
@@ -46,6 +52,8 @@ impl TierStats {
         self.latency_ms_sum += s.latency_ms;
         self.tokens += u64::from(s.tokens);
         self.generate_ms_sum += s.generate_ms;
+        self.prompt_tokens += u64::from(s.prompt_tokens);
+        self.cached_tokens += u64::from(s.cached_tokens);
         if s.escalated {
             self.escalations_out += 1;
         }

@@ -60,7 +60,9 @@ pub struct Entry {
 }
 
 /// The store's counters since the process started, for status and metrics.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 pub struct StoreCounts {
     pub saved: u64,
     pub hits: u64,
