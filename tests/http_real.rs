@@ -475,7 +475,7 @@ async fn guards_refuse_foreign_hosts_and_origins_bad_tokens_and_big_bodies() {
     assert!(!m.contains("xnai_requests_total{"), "{m}");
 }
 
-const LONG: &str = "Count from 1 to 1000, writing every number in words, one per line.";
+const LONG: &str = "Write a long story about a lighthouse keeper and the sea, with many chapters.";
 
 #[tokio::test]
 async fn cancelled_generations_stop_early_and_the_next_call_succeeds() {

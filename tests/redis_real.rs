@@ -25,7 +25,7 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 const BIN: &str = env!("CARGO_BIN_EXE_xnai-model-router");
 
 /// Counting in words: long enough to act in the middle of it.
-const LONG: &str = "Count from 1 to 1000, writing every number in words, one per line.";
+const LONG: &str = "Write a long story about a lighthouse keeper and the sea, with many chapters.";
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

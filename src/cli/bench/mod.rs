@@ -3,9 +3,12 @@
 //!
 //! - [`engine`]: generation tokens/s against llama.cpp's own decode loop.
 //! - [`prefill`]: prompt tokens/s against llama.cpp's own batch decode.
+//! - [`cache`]: time to first token with the prompt cache and saved KV
+//!   states against cold, on an agent-style conversation.
 //! - [`speculative`]: speculative against target-only decoding.
 //! - [`scaleout`]: the Redis hop, and one worker against two.
 
+pub mod cache;
 pub mod engine;
 pub mod prefill;
 pub mod scaleout;
@@ -90,6 +93,26 @@ pub enum BenchCmd {
         tokens: u32,
         #[arg(long, default_value_t = 5)]
         rounds: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Time to first token of a growing conversation with the prompt cache
+    /// against cold, and after a swap with the saved KV state against cold.
+    Cache {
+        /// The model (default: SmolLM2-135M Q4_1 in $XNAI_MODELS_DIR).
+        #[arg(long)]
+        model: Option<PathBuf>,
+        #[arg(long)]
+        threads: Option<u32>,
+        /// Tokens (about) of the first turn's prompt.
+        #[arg(long, default_value_t = 1500)]
+        first: u32,
+        /// Further turns.
+        #[arg(long, default_value_t = 9)]
+        turns: usize,
+        /// Tokens (about) each further turn adds.
+        #[arg(long, default_value_t = 100)]
+        add: u32,
         #[arg(long)]
         json: bool,
     },
@@ -233,6 +256,35 @@ pub fn run(config_path: &Path, cmd: BenchCmd) -> anyhow::Result<()> {
                 let r = rt.block_on(prefill::prefill_bench(&m, threads, tokens, rounds.max(1)))?;
                 show(&r, json, prefill::render)?;
             }
+        }
+        BenchCmd::Cache {
+            model,
+            threads,
+            first,
+            turns,
+            add,
+            json,
+        } => {
+            let all = prefill::local_models(&models_dir());
+            let model =
+                model.unwrap_or_else(|| models_dir().join("SmolLM2-135M-Instruct.Q4_1.gguf"));
+            if !model.exists() {
+                bail!(
+                    "{} not found: pass --model, or run scripts/fetch-models.sh",
+                    model.display()
+                );
+            }
+            let others = all.into_iter().filter(|m| *m != model).take(2).collect();
+            let opts = cache::CacheOptions {
+                model,
+                others,
+                threads: threads.unwrap_or_else(cores),
+                first,
+                turns,
+                add,
+            };
+            let r = runtime()?.block_on(cache::cache_bench(&opts))?;
+            show(&r, json, cache::render)?;
         }
         BenchCmd::PrefillLoop {
             model,
