@@ -368,7 +368,7 @@ impl prometheus_client::collector::Collector for Live {
         counter(
             &mut e,
             "kv_store_misses",
-            "Loads of a tier with no saved state worth restoring",
+            "First prompts after a tier loaded with no saved state worth restoring",
             self.kv_store.misses,
         )?;
         counter(

@@ -59,10 +59,10 @@ impl PromptCache {
         self.starts.clear();
     }
 
-    /// Restores a saved state from `store` into `ctx` when it lets `prompt`
-    /// keep more than this cache does (the tier was unloaded and came back,
-    /// or served other conversations meanwhile). Any failure leaves the
-    /// cache empty and the prompt to be decoded cold.
+    /// Restores a saved state from `store` into `ctx` when this cache is
+    /// empty (the tier was just loaded, perhaps back after a swap) and a
+    /// stored state lets `prompt` keep some of its tokens. Any failure
+    /// leaves the cache empty and the prompt to be decoded cold.
     pub fn restore_from(
         &mut self,
         store: &StateStore,
@@ -70,17 +70,18 @@ impl PromptCache {
         ctx: &mut LlamaContext<'_>,
         prompt: &Prepared,
     ) {
+        if !self.tokens.is_empty() {
+            return;
+        }
         let starts = batch_starts(
             prompt.tokens.len(),
             ctx.n_batch() as usize,
             &prompt.message_starts,
         );
-        let now = reusable((&self.tokens, &self.starts), (&prompt.tokens, &starts));
         let score = |t: &[LlamaToken], s: &[usize]| reusable((t, s), (&prompt.tokens, &starts));
-        let Some((key, entry, _)) = store.best(identity, now, score) else {
+        let Some((key, entry, _)) = store.best(identity, 0, score) else {
             return;
         };
-        self.clear();
         let Some(tokens) = store.restore(&key, &entry, ctx) else {
             return;
         };
