@@ -60,16 +60,22 @@ pub fn median(v: &[f64]) -> f64 {
 }
 
 /// Runs the baseline in a child process (`bench decode-loop`): a warm-up
-/// round, then one timed round.
-fn run_baseline_process(
+/// round, then one timed round of `tokens` single-token decodes, or with
+/// `prefill` one batch decode of `tokens` tokens.
+pub fn run_baseline_process(
     model: &Path,
     threads: u32,
     tokens: u32,
     context: u32,
+    prefill: bool,
 ) -> anyhow::Result<f64> {
     let mut cmd = Command::new(std::env::current_exe()?);
-    cmd.args(["bench", "decode-loop", "--model"])
-        .arg(model)
+    if prefill {
+        cmd.args(["bench", "decode-loop", "--prefill", "--model"]);
+    } else {
+        cmd.args(["bench", "decode-loop", "--model"]);
+    }
+    cmd.arg(model)
         .args([
             "--threads",
             &threads.to_string(),
@@ -82,7 +88,7 @@ fn run_baseline_process(
 }
 
 /// Runs `cmd` to completion and returns its stdout; a failure carries its stderr.
-pub fn child_stdout(cmd: &mut Command, what: &str) -> anyhow::Result<String> {
+fn child_stdout(cmd: &mut Command, what: &str) -> anyhow::Result<String> {
     let out = cmd.output()?;
     anyhow::ensure!(
         out.status.success(),
@@ -165,6 +171,31 @@ impl Baseline {
         }
         Ok(tokens as f64 / started.elapsed().as_secs_f64())
     }
+
+    /// llama-bench's `pp` test: `tokens` random tokens decoded in batches
+    /// of n_batch with logits for the last one; returns tokens per second.
+    ///
+    /// # Errors
+    ///
+    /// A decode fails.
+    pub fn prefill(&mut self, tokens: u32) -> anyhow::Result<f64> {
+        let n_batch = self.ctx.n_batch() as usize;
+        let ids: Vec<LlamaToken> = (0..tokens)
+            .map(|_| LlamaToken((self.rng.next_u64() % self.n_vocab as u64) as i32))
+            .collect();
+        let mut batch = LlamaBatch::new(n_batch, 1);
+        self.ctx.clear_kv_cache();
+        let started = Instant::now();
+        for (c, chunk) in ids.chunks(n_batch).enumerate() {
+            batch.clear();
+            for (j, &id) in chunk.iter().enumerate() {
+                let pos = c * n_batch + j;
+                batch.add(id, pos as i32, &[0], pos + 1 == ids.len())?;
+            }
+            self.ctx.decode(&mut batch)?;
+        }
+        Ok(tokens as f64 / started.elapsed().as_secs_f64())
+    }
 }
 
 /// Benchmarks `model` for `rounds` alternating rounds of `tokens` tokens.
@@ -199,7 +230,9 @@ pub async fn engine_bench(
     engine.generate(loaded.id, request.clone()).await?;
     let (mut ours, mut base, mut theirs) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..rounds {
-        base.push(run_baseline_process(model, threads, tokens, context)?);
+        base.push(run_baseline_process(
+            model, threads, tokens, context, false,
+        )?);
         let g = engine.generate(loaded.id, request.clone()).await?;
         ours.push((g.completion_tokens.saturating_sub(1)) as f64 / (g.generate_ms / 1e3));
         if let Some(bin) = llama_bench {

@@ -68,9 +68,12 @@ pub enum BenchCmd {
         #[arg(long)]
         json: bool,
     },
-    /// The baseline's child process: llama.cpp's raw decode loop, prints tokens/s.
+    /// The baselines' child process: llama.cpp's raw decode loop (or with
+    /// `--prefill`, its batch decode), prints tokens/s.
     #[command(hide = true)]
     DecodeLoop {
+        #[arg(long)]
+        prefill: bool,
         #[arg(long)]
         model: PathBuf,
         #[arg(long)]
@@ -115,18 +118,6 @@ pub enum BenchCmd {
         add: u32,
         #[arg(long)]
         json: bool,
-    },
-    /// The prefill baseline's child process: llama.cpp's batch decode, prints tokens/s.
-    #[command(hide = true)]
-    PrefillLoop {
-        #[arg(long)]
-        model: PathBuf,
-        #[arg(long)]
-        threads: u32,
-        #[arg(long)]
-        tokens: u32,
-        #[arg(long)]
-        context: u32,
     },
     /// Generation tokens/s against llama.cpp's llama-bench, same model and threads.
     Engine {
@@ -226,14 +217,22 @@ pub fn run(config_path: &Path, cmd: BenchCmd) -> anyhow::Result<()> {
             show(&r, json, scaleout::render)?;
         }
         BenchCmd::DecodeLoop {
+            prefill,
             model,
             threads,
             tokens,
             context,
         } => {
             let mut b = engine::Baseline::new(&model, threads, context)?;
-            b.round(tokens)?;
-            println!("{}", b.round(tokens)?);
+            let mut once = || {
+                if prefill {
+                    b.prefill(tokens)
+                } else {
+                    b.round(tokens)
+                }
+            };
+            once()?;
+            println!("{}", once()?);
         }
         BenchCmd::Prefill {
             models,
@@ -285,17 +284,6 @@ pub fn run(config_path: &Path, cmd: BenchCmd) -> anyhow::Result<()> {
             };
             let r = runtime()?.block_on(cache::cache_bench(&opts))?;
             show(&r, json, cache::render)?;
-        }
-        BenchCmd::PrefillLoop {
-            model,
-            threads,
-            tokens,
-            context,
-        } => {
-            println!(
-                "{}",
-                prefill::prefill_loop(&model, threads, tokens, context)?
-            );
         }
         BenchCmd::Engine {
             models,

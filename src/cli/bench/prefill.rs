@@ -3,8 +3,9 @@
 //! build, rounds interleaved, as a ratio.
 //!
 //! The baseline is llama-bench's `pp` method through the same library, in
-//! a child process (`bench prefill-loop`; one process per side, as in
-//! `bench engine`): a context with llama.cpp's default settings, the tokens
+//! a child process (`bench decode-loop --prefill`; one process per side, as
+//! in `bench engine`): a context like the engine's but with llama.cpp's
+//! default attention and weight layout, the tokens
 //! decoded in batches of n_batch with logits for the last one only, every
 //! matrix product on llama.cpp's own kernels (tinyBLAS included; a decode
 //! outside the engine is never a generated pass). Our side is a real
@@ -12,20 +13,11 @@
 //! chat prompt is tokenised and processed each round; we count
 //! `prompt_tokens / prompt_ms`.
 
-use super::engine::{child_stdout, median};
+use super::engine::{median, run_baseline_process};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::Instant;
-use xnai_model_router::engine::llama::{backend, LlamaEngine};
+use xnai_model_router::engine::llama::LlamaEngine;
 use xnai_model_router::engine::{Engine, GenerateRequest, LoadSpec};
-
-use llama_cpp_2::context::params::LlamaContextParams;
-use llama_cpp_2::llama_batch::LlamaBatch;
-use llama_cpp_2::model::params::LlamaModelParams;
-use llama_cpp_2::model::LlamaModel;
-use llama_cpp_2::token::LlamaToken;
-use std::num::NonZeroU32;
 
 /// One model's result.
 #[derive(Debug, Clone, Serialize)]
@@ -72,64 +64,6 @@ fn long_prompt(tokens: u32) -> String {
     text
 }
 
-/// Runs the baseline in a child process: a warm-up decode, then one timed.
-fn run_baseline_process(
-    model: &Path,
-    threads: u32,
-    tokens: u32,
-    context: u32,
-) -> anyhow::Result<f64> {
-    let mut cmd = Command::new(std::env::current_exe()?);
-    cmd.args(["bench", "prefill-loop", "--model"])
-        .arg(model)
-        .args(["--threads", &threads.to_string()])
-        .args(["--tokens", &tokens.to_string()])
-        .args(["--context", &context.to_string()])
-        .env("XNAI_LOG", "error");
-    Ok(child_stdout(&mut cmd, "baseline process")?.trim().parse()?)
-}
-
-/// The child's side: llama.cpp's batch decode of `tokens` random tokens,
-/// llama-bench's `pp` test, once to warm up and once timed; tokens/s.
-///
-/// # Errors
-///
-/// The model or context fails to load, or a decode fails.
-pub fn prefill_loop(model: &Path, threads: u32, tokens: u32, context: u32) -> anyhow::Result<f64> {
-    let model = LlamaModel::load_from_file(backend(), model, &LlamaModelParams::default())?;
-    let t = threads as i32;
-    let n_batch = xnai_model_router::estimate::UBATCH;
-    let params = LlamaContextParams::default()
-        .with_n_ctx(NonZeroU32::new(context))
-        .with_n_batch(n_batch)
-        .with_n_ubatch(n_batch)
-        .with_n_seq_max(1)
-        .with_n_threads(t)
-        .with_n_threads_batch(t);
-    let mut ctx = model.new_context(backend(), params)?;
-    let mut rng = xnai_model_router::engine::sampling::Rng::new(1);
-    let n_vocab = model.n_vocab() as u64;
-    let ids: Vec<LlamaToken> = (0..tokens)
-        .map(|_| LlamaToken((rng.next_u64() % n_vocab) as i32))
-        .collect();
-    let mut batch = LlamaBatch::new(n_batch as usize, 1);
-    let mut once = || -> anyhow::Result<f64> {
-        ctx.clear_kv_cache();
-        let started = Instant::now();
-        for (c, chunk) in ids.chunks(n_batch as usize).enumerate() {
-            batch.clear();
-            for (j, &id) in chunk.iter().enumerate() {
-                let pos = c * n_batch as usize + j;
-                batch.add(id, pos as i32, &[0], pos + 1 == ids.len())?;
-            }
-            ctx.decode(&mut batch)?;
-        }
-        Ok(tokens as f64 / started.elapsed().as_secs_f64())
-    };
-    once()?;
-    once()
-}
-
 /// Benchmarks `model` over `rounds` alternating rounds of a prompt of
 /// about `tokens` tokens.
 ///
@@ -164,7 +98,7 @@ pub async fn prefill_bench(
         .prompt_tokens;
     let (mut ours, mut base) = (Vec::new(), Vec::new());
     for _ in 0..rounds {
-        base.push(run_baseline_process(model, threads, n, context)?);
+        base.push(run_baseline_process(model, threads, n, context, true)?);
         let g = engine.generate(loaded.id, request.clone()).await?;
         anyhow::ensure!(g.cached_tokens == 0, "the prompt cache was used");
         ours.push(g.prompt_tokens as f64 / (g.prompt_ms / 1e3));

@@ -330,12 +330,19 @@ pub unsafe extern "C" fn __wrap_llamafile_sgemm(
         if first {
             FORWARDED.fetch_add(1, Ordering::Relaxed);
         }
-        // SAFETY: the arguments are ggml's own, passed on unchanged.
+        // llama.cpp's own `llamafile_sgemm` (tinyBLAS): true when it
+        // computed the product, false to leave it to ggml's loop. Where the
+        // linker has no `--wrap`, ggml never calls this hook at all.
+        #[cfg(sgemm_wrapped)]
+        // SAFETY: ggml's own arguments, passed on unchanged to the function
+        // it meant to call.
         return unsafe {
-            llama_cpp_sgemm(
+            __real_llamafile_sgemm(
                 params, m, n, k, a, lda, b, ldb, c, ldc, a_type, b_type, c_type,
             )
         };
+        #[cfg(not(sgemm_wrapped))]
+        return false;
     }
     if m < 1 || n < 1 || k < 1 || c_type != types::F32 {
         return false;
@@ -376,46 +383,6 @@ extern "C" {
         b_type: c_int,
         c_type: c_int,
     ) -> bool;
-}
-
-/// llama.cpp's `llamafile_sgemm` (tinyBLAS): true when it computed the
-/// product, false to leave it to ggml's loop.
-///
-/// # Safety
-///
-/// The arguments are those ggml passed to the hook, unchanged.
-#[allow(clippy::too_many_arguments)]
-unsafe fn llama_cpp_sgemm(
-    params: *const ComputeParams,
-    m: i64,
-    n: i64,
-    k: i64,
-    a: *const c_void,
-    lda: i64,
-    b: *const c_void,
-    ldb: i64,
-    c: *mut c_void,
-    ldc: i64,
-    a_type: c_int,
-    b_type: c_int,
-    c_type: c_int,
-) -> bool {
-    #[cfg(sgemm_wrapped)]
-    {
-        // SAFETY: ggml's own arguments, for the function it meant to call.
-        unsafe {
-            __real_llamafile_sgemm(
-                params, m, n, k, a, lda, b, ldb, c, ldc, a_type, b_type, c_type,
-            )
-        }
-    }
-    #[cfg(not(sgemm_wrapped))]
-    {
-        let _ = (
-            params, m, n, k, a, lda, b, ldb, c, ldc, a_type, b_type, c_type,
-        );
-        false
-    }
 }
 
 /// Computes thread `ith` of `nth`'s share of a product this build's
