@@ -5,6 +5,8 @@
 //!
 //! - [`config`]: tiers.yaml, raw and resolved, validation, JSON Schema.
 //! - [`gguf`]: reads and checks a GGUF header before llama.cpp sees the file.
+//! - [`probe`]: loads each new model file in a child process first, so a file
+//!   llama.cpp aborts on fails its tier, not the server; verdicts kept by file identity.
 //! - [`estimate`]: a model's memory cost from its GGUF header.
 //! - [`cascade`]: start tier, escalation decisions, token shares, the draft handover.
 //! - [`classify`]: the complexity classifier: level, domain, score and signals.
@@ -48,6 +50,7 @@ pub mod mcp;
 pub mod memory;
 pub mod metrics;
 pub mod pool;
+pub mod probe;
 pub mod quantize;
 pub mod remote;
 pub mod router;

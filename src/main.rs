@@ -61,6 +61,14 @@ enum Cmd {
         #[command(subcommand)]
         command: cli::bench::BenchCmd,
     },
+    /// Load a model file and decode a few tokens, printing its facts as
+    /// JSON: what a probe child does before a server loads a new file.
+    #[command(name = "probe-model", hide = true)]
+    ProbeModel {
+        model: PathBuf,
+        #[arg(long, default_value_t = 1)]
+        threads: u32,
+    },
 }
 
 fn main() -> ExitCode {
@@ -102,6 +110,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{}", serde_json::to_string_pretty(&q)?);
         }
         Cmd::Bench { command } => cli::bench::run(config, command)?,
+        Cmd::ProbeModel { model, threads } => cli::probe::child(&model, threads)?,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use xnai_model_router::ask::{ask, AskOptions};
 use xnai_model_router::config::Config;
-use xnai_model_router::engine::llama::LlamaEngine;
 use xnai_model_router::engine::sampling::DEFAULT_TOP_P;
 use xnai_model_router::pool::TierPool;
 
@@ -55,7 +54,7 @@ pub fn run(config_path: &Path, a: AskArgs) -> anyhow::Result<()> {
     } else {
         vec![a.tier.clone()]
     };
-    let pool = TierPool::new(LlamaEngine::for_config(&config), Arc::new(config));
+    let pool = TierPool::new(super::engine(&config)?, Arc::new(config));
     let rt = runtime()?;
     for tier in tiers {
         let opts = AskOptions {

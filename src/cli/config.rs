@@ -1,5 +1,6 @@
 //! `config check`, `config schema` and `status`: the ladder as written,
-//! validated and costed, without loading a model.
+//! validated and costed, without loading a model (except in a probe child,
+//! with `config check --probe`).
 
 use super::{load_config, status};
 use clap::Subcommand;
@@ -13,6 +14,11 @@ pub enum ConfigCmd {
     Check {
         /// Defaults to --config.
         file: Option<PathBuf>,
+        /// Also load every local tier's file in a child process (see
+        /// `probe:` in tiers.yaml) and print each verdict; exits 1 if any
+        /// file fails.
+        #[arg(long)]
+        probe: bool,
     },
     /// Print the JSON Schema of tiers.yaml.
     Schema,
@@ -25,12 +31,15 @@ pub fn run(default: &Path, cmd: ConfigCmd) -> anyhow::Result<ExitCode> {
             println!("{}", serde_json::to_string_pretty(&config::json_schema())?);
             Ok(ExitCode::SUCCESS)
         }
-        ConfigCmd::Check { file } => {
+        ConfigCmd::Check { file, probe } => {
             let path = file.unwrap_or_else(|| default.to_path_buf());
             Ok(match Config::load(&path) {
                 Ok(c) => {
                     println!("{}: ok, {} tier(s)", path.display(), c.tiers.len());
                     print!("{}", status::render(&c));
+                    if probe && !super::probe::check_all(&c)? {
+                        return Ok(ExitCode::FAILURE);
+                    }
                     ExitCode::SUCCESS
                 }
                 Err(e) => {

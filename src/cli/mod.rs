@@ -5,12 +5,14 @@
 pub mod ask;
 pub mod bench;
 pub mod config;
+pub mod probe;
 pub mod serve;
 pub mod status;
 
 use anyhow::Context;
 use std::path::Path;
 use xnai_model_router::config::{Config, ConfigError, Placement};
+use xnai_model_router::engine::llama::{EngineSettings, LlamaEngine};
 
 /// CPU threads to use when not told: every core.
 pub fn cores() -> u32 {
@@ -20,6 +22,13 @@ pub fn cores() -> u32 {
 /// A multi-threaded runtime for the async parts of a command.
 pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Runtime::new().context("starting the async runtime")
+}
+
+/// The llama.cpp engine for a ladder, probing model files with this
+/// very binary's `probe-model` subcommand.
+pub fn engine(config: &Config) -> anyhow::Result<LlamaEngine> {
+    let exe = std::env::current_exe().context("finding this program's path for model probes")?;
+    Ok(LlamaEngine::start(EngineSettings::for_config(config, exe)))
 }
 
 /// Loads and validates the ladder at `path`.

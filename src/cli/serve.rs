@@ -7,7 +7,6 @@ use clap::Args;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use xnai_model_router::config::{Config, Placement};
-use xnai_model_router::engine::llama::LlamaEngine;
 use xnai_model_router::http::HttpOptions;
 use xnai_model_router::pool::TierPool;
 use xnai_model_router::remote::{Redis, RemoteTiers, Worker, WorkerOptions};
@@ -106,7 +105,7 @@ pub fn serve(config_path: &Path, a: ServeArgs) -> anyhow::Result<()> {
     let redis_settings = config.redis.clone();
     let rt = runtime()?;
     rt.block_on(async {
-        let mut router = Router::new(LlamaEngine::for_config(&config), config);
+        let mut router = Router::new(super::engine(&config)?, config);
         if let Some(redis) = redis {
             router = router.with_remote(RemoteTiers::new(redis, redis_settings));
         }
@@ -191,8 +190,9 @@ pub fn worker(config_path: &Path, a: WorkerArgs) -> anyhow::Result<()> {
         tiers: served,
         settings: config.redis.clone(),
     };
+    let engine = super::engine(&config)?;
     runtime()?.block_on(async {
-        let pool = TierPool::new(LlamaEngine::for_config(&config), Arc::new(config));
+        let pool = TierPool::new(engine, Arc::new(config));
         let worker = Arc::new(Worker::new(pool, redis, opts));
         let stop = tokio_util::sync::CancellationToken::new();
         let on_signal = stop.clone();

@@ -133,7 +133,16 @@ pub struct Config {
     pub server: ServerSettings,
     pub redis: RedisSettings,
     pub cache: CacheConfig,
+    pub probe: ProbeConfig,
     pub tiers: Vec<Tier>,
+}
+
+/// Whether and where model files are probed (`probe:` in tiers.yaml).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ProbeConfig {
+    pub enabled: bool,
+    /// Where verdicts are kept.
+    pub dir: PathBuf,
 }
 
 /// Where unloaded tiers' KV states are kept (`cache:` in tiers.yaml).
@@ -300,6 +309,7 @@ impl Config {
             server: ServerSettings::default(),
             redis: RedisSettings::default(),
             cache: raw::CacheSettings::default(),
+            probe: raw::ProbeSettings::default(),
             tiers: vec![raw::RawTier {
                 name,
                 role: Role::Router,

@@ -22,6 +22,10 @@ pub struct RawConfig {
     pub server: ServerSettings,
     #[serde(default)]
     pub cache: CacheSettings,
+    /// Each new model file is first loaded in a child process, so a file
+    /// that crashes llama.cpp fails its tier instead of the server.
+    #[serde(default)]
+    pub probe: ProbeSettings,
     /// Scale-out over Redis Streams (`serve --redis`, `worker`).
     #[serde(default)]
     pub redis: RedisSettings,
@@ -193,6 +197,34 @@ impl Default for CacheSettings {
         CacheSettings {
             dir: None,
             max_bytes: default_cache_max_bytes(),
+        }
+    }
+}
+
+/// Loading each new model file in a child process before this one.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeSettings {
+    /// Probe model files before loading them. Default: true. Turning it
+    /// off lets a malformed file that llama.cpp aborts on end the process.
+    #[serde(default = "default_true_probe")]
+    pub enabled: bool,
+    /// Folder for the verdicts, one per file identity (path, size,
+    /// modification time, hash of its first and last bytes). Default:
+    /// `~/.cache/xnai-model-router/probes`.
+    #[serde(default)]
+    pub dir: Option<String>,
+}
+
+fn default_true_probe() -> bool {
+    true
+}
+
+impl Default for ProbeSettings {
+    fn default() -> Self {
+        ProbeSettings {
+            enabled: true,
+            dir: None,
         }
     }
 }

@@ -301,6 +301,10 @@ pub fn validate_placed(
     check_server(&raw.server, &mut bad);
     check_redis(&raw.redis, &mut bad);
     let cache = resolve_cache(&raw.cache, &mut bad);
+    let probe = super::ProbeConfig {
+        enabled: raw.probe.enabled,
+        dir: resolve_dir("probe.dir", raw.probe.dir.as_deref(), "probes", &mut bad),
+    };
 
     if problems.is_empty() {
         Ok(Config {
@@ -310,6 +314,7 @@ pub fn validate_placed(
             server: raw.server.clone(),
             redis: raw.redis.clone(),
             cache,
+            probe,
             tiers,
         })
     } else {
@@ -408,28 +413,38 @@ fn resolve_cache(
     c: &super::raw::CacheSettings,
     bad: &mut impl FnMut(String, String),
 ) -> super::CacheConfig {
+    super::CacheConfig {
+        dir: resolve_dir("cache.dir", c.dir.as_deref(), "kv", bad),
+        max_bytes: c.max_bytes.0,
+    }
+}
+
+/// A folder setting: as written (variables expanded), or `default` inside
+/// the project's cache folder, `~/.cache/xnai-model-router`, when unset.
+fn resolve_dir(
+    field: &str,
+    written: Option<&str>,
+    default: &str,
+    bad: &mut impl FnMut(String, String),
+) -> PathBuf {
     let default_dir = || {
         let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
-        home.join(".cache/xnai-model-router/kv")
+        home.join(".cache/xnai-model-router").join(default)
     };
-    let dir = match c.dir.as_deref().map(expand) {
+    match written.map(expand) {
         None => default_dir(),
         Some(Ok(d)) if !d.trim().is_empty() => PathBuf::from(d),
         Some(Ok(_)) => {
             bad(
-                "cache.dir".into(),
+                field.into(),
                 "is empty; leave it out for the default".into(),
             );
             default_dir()
         }
         Some(Err(e)) => {
-            bad("cache.dir".into(), e);
+            bad(field.into(), e);
             default_dir()
         }
-    };
-    super::CacheConfig {
-        dir,
-        max_bytes: c.max_bytes.0,
     }
 }
 

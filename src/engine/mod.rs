@@ -268,8 +268,18 @@ pub enum EngineError {
     },
     #[error("the prompt has {tokens} tokens but the context holds {context}: shorten it or raise the tier's context")]
     PromptTooLong { tokens: usize, context: u32 },
+    #[error(
+        "tier {tier}: {path} failed its probe in a child process, so it was not loaded: {cause}"
+    )]
+    ProbeFailed {
+        tier: String,
+        path: PathBuf,
+        cause: String,
+    },
     #[error("llama.cpp decode failed: {0}")]
     Decode(String),
+    #[error("the inference thread panicked on this request (it goes on serving others): {0}")]
+    Panicked(String),
     #[error("model {0} is not loaded")]
     NotLoaded(ModelId),
     #[error("the inference thread has stopped")]

@@ -7,6 +7,7 @@
 //! two decodes at once on the same cores only slow each other down.
 
 mod prefix;
+mod probe;
 mod prompt;
 mod resident;
 pub mod store;
@@ -19,6 +20,7 @@ use super::{
     EngineError, FinishReason, GenerateRequest, Generation, LoadSpec, LoadedModel, ModelId,
 };
 use crate::gguf;
+use crate::probe::{Outcome, Prober};
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_backend::LlamaBackend;
@@ -26,12 +28,16 @@ use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
 pub(super) use prefix::PromptCache;
+pub use probe::probe_here;
 pub use prompt::plain_prompt;
 use prompt::prepare;
 pub(super) use prompt::Prepared;
 use resident::Resident;
 use std::collections::HashMap;
 use std::num::NonZeroU32;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::OnceLock;
 use std::time::Instant;
@@ -75,29 +81,60 @@ impl Default for LlamaEngine {
     }
 }
 
-impl LlamaEngine {
-    /// Starts the inference thread, keeping no KV state across unloads. It
-    /// ends when the last handle is dropped.
-    pub fn new() -> Self {
-        Self::with_store(None)
-    }
+/// What the inference thread keeps besides its models.
+#[derive(Debug, Clone, Default)]
+pub struct EngineSettings {
+    /// Where unloaded models' KV states go (see [`store`]).
+    pub store: Option<StoreSettings>,
+    /// Probes each model file in a child process before loading it (see
+    /// [`crate::probe`]).
+    pub prober: Option<Prober>,
+}
 
-    /// The engine for a ladder: unloaded tiers' KV states go to the
-    /// config's `cache` folder (unless its `max_bytes` is 0).
-    pub fn for_config(config: &crate::config::Config) -> Self {
-        Self::with_store(Some(StoreSettings {
-            dir: config.cache.dir.clone(),
-            max_bytes: config.cache.max_bytes,
-        }))
+impl EngineSettings {
+    /// The settings for a ladder, run from the binary at `exe` (the
+    /// probe child is `exe probe-model`): KV states in the config's
+    /// `cache` folder (unless its `max_bytes` is 0), files probed unless
+    /// `probe.enabled` is false.
+    pub fn for_config(config: &crate::config::Config, exe: PathBuf) -> Self {
+        EngineSettings {
+            store: Some(StoreSettings {
+                dir: config.cache.dir.clone(),
+                max_bytes: config.cache.max_bytes,
+            }),
+            prober: config
+                .probe
+                .enabled
+                .then(|| Prober::new(exe, config.probe.dir.clone())),
+        }
+    }
+}
+
+impl LlamaEngine {
+    /// Starts the inference thread, keeping no KV state across unloads and
+    /// probing nothing. It ends when the last handle is dropped.
+    pub fn new() -> Self {
+        Self::start(EngineSettings::default())
     }
 
     /// Starts the inference thread; with `store`, unloaded models' KV
     /// states are kept there and restored (see [`store`]).
     pub fn with_store(store: Option<StoreSettings>) -> Self {
+        Self::start(EngineSettings {
+            store,
+            prober: None,
+        })
+    }
+
+    /// Starts the inference thread with `settings`.
+    pub fn start(settings: EngineSettings) -> Self {
         let (tx, rx) = mpsc::channel();
         std::thread::Builder::new()
             .name("xnai-llama".into())
-            .spawn(move || worker(rx, store.and_then(StateStore::new)))
+            .spawn(move || {
+                let store = settings.store.and_then(StateStore::new);
+                worker(rx, store, settings.prober)
+            })
             .expect("spawn the inference thread");
         LlamaEngine { tx }
     }
@@ -133,13 +170,17 @@ impl super::Engine for LlamaEngine {
     }
 }
 
-fn worker(rx: mpsc::Receiver<Command>, store: Option<StateStore>) {
+fn worker(rx: mpsc::Receiver<Command>, store: Option<StateStore>, prober: Option<Prober>) {
     let mut models: HashMap<ModelId, Resident> = HashMap::new();
     let mut next_id: ModelId = 1;
     while let Ok(cmd) = rx.recv() {
         match cmd {
             Command::Load(spec, reply) => {
-                let result = load(&spec).map(|(mut resident, loaded_ms, context)| {
+                let result = contain(|| {
+                    check_file(&spec, prober.as_ref())?;
+                    load(&spec)
+                })
+                .map(|(mut resident, loaded_ms, context)| {
                     resident.identity = store::ModelIdentity::of(&spec.path);
                     let id = next_id;
                     next_id += 1;
@@ -155,43 +196,121 @@ fn worker(rx: mpsc::Receiver<Command>, store: Option<StateStore>) {
             Command::Unload(id, reply) => {
                 if let Some(mut r) = models.remove(&id) {
                     if let Some(store) = &store {
-                        r.save_state(store);
+                        let _ = contain(|| {
+                            r.save_state(store);
+                            Ok(())
+                        });
                     }
                     tracing::info!(tier = %r.name, "model unloaded");
                 }
                 let _ = reply.send(());
             }
             Command::Generate(id, request, reply) => {
-                let result = match request.speculation {
-                    super::Speculation::Draft { model: d, .. } if d == id => Err(
-                        EngineError::Decode("a model cannot draft for itself".into()),
-                    ),
-                    super::Speculation::Draft { model: d, .. } => {
-                        match models.get_disjoint_mut([&id, &d]) {
-                            [Some(t), Some(dr)] => generate(t, Some(dr), &request, store.as_ref()),
-                            [None, _] => Err(EngineError::NotLoaded(id)),
-                            [_, None] => Err(EngineError::NotLoaded(d)),
-                        }
-                    }
-                    _ => match models.get_mut(&id) {
-                        Some(r) => generate(r, None, &request, store.as_ref()),
-                        None => Err(EngineError::NotLoaded(id)),
-                    },
-                };
+                let result = contain(|| run_generate(&mut models, id, &request, store.as_ref()));
+                if result.is_err() {
+                    forget_prompts(&mut models, id, &request);
+                }
                 let _ = reply.send(result);
             }
         }
     }
 }
 
-fn load(spec: &LoadSpec) -> Result<(Resident, f64, u32), EngineError> {
-    let started = Instant::now();
+/// Runs `f`, turning a panic into an error, so one request's bug fails
+/// that request and the thread goes on serving the others.
+fn contain<T>(f: impl FnOnce() -> Result<T, EngineError>) -> Result<T, EngineError> {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        tracing::error!(panic = %what, "the inference thread caught a panic; the request failed");
+        Err(EngineError::Panicked(what))
+    })
+}
+
+/// After a failed generation, the models it used forget their cached
+/// prompts: what their KV caches hold is no longer known, and the next
+/// request starts from a clean cache.
+fn forget_prompts(models: &mut HashMap<ModelId, Resident>, id: ModelId, req: &GenerateRequest) {
+    let draft = match req.speculation {
+        super::Speculation::Draft { model, .. } => Some(model),
+        _ => None,
+    };
+    for m in std::iter::once(id).chain(draft) {
+        if let Some(r) = models.get_mut(&m) {
+            r.forget();
+        }
+    }
+}
+
+fn run_generate(
+    models: &mut HashMap<ModelId, Resident>,
+    id: ModelId,
+    request: &GenerateRequest,
+    store: Option<&StateStore>,
+) -> Result<Generation, EngineError> {
+    if PANIC_NEXT.swap(false, Ordering::SeqCst) {
+        panic!("a panic injected by a test");
+    }
+    match request.speculation {
+        super::Speculation::Draft { model: d, .. } if d == id => Err(EngineError::Decode(
+            "a model cannot draft for itself".into(),
+        )),
+        super::Speculation::Draft { model: d, .. } => match models.get_disjoint_mut([&id, &d]) {
+            [Some(t), Some(dr)] => generate(t, Some(dr), request, store),
+            [None, _] => Err(EngineError::NotLoaded(id)),
+            [_, None] => Err(EngineError::NotLoaded(d)),
+        },
+        _ => match models.get_mut(&id) {
+            Some(r) => generate(r, None, request, store),
+            None => Err(EngineError::NotLoaded(id)),
+        },
+    }
+}
+
+/// Set by [`panic_in_next_generate`].
+static PANIC_NEXT: AtomicBool = AtomicBool::new(false);
+
+/// Makes the next generation on any engine in this process panic on the
+/// inference thread: the tests' way to show a panic fails one request and
+/// nothing else.
+#[doc(hidden)]
+pub fn panic_in_next_generate() {
+    PANIC_NEXT.store(true, Ordering::SeqCst);
+}
+
+/// The checks a model file passes before this process loads it: the Rust
+/// GGUF checks, then (with a prober) a probe in a child process.
+fn check_file(spec: &LoadSpec, prober: Option<&Prober>) -> Result<(), EngineError> {
     // llama.cpp aborts the process on some malformed files: check in Rust first.
     gguf::inspect(&spec.path).map_err(|e| EngineError::BadModel {
         tier: spec.name.clone(),
         path: spec.path.clone(),
         reason: e.to_string(),
     })?;
+    let Some(prober) = prober else {
+        return Ok(());
+    };
+    let checked = prober.check(&spec.path, spec.threads);
+    match checked.verdict.outcome {
+        Outcome::Ok { .. } => {
+            if !checked.cached {
+                tracing::info!(tier = %spec.name, path = %spec.path.display(), probe_ms = checked.verdict.probe_ms, "model file probed");
+            }
+            Ok(())
+        }
+        Outcome::Failed { cause } => Err(EngineError::ProbeFailed {
+            tier: spec.name.clone(),
+            path: spec.path.clone(),
+            cause,
+        }),
+    }
+}
+
+fn load(spec: &LoadSpec) -> Result<(Resident, f64, u32), EngineError> {
+    let started = Instant::now();
     let backend = backend();
     let model = load_model(&spec.path, spec.mlock).ok_or_else(|| EngineError::LoadFailed {
         tier: spec.name.clone(),

@@ -70,6 +70,15 @@ impl Resident {
         pair.with_dependent_mut(|model, ctx| f(model, ctx, cache))
     }
 
+    /// Forgets the cached prompt and empties the KV cache, after a request
+    /// that failed part-way left them in a state no one can vouch for.
+    pub fn forget(&mut self) {
+        self.with(|_, ctx, cache| {
+            cache.clear();
+            ctx.clear_kv_cache();
+        });
+    }
+
     /// Saves the cached prompt's KV state to `store` (the model is being
     /// unloaded): positions past the prompt are dropped first.
     pub fn save_state(&mut self, store: &StateStore) {

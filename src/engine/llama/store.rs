@@ -28,25 +28,7 @@ pub struct StoreSettings {
 }
 
 /// A model file's identity: a replaced file never matches an old entry.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ModelIdentity {
-    pub path: PathBuf,
-    pub size: u64,
-    pub modified_ns: u128,
-}
-
-impl ModelIdentity {
-    /// The identity of the file at `path`, None if it cannot be read.
-    pub fn of(path: &Path) -> Option<ModelIdentity> {
-        let meta = std::fs::metadata(path).ok()?;
-        let modified = meta.modified().ok()?.duration_since(UNIX_EPOCH).ok()?;
-        Some(ModelIdentity {
-            path: std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()),
-            size: meta.len(),
-            modified_ns: modified.as_nanos(),
-        })
-    }
-}
+pub use crate::probe::FileIdentity as ModelIdentity;
 
 /// One stored state, as its `.json` file holds it.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -7,9 +7,13 @@
 //! head dimension, weight bytes) and what the draft compatibility check needs
 //! (vocabulary size and type, BOS/EOS).
 
+mod checks;
+mod reader;
+
+use reader::Reader;
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{BufReader, Read};
+use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
 /// `GGUF` read as a little-endian u32.
@@ -18,7 +22,7 @@ const MAGIC: u32 = 0x4655_4747;
 const DEFAULT_ALIGNMENT: u64 = 32;
 /// Upper bound on any single string in the header. The largest real ones are
 /// chat templates (tens of KiB); anything past this is corruption.
-const MAX_STRING_BYTES: u64 = 16 << 20;
+pub(crate) const MAX_STRING_BYTES: u64 = 16 << 20;
 /// Upper bound on tensor dimensions (ggml's GGML_MAX_DIMS).
 const MAX_DIMS: u32 = 4;
 
@@ -49,6 +53,13 @@ pub enum GgufError {
         needed: u64,
         size: u64,
     },
+    #[error("{path}: {field}: {what}")]
+    Inconsistent {
+        path: PathBuf,
+        /// The metadata key or tensor at fault.
+        field: String,
+        what: String,
+    },
     #[error("{path}: tensor '{tensor}' has unknown ggml type {ggml_type}")]
     UnknownTensorType {
         path: PathBuf,
@@ -57,15 +68,15 @@ pub enum GgufError {
     },
 }
 
-/// A metadata value we keep. Arrays keep only their length (the token list of
-/// a 262k vocabulary is not worth holding on to).
+/// A metadata value we keep. Arrays keep only their length and item type
+/// (GGUF's type code); the token texts come apart, from [`inspect_with_tokens`].
 #[derive(Debug, Clone, PartialEq)]
 pub enum MetaValue {
     Int(i64),
     Float(f64),
     Bool(bool),
     Str(String),
-    Array { len: u64 },
+    Array { len: u64, item_type: u32 },
 }
 
 /// What [`inspect`] learned about a model file.
@@ -108,7 +119,7 @@ impl GgufInfo {
     /// Number of tokens in the vocabulary (length of `tokenizer.ggml.tokens`).
     pub fn vocab_size(&self) -> Option<u64> {
         match self.metadata.get("tokenizer.ggml.tokens")? {
-            MetaValue::Array { len } => Some(*len),
+            MetaValue::Array { len, .. } => Some(*len),
             _ => None,
         }
     }
@@ -116,6 +127,16 @@ impl GgufInfo {
     pub fn has_chat_template(&self) -> bool {
         self.str("tokenizer.chat_template").is_some()
     }
+}
+
+/// One entry of the tensor table.
+#[derive(Debug, Clone)]
+struct Tensor {
+    name: String,
+    /// ggml's order: the row length first.
+    dims: Vec<u64>,
+    offset: u64,
+    bytes: u64,
 }
 
 /// (elements per block, bytes per block) of a ggml tensor type, as in ggml.c.
@@ -160,128 +181,6 @@ fn type_layout(ggml_type: u32) -> Option<(u64, u64)> {
     })
 }
 
-/// A bounds-checked little-endian reader that knows the file size, so a
-/// corrupt length field fails with a message instead of a huge allocation.
-struct Reader<'a> {
-    inner: BufReader<File>,
-    pos: u64,
-    size: u64,
-    path: &'a Path,
-}
-
-impl Reader<'_> {
-    fn corrupt(&self, what: impl Into<String>) -> GgufError {
-        GgufError::Corrupt {
-            path: self.path.to_path_buf(),
-            offset: self.pos,
-            what: what.into(),
-        }
-    }
-
-    fn bytes<const N: usize>(&mut self) -> Result<[u8; N], GgufError> {
-        let mut buf = [0u8; N];
-        if self.pos + N as u64 > self.size {
-            return Err(self.corrupt("unexpected end of file"));
-        }
-        self.inner
-            .read_exact(&mut buf)
-            .map_err(|e| self.corrupt(e.to_string()))?;
-        self.pos += N as u64;
-        Ok(buf)
-    }
-
-    fn u32(&mut self) -> Result<u32, GgufError> {
-        Ok(u32::from_le_bytes(self.bytes()?))
-    }
-
-    fn u64(&mut self) -> Result<u64, GgufError> {
-        Ok(u64::from_le_bytes(self.bytes()?))
-    }
-
-    fn skip(&mut self, n: u64) -> Result<(), GgufError> {
-        if self.pos.checked_add(n).is_none_or(|end| end > self.size) {
-            return Err(self.corrupt(format!("length {n} runs past the end of the file")));
-        }
-        self.inner
-            .seek_relative(n as i64)
-            .map_err(|e| self.corrupt(e.to_string()))?;
-        self.pos += n;
-        Ok(())
-    }
-
-    fn string(&mut self) -> Result<String, GgufError> {
-        let len = self.u64()?;
-        if len > MAX_STRING_BYTES || self.pos + len > self.size {
-            return Err(self.corrupt(format!("string length {len} is implausible")));
-        }
-        let mut buf = vec![0u8; len as usize];
-        self.inner
-            .read_exact(&mut buf)
-            .map_err(|e| self.corrupt(e.to_string()))?;
-        self.pos += len;
-        Ok(String::from_utf8_lossy(&buf).into_owned())
-    }
-
-    /// Reads one value of GGUF type `ty`; arrays are skipped, keeping the
-    /// length, unless `keep` is given: then a string array's items land there.
-    fn value(&mut self, ty: u32, keep: Option<&mut Vec<String>>) -> Result<MetaValue, GgufError> {
-        Ok(match ty {
-            0 => MetaValue::Int(self.bytes::<1>()?[0] as i64),
-            1 => MetaValue::Int(self.bytes::<1>()?[0] as i8 as i64),
-            2 => MetaValue::Int(u16::from_le_bytes(self.bytes()?) as i64),
-            3 => MetaValue::Int(i16::from_le_bytes(self.bytes()?) as i64),
-            4 => MetaValue::Int(self.u32()? as i64),
-            5 => MetaValue::Int(i32::from_le_bytes(self.bytes()?) as i64),
-            6 => MetaValue::Float(f32::from_le_bytes(self.bytes()?) as f64),
-            7 => MetaValue::Bool(self.bytes::<1>()?[0] != 0),
-            8 => MetaValue::Str(self.string()?),
-            9 => {
-                let item_ty = self.u32()?;
-                let len = self.u64()?;
-                if len > self.size {
-                    return Err(self.corrupt(format!("array length {len} is implausible")));
-                }
-                match fixed_width(item_ty) {
-                    Some(w) => self.skip(len * w)?,
-                    None if item_ty == 8 => match keep {
-                        Some(out) => {
-                            out.reserve(len.min(1 << 20) as usize);
-                            for _ in 0..len {
-                                out.push(self.string()?);
-                            }
-                        }
-                        None => {
-                            for _ in 0..len {
-                                let n = self.u64()?;
-                                self.skip(n)?;
-                            }
-                        }
-                    },
-                    None => {
-                        return Err(self.corrupt(format!("unsupported array item type {item_ty}")))
-                    }
-                }
-                MetaValue::Array { len }
-            }
-            10 => MetaValue::Int(self.u64()? as i64),
-            11 => MetaValue::Int(i64::from_le_bytes(self.bytes()?)),
-            12 => MetaValue::Float(f64::from_le_bytes(self.bytes()?)),
-            other => return Err(self.corrupt(format!("unknown metadata value type {other}"))),
-        })
-    }
-}
-
-/// Byte width of fixed-size GGUF value types (None for string and array).
-fn fixed_width(ty: u32) -> Option<u64> {
-    match ty {
-        0 | 1 | 7 => Some(1),
-        2 | 3 => Some(2),
-        4..=6 => Some(4),
-        10..=12 => Some(8),
-        _ => None,
-    }
-}
-
 /// Reads and checks the header of the GGUF file at `path`.
 ///
 /// # Errors
@@ -290,7 +189,7 @@ fn fixed_width(ty: u32) -> Option<u64> {
 /// magic or version, a corrupt header, a tensor of unknown type, or a file
 /// shorter than its tensor table says.
 pub fn inspect(path: &Path) -> Result<GgufInfo, GgufError> {
-    read(path, None)
+    read(path).map(|(info, _)| info)
 }
 
 /// [`inspect`], also returning the token texts (`tokenizer.ggml.tokens`),
@@ -300,12 +199,10 @@ pub fn inspect(path: &Path) -> Result<GgufInfo, GgufError> {
 ///
 /// As [`inspect`].
 pub fn inspect_with_tokens(path: &Path) -> Result<(GgufInfo, Vec<String>), GgufError> {
-    let mut tokens = Vec::new();
-    let info = read(path, Some(&mut tokens))?;
-    Ok((info, tokens))
+    read(path)
 }
 
-fn read(path: &Path, mut tokens: Option<&mut Vec<String>>) -> Result<GgufInfo, GgufError> {
+fn read(path: &Path) -> Result<(GgufInfo, Vec<String>), GgufError> {
     let io = |reason| GgufError::Io {
         path: path.to_path_buf(),
         reason,
@@ -342,14 +239,11 @@ fn read(path: &Path, mut tokens: Option<&mut Vec<String>>) -> Result<GgufInfo, G
     }
 
     let mut metadata = BTreeMap::new();
+    let mut tokens = Vec::new();
     for _ in 0..kv_count {
         let key = r.string()?;
         let ty = r.u32()?;
-        let keep = if key == "tokenizer.ggml.tokens" {
-            tokens.as_deref_mut()
-        } else {
-            None
-        };
+        let keep = (key == checks::TOKENS).then_some(&mut tokens);
         let value = r.value(ty, keep)?;
         metadata.insert(key, value);
     }
@@ -367,8 +261,10 @@ fn read(path: &Path, mut tokens: Option<&mut Vec<String>>) -> Result<GgufInfo, G
             return Err(r.corrupt(format!("tensor '{name}' has {n_dims} dimensions")));
         }
         let mut elements: u64 = 1;
+        let mut dims = Vec::with_capacity(n_dims as usize);
         for _ in 0..n_dims {
             let d = r.u64()?;
+            dims.push(d);
             elements = elements
                 .checked_mul(d)
                 .ok_or_else(|| r.corrupt(format!("tensor '{name}' has an overflowing shape")))?;
@@ -386,35 +282,42 @@ fn read(path: &Path, mut tokens: Option<&mut Vec<String>>) -> Result<GgufInfo, G
                 "tensor '{name}' has {elements} elements, not a multiple of its block size {block}"
             )));
         }
-        tensors.push((name, offset, elements / block * block_bytes));
+        tensors.push(Tensor {
+            name,
+            dims,
+            offset,
+            bytes: elements / block * block_bytes,
+        });
     }
 
     let data_start = r.pos.div_ceil(alignment) * alignment;
     let mut weight_bytes = 0u64;
-    for (name, offset, bytes) in tensors {
+    for t in &tensors {
         let end = data_start
-            .checked_add(offset)
-            .and_then(|s| s.checked_add(bytes))
+            .checked_add(t.offset)
+            .and_then(|s| s.checked_add(t.bytes))
             .unwrap_or(u64::MAX);
         if end > size {
             return Err(GgufError::Truncated {
                 path: path.to_path_buf(),
-                tensor: name,
+                tensor: t.name.clone(),
                 needed: end,
                 size,
             });
         }
-        weight_bytes += bytes;
+        weight_bytes += t.bytes;
     }
 
-    Ok(GgufInfo {
+    let info = GgufInfo {
         path: path.to_path_buf(),
         version,
         file_bytes: size,
         tensor_count,
         weight_bytes,
         metadata,
-    })
+    };
+    checks::model(&info, &tokens, &tensors)?;
+    Ok((info, tokens))
 }
 
 #[cfg(test)]

@@ -1,0 +1,166 @@
+//! Runs one probe child: spawns it, waits for it up to a deadline, and
+//! turns how it ended into facts or a cause.
+
+use std::io::Read;
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// Most bytes of the child's stderr kept (its tail).
+const STDERR_TAIL: usize = 64 << 10;
+
+/// How a child ended.
+#[derive(Debug)]
+pub struct Ended {
+    /// None when it ran past the deadline and was killed.
+    pub status: Option<ExitStatus>,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub elapsed: Duration,
+}
+
+/// Runs `cmd` with no stdin, killing it at `timeout`.
+///
+/// # Errors
+///
+/// The child could not be started.
+pub fn run(mut cmd: Command, timeout: Duration) -> std::io::Result<Ended> {
+    let started = Instant::now();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    // Both pipes are drained on their own threads, so a chatty child never
+    // blocks on a full pipe while we wait for it.
+    let out = drain(child.stdout.take(), usize::MAX);
+    let err = drain(child.stderr.take(), STDERR_TAIL);
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break Some(status);
+        }
+        if started.elapsed() >= timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Ok(Ended {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+        elapsed: started.elapsed(),
+    })
+}
+
+fn drain(
+    pipe: Option<impl Read + Send + 'static>,
+    keep: usize,
+) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut kept = Vec::new();
+        let Some(mut pipe) = pipe else {
+            return kept;
+        };
+        let mut buf = [0u8; 8192];
+        while let Ok(n) = pipe.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            kept.extend_from_slice(&buf[..n]);
+            if kept.len() > keep {
+                kept.drain(..kept.len() - keep);
+            }
+        }
+        kept
+    })
+}
+
+impl Ended {
+    /// Why the child failed, in one line: how it ended and its last
+    /// stderr line (an assert's message, llama.cpp's error). None when it
+    /// exited cleanly.
+    pub fn failure(&self, timeout: Duration) -> Option<String> {
+        let how = match self.status {
+            None => format!("the probe ran past its {} s timeout", timeout.as_secs()),
+            Some(s) if s.success() => return None,
+            Some(s) => match s.signal() {
+                Some(sig) => format!("the probe was killed by {}", signal_name(sig)),
+                None => format!("the probe exited with status {}", s.code().unwrap_or(-1)),
+            },
+        };
+        Some(match last_line(&self.stderr) {
+            Some(line) => format!("{how}: {line}"),
+            None => how,
+        })
+    }
+}
+
+/// The last non-empty line of `text`, without our error prefix.
+pub fn last_line(text: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(text);
+    let line = text.lines().map(str::trim).rfind(|l| !l.is_empty())?;
+    Some(line.strip_prefix("error: ").unwrap_or(line).to_string())
+}
+
+fn signal_name(sig: i32) -> String {
+    let name = match sig {
+        4 => "SIGILL",
+        6 => "SIGABRT",
+        7 => "SIGBUS",
+        8 => "SIGFPE",
+        9 => "SIGKILL",
+        11 => "SIGSEGV",
+        15 => "SIGTERM",
+        _ => return format!("signal {sig}"),
+    };
+    format!("{name} (signal {sig})")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh(script: &str) -> Command {
+        let mut c = Command::new("sh");
+        c.arg("-c").arg(script);
+        c
+    }
+
+    #[test]
+    fn an_abort_names_the_signal_and_the_last_stderr_line() {
+        let t = Duration::from_secs(10);
+        let ended = run(
+            sh("echo loading >&2; echo 'x.cpp:1: GGML_ASSERT(a) failed' >&2; kill -ABRT $$"),
+            t,
+        )
+        .unwrap();
+        let why = ended.failure(t).unwrap();
+        assert!(
+            why.contains("SIGABRT") && why.ends_with("GGML_ASSERT(a) failed"),
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn a_hung_child_is_killed_at_the_deadline() {
+        let t = Duration::from_millis(300);
+        let ended = run(sh("sleep 30"), t).unwrap();
+        assert!(ended.elapsed < Duration::from_secs(5));
+        assert!(ended.failure(t).unwrap().contains("timeout"));
+    }
+
+    #[test]
+    fn a_clean_exit_keeps_stdout_and_an_error_exit_its_message() {
+        let t = Duration::from_secs(10);
+        let ok = run(sh("echo '{\"a\":1}'"), t).unwrap();
+        assert!(ok.failure(t).is_none());
+        assert_eq!(String::from_utf8_lossy(&ok.stdout).trim(), "{\"a\":1}");
+        let bad = run(sh("echo 'error: no such tensor' >&2; exit 1"), t).unwrap();
+        assert_eq!(
+            bad.failure(t).unwrap(),
+            "the probe exited with status 1: no such tensor"
+        );
+    }
+}
