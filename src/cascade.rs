@@ -195,6 +195,10 @@ mod tests {
                 dir: dir.join("kv"),
                 max_bytes: 0,
             },
+            probe: crate::config::ProbeConfig {
+                enabled: false,
+                dir: dir.join("probes"),
+            },
             tiers: Vec::new(),
         };
         let c = classify("Debug this function: fn f() {}");

@@ -61,6 +61,10 @@ enum Cmd {
         #[command(subcommand)]
         command: cli::bench::BenchCmd,
     },
+    /// Put mutated copies of model files on a tier of a running server, over
+    /// MCP, and count how each was caught; fails if the server ever dies.
+    #[command(name = "fuzz-models")]
+    FuzzModels(cli::fuzz::FuzzArgs),
     /// Load a model file and decode a few tokens, printing its facts as
     /// JSON: what a probe child does before a server loads a new file.
     #[command(name = "probe-model", hide = true)]
@@ -110,6 +114,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{}", serde_json::to_string_pretty(&q)?);
         }
         Cmd::Bench { command } => cli::bench::run(config, command)?,
+        Cmd::FuzzModels(args) => cli::fuzz::run(config, args)?,
         Cmd::ProbeModel { model, threads } => cli::probe::child(&model, threads)?,
     }
     Ok(ExitCode::SUCCESS)

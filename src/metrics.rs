@@ -218,6 +218,7 @@ pub struct Live {
     /// With remote tiers: whether Redis answers, and healthy workers.
     pub redis: Option<(bool, usize)>,
     pub kv_store: crate::engine::llama::store::StoreCounts,
+    pub probes: crate::probe::ProbeCounts,
 }
 
 impl prometheus_client::collector::Collector for Live {
@@ -385,6 +386,24 @@ impl prometheus_client::collector::Collector for Live {
         )?;
         counter(
             &mut e,
+            "model_probes",
+            "Model files loaded in a probe child before this process loaded them",
+            self.probes.probes,
+        )?;
+        counter(
+            &mut e,
+            "model_probe_verdicts_reused",
+            "Loads that reused the verdict of an earlier probe of the same file",
+            self.probes.cached,
+        )?;
+        counter(
+            &mut e,
+            "model_probe_failures",
+            "Model files found bad by a probe (or by a kept verdict)",
+            self.probes.failed,
+        )?;
+        counter(
+            &mut e,
             "rejected_requests",
             "Requests refused because the queue was full",
             self.rejected,
@@ -433,6 +452,11 @@ mod tests {
                 bytes: 4096,
                 ..Default::default()
             },
+            probes: crate::probe::ProbeCounts {
+                probes: 3,
+                cached: 4,
+                failed: 1,
+            },
             ..Live::default()
         });
         for line in [
@@ -440,6 +464,9 @@ mod tests {
             "xnai_kv_store_hits_total 2",
             "xnai_kv_store_restored_tokens_total 1500",
             "xnai_kv_store_bytes 4096",
+            "xnai_model_probes_total 3",
+            "xnai_model_probe_verdicts_reused_total 4",
+            "xnai_model_probe_failures_total 1",
             "xnai_attempts_total{tier=\"router\"} 1",
             "xnai_escalations_total{tier=\"router\"} 1",
             "xnai_generated_tokens_total{tier=\"router\"} 12",

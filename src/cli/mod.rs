@@ -5,6 +5,7 @@
 pub mod ask;
 pub mod bench;
 pub mod config;
+pub mod fuzz;
 pub mod probe;
 pub mod serve;
 pub mod status;

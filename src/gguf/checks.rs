@@ -216,6 +216,8 @@ mod tests {
             tensor_count: 0,
             weight_bytes: 0,
             metadata,
+            tensor_table_at: 0,
+            data_at: 0,
         }
     }
 

@@ -23,6 +23,9 @@ const DEFAULT_ALIGNMENT: u64 = 32;
 /// Upper bound on any single string in the header. The largest real ones are
 /// chat templates (tens of KiB); anything past this is corruption.
 pub(crate) const MAX_STRING_BYTES: u64 = 16 << 20;
+/// ggml's GGML_MAX_NAME: tensor names are shorter (llama.cpp rejects
+/// longer ones, and a corrupt table yields them).
+const MAX_NAME_BYTES: usize = 64;
 /// Upper bound on tensor dimensions (ggml's GGML_MAX_DIMS).
 const MAX_DIMS: u32 = 4;
 
@@ -89,6 +92,10 @@ pub struct GgufInfo {
     /// Sum of all tensor data sizes: what the weights occupy in memory.
     pub weight_bytes: u64,
     pub metadata: BTreeMap<String, MetaValue>,
+    /// Where the file's parts begin: the metadata is at byte 24, then the
+    /// tensor table, then (aligned) the tensor data.
+    pub tensor_table_at: u64,
+    pub data_at: u64,
 }
 
 impl GgufInfo {
@@ -253,9 +260,17 @@ fn read(path: &Path) -> Result<(GgufInfo, Vec<String>), GgufError> {
         None => DEFAULT_ALIGNMENT,
     };
 
+    let tensor_table_at = r.pos;
     let mut tensors = Vec::with_capacity(tensor_count as usize);
     for _ in 0..tensor_count {
         let name = r.string()?;
+        if name.len() >= MAX_NAME_BYTES {
+            return Err(r.corrupt(format!(
+                "a tensor name of {} bytes (ggml allows {})",
+                name.len(),
+                MAX_NAME_BYTES - 1
+            )));
+        }
         let n_dims = r.u32()?;
         if n_dims == 0 || n_dims > MAX_DIMS {
             return Err(r.corrupt(format!("tensor '{name}' has {n_dims} dimensions")));
@@ -315,6 +330,8 @@ fn read(path: &Path) -> Result<(GgufInfo, Vec<String>), GgufError> {
         tensor_count,
         weight_bytes,
         metadata,
+        tensor_table_at,
+        data_at: data_start,
     };
     checks::model(&info, &tokens, &tensors)?;
     Ok((info, tokens))

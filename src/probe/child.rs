@@ -101,7 +101,14 @@ impl Ended {
 pub fn last_line(text: &[u8]) -> Option<String> {
     let text = String::from_utf8_lossy(text);
     let line = text.lines().map(str::trim).rfind(|l| !l.is_empty())?;
-    Some(line.strip_prefix("error: ").unwrap_or(line).to_string())
+    let line = line.strip_prefix("error: ").unwrap_or(line);
+    // An assert names its source file by its build path: keep it from
+    // llama.cpp's own folder on.
+    let line = match line.find("/llama.cpp/") {
+        Some(at) if line[..at].starts_with('/') && !line[..at].contains(' ') => &line[at + 1..],
+        _ => line,
+    };
+    Some(line.to_string())
 }
 
 fn signal_name(sig: i32) -> String {
@@ -132,13 +139,14 @@ mod tests {
     fn an_abort_names_the_signal_and_the_last_stderr_line() {
         let t = Duration::from_secs(10);
         let ended = run(
-            sh("echo loading >&2; echo 'x.cpp:1: GGML_ASSERT(a) failed' >&2; kill -ABRT $$"),
+            sh("echo loading >&2; echo '/b/x/llama.cpp/src/x.cpp:1: GGML_ASSERT(a) failed' >&2; kill -ABRT $$"),
             t,
         )
         .unwrap();
         let why = ended.failure(t).unwrap();
         assert!(
-            why.contains("SIGABRT") && why.ends_with("GGML_ASSERT(a) failed"),
+            why.contains("SIGABRT")
+                && why.ends_with(": llama.cpp/src/x.cpp:1: GGML_ASSERT(a) failed"),
             "{why}"
         );
     }

@@ -339,6 +339,7 @@ impl<E: Engine> Router<E> {
                 .as_ref()
                 .map(|r| (r.reachable, r.workers.iter().filter(|w| w.healthy).count())),
             kv_store: status.kv_store,
+            probes: status.probes,
         })
     }
 
@@ -392,6 +393,7 @@ impl<E: Engine> Router<E> {
             remote,
             memory: MemoryView::of(&pool),
             kv_store: crate::engine::llama::store::counts(),
+            probes: crate::probe::counts(),
         }
     }
 }

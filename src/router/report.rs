@@ -173,4 +173,7 @@ pub struct TierStatusReport {
     /// The KV state store (`cache:`): states saved when tiers were
     /// unloaded, restores, misses and failures since the server started.
     pub kv_store: crate::engine::llama::store::StoreCounts,
+    /// Model files probed in a child process (`probe:`) since the server
+    /// started, verdicts reused from earlier probes, and files found bad.
+    pub probes: crate::probe::ProbeCounts,
 }
