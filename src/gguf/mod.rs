@@ -412,6 +412,27 @@ mod tests {
     }
 
     #[test]
+    fn a_tensor_name_past_ggmls_limit_is_corrupt() {
+        let mut b = tiny_gguf(64, false);
+        // The tensor's name "w" (length 1) follows the one metadata entry.
+        let at = b
+            .windows(9)
+            .position(|w| w == b"\x01\0\0\0\0\0\0\0w")
+            .unwrap();
+        let long = "w".repeat(64);
+        let mut named = b[..at].to_vec();
+        named.extend_from_slice(&(long.len() as u64).to_le_bytes());
+        named.extend_from_slice(long.as_bytes());
+        named.extend_from_slice(&b[at + 9..]);
+        b = named;
+        let err = inspect(write(&b).path()).unwrap_err().to_string();
+        assert!(
+            err.contains("a tensor name of 64 bytes (ggml allows 63)"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn huge_string_length_is_corrupt() {
         let mut b = tiny_gguf(64, false);
         // The first key's length field starts at byte 24.

@@ -90,11 +90,29 @@ impl Ended {
                 None => format!("the probe exited with status {}", s.code().unwrap_or(-1)),
             },
         };
-        Some(match last_line(&self.stderr) {
+        let mut cause = match last_line(&self.stderr) {
             Some(line) => format!("{how}: {line}"),
             None => how,
-        })
+        };
+        // llama.cpp logs why it refused a file before our error line
+        // ("could not load ... see the log"): the log is the child's.
+        if let Some(said) = llama_error(&self.stderr).filter(|e| !cause.contains(e.as_str())) {
+            cause.push_str(&format!(" (llama.cpp: {said})"));
+        }
+        Some(cause)
     }
+}
+
+/// The first error llama.cpp logged, as our log format writes it
+/// (`... ERROR llama-cpp-2: <message> module="..."`).
+fn llama_error(text: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(text);
+    let line = text
+        .lines()
+        .find_map(|l| l.split_once(" ERROR llama-cpp-2: "))?
+        .1;
+    let message = line.rsplit_once(" module=").map_or(line, |(m, _)| m);
+    Some(message.trim().to_string())
 }
 
 /// The last non-empty line of `text`, without our error prefix.
@@ -148,6 +166,19 @@ mod tests {
             why.contains("SIGABRT")
                 && why.ends_with(": llama.cpp/src/x.cpp:1: GGML_ASSERT(a) failed"),
             "{why}"
+        );
+    }
+
+    #[test]
+    fn llama_cpps_own_error_joins_our_last_line() {
+        let t = Duration::from_secs(10);
+        let script = "echo '2026-12-03T01:17:43Z ERROR llama-cpp-2: error loading model: tensor x not found module=\"llama.cpp::load\"' >&2; \
+                      echo 'error: llama.cpp could not load m.gguf (see the log)' >&2; exit 1";
+        let why = run(sh(script), t).unwrap().failure(t).unwrap();
+        assert_eq!(
+            why,
+            "the probe exited with status 1: llama.cpp could not load m.gguf (see the log) \
+             (llama.cpp: error loading model: tensor x not found)"
         );
     }
 

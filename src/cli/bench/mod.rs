@@ -7,10 +7,12 @@
 //!   states against cold, on an agent-style conversation.
 //! - [`speculative`]: speculative against target-only decoding.
 //! - [`scaleout`]: the Redis hop, and one worker against two.
+//! - [`probe`]: what probing a new model file adds to its first load.
 
 pub mod cache;
 pub mod engine;
 pub mod prefill;
+pub mod probe;
 pub mod scaleout;
 pub mod speculative;
 
@@ -116,6 +118,19 @@ pub enum BenchCmd {
         /// Tokens (about) each further turn adds.
         #[arg(long, default_value_t = 100)]
         add: u32,
+        #[arg(long)]
+        json: bool,
+    },
+    /// What probing a new model file in a child adds to its first load, and
+    /// what a kept verdict costs, against the load itself.
+    Probe {
+        /// Models to measure (default: every model fetched here).
+        #[arg(long = "model")]
+        models: Vec<PathBuf>,
+        #[arg(long)]
+        threads: Option<u32>,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
         #[arg(long)]
         json: bool,
     },
@@ -255,6 +270,24 @@ pub fn run(config_path: &Path, cmd: BenchCmd) -> anyhow::Result<()> {
                 let r = rt.block_on(prefill::prefill_bench(&m, threads, tokens, rounds.max(1)))?;
                 show(&r, json, prefill::render)?;
             }
+        }
+        BenchCmd::Probe {
+            models,
+            threads,
+            rounds,
+            json,
+        } => {
+            let models = if models.is_empty() {
+                prefill::local_models(&models_dir())
+            } else {
+                models
+            };
+            if models.is_empty() {
+                bail!("no models: pass --model, or run scripts/fetch-models.sh");
+            }
+            let threads = threads.unwrap_or_else(cores);
+            let rows = runtime()?.block_on(probe::probe_bench(&models, threads, rounds.max(1)))?;
+            show(&rows, json, probe::render)?;
         }
         BenchCmd::Cache {
             model,

@@ -122,7 +122,7 @@ pub fn run(config: &Path, a: FuzzArgs) -> anyhow::Result<()> {
             .tempdir()
             .context("creating a folder for the mutants")?;
         let mut fuzz = ModelFuzz::new(model, work.path(), threads)?;
-        rt.block_on(fuzz.run(share, &mut rng, &mut report, a.json))?;
+        rt.block_on(fuzz.run(share, &mut rng, &mut report))?;
     }
     report.seconds = started.elapsed().as_secs_f64();
     print_report(&report, a.json)?;
@@ -241,7 +241,6 @@ impl ModelFuzz {
         count: usize,
         rng: &mut Rng,
         report: &mut Report,
-        quiet: bool,
     ) -> anyhow::Result<()> {
         let log = self.dir.join("serve.log");
         let mut client = self.start(&log).await?;
@@ -256,7 +255,7 @@ impl ModelFuzz {
             let (fate, message) = match ask(&client, "mutant").await {
                 Ok(Ok(_)) => (Fate::Loaded, None),
                 Ok(Err(e)) => (classify(&e), Some(e)),
-                Err(death) => (Fate::ServerDied, Some(death)),
+                Err(death) => (Fate::ServerDied, Some(with_last_words(death, &log))),
             };
             let mut good_failed = false;
             if fate != Fate::ServerDied {
@@ -284,9 +283,7 @@ impl ModelFuzz {
                 message,
                 ms: started.elapsed().as_secs_f64() * 1e3,
             };
-            if !quiet {
-                eprintln!("{}", describe(&case, &mutation));
-            }
+            eprintln!("{}", describe(&case, &mutation));
             tally(report, &case, good_failed);
             let _ = std::fs::remove_file(&file);
             if fate == Fate::ServerDied || good_failed {
@@ -324,6 +321,17 @@ async fn ask(client: &Client, tier: &str) -> Result<Result<String, String>, Stri
     } else {
         Ok(text)
     })
+}
+
+/// Why the server went away, with the last line it wrote to its log.
+fn with_last_words(death: String, log: &Path) -> String {
+    let tail = std::fs::read(log)
+        .ok()
+        .and_then(|t| xnai_model_router::probe::child::last_line(&t));
+    match tail {
+        Some(line) => format!("{death}; the server's last log line: {line}"),
+        None => death,
+    }
 }
 
 /// Which check caught a mutant, from the tier's error message.

@@ -207,7 +207,10 @@ fn worker(rx: mpsc::Receiver<Command>, store: Option<StateStore>, prober: Option
             }
             Command::Generate(id, request, reply) => {
                 let result = contain(|| run_generate(&mut models, id, &request, store.as_ref()));
-                if result.is_err() {
+                if matches!(
+                    result,
+                    Err(EngineError::Panicked(_) | EngineError::Decode(_))
+                ) {
                     forget_prompts(&mut models, id, &request);
                 }
                 let _ = reply.send(result);
@@ -230,9 +233,9 @@ fn contain<T>(f: impl FnOnce() -> Result<T, EngineError>) -> Result<T, EngineErr
     })
 }
 
-/// After a failed generation, the models it used forget their cached
-/// prompts: what their KV caches hold is no longer known, and the next
-/// request starts from a clean cache.
+/// After a generation that panicked or failed to decode, the models it
+/// used forget their cached prompts: what their KV caches hold is no
+/// longer known, and the next request starts from a clean cache.
 fn forget_prompts(models: &mut HashMap<ModelId, Resident>, id: ModelId, req: &GenerateRequest) {
     let draft = match req.speculation {
         super::Speculation::Draft { model, .. } => Some(model),
