@@ -62,10 +62,9 @@ fn tokenizer(info: &GgufInfo, tokens: &[String]) -> Result<Option<u64>, Problem<
     for (key, want_type, type_name) in same_length {
         match array(key) {
             None => {}
+            Some(Some((len, t))) if t == want_type && len == n_vocab => {}
             Some(Some((len, t))) if t == want_type => {
-                if len != n_vocab {
-                    return Err((key, format!("has {len} entries but {TOKENS} has {n_vocab}")));
-                }
+                return Err((key, format!("has {len} entries but {TOKENS} has {n_vocab}")));
             }
             Some(_) => return Err((key, format!("is not an array of {type_name}"))),
         }

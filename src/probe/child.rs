@@ -2,7 +2,7 @@
 //! turns how it ended into facts or a cause.
 
 use std::io::Read;
-use std::os::unix::process::ExitStatusExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -26,7 +26,10 @@ pub struct Ended {
 /// The child could not be started.
 pub fn run(mut cmd: Command, timeout: Duration) -> std::io::Result<Ended> {
     let started = Instant::now();
+    // Its own process group, so a timeout kills whatever it started too
+    // (a grandchild holding the pipes open would keep us waiting).
     let mut child = cmd
+        .process_group(0)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -40,6 +43,7 @@ pub fn run(mut cmd: Command, timeout: Duration) -> std::io::Result<Ended> {
             break Some(status);
         }
         if started.elapsed() >= timeout {
+            kill_group(child.id());
             let _ = child.kill();
             let _ = child.wait();
             break None;
@@ -52,6 +56,20 @@ pub fn run(mut cmd: Command, timeout: Duration) -> std::io::Result<Ended> {
         stderr: err.join().unwrap_or_default(),
         elapsed: started.elapsed(),
     })
+}
+
+/// SIGKILL to the process group `pgid` (the child's, see `run`).
+fn kill_group(pgid: u32) {
+    let Ok(pgid) = libc::pid_t::try_from(pgid) else {
+        return;
+    };
+    // SAFETY: kill(2) with a negative pid signals that process group; it
+    // touches no memory of ours. The group is the child's own (we made it
+    // with process_group(0) and have not reaped the child yet, so the id
+    // cannot have been reused).
+    unsafe {
+        libc::kill(-pgid, libc::SIGKILL);
+    }
 }
 
 fn drain(
