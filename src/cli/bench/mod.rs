@@ -121,8 +121,8 @@ pub enum BenchCmd {
         #[arg(long)]
         json: bool,
     },
-    /// What probing a new model file in a child adds to its first load, and
-    /// what a kept verdict costs, against the load itself.
+    /// What probing a new model file in a child adds to its first answer,
+    /// and what a kept verdict adds, in loads of the file.
     Probe {
         /// Models to measure (default: every model fetched here).
         #[arg(long = "model")]

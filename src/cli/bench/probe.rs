@@ -1,32 +1,52 @@
-//! `bench probe`: what probing adds to the first load of a new model file,
-//! and to the load of a file already probed, against the load itself,
-//! interleaved in one run.
+//! `bench probe`: what probing a new model file adds to its first answer,
+//! against the load itself, interleaved in one run.
+//!
+//! Each round and model measures the time to a first answer on the file
+//! three ways: loaded as it is (no probe), probed first (a fresh verdict
+//! folder: a new file), and with the verdict kept from that probe. Before
+//! the first two, the file's pages are dropped from the page cache
+//! (`posix_fadvise(DONTNEED)`), as for a file not read since it was
+//! written; the order of the two alternates between rounds.
 
 use super::engine::median;
 use super::ratio;
 use serde::Serialize;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use xnai_model_router::engine::llama::LlamaEngine;
-use xnai_model_router::engine::{Engine, LoadSpec};
+use xnai_model_router::engine::{Engine, GenerateRequest, LoadSpec};
 use xnai_model_router::probe::{Outcome, Prober};
 
 #[derive(Debug, Serialize)]
 pub struct ProbeRow {
     pub model: String,
-    /// Median milliseconds of a probe of a file never probed (the child
-    /// start, load, a few decoded tokens, and the verdict written).
-    pub probe_ms: f64,
-    /// Median milliseconds of the same file loaded in this process with a
-    /// context of the same size as the tiers' default.
+    /// Median milliseconds of the load alone (the no-probe run's).
     pub load_ms: f64,
-    /// Median milliseconds of a check that finds the kept verdict.
-    pub kept_verdict_ms: f64,
-    /// probe_ms / load_ms: the goal is at most 1.
-    pub probe_per_load: f64,
+    /// Median milliseconds to a first answer without a probe.
+    pub plain_ms: f64,
+    /// The same with a probe of a file never probed before.
+    pub probed_ms: f64,
+    /// The same with the verdict kept from an earlier probe.
+    pub kept_ms: f64,
+    /// Median milliseconds the probe child ran.
+    pub probe_ms: f64,
+    /// (probed - plain) / load: what a new file's probe adds, in loads.
+    pub added_loads: f64,
+    /// (kept - plain) / load: what a probed file's check adds, in loads.
+    pub kept_added_loads: f64,
 }
 
-/// Measures each model `rounds` times, a fresh verdict folder per round.
+#[derive(Default, Clone)]
+struct Samples {
+    load: Vec<f64>,
+    plain: Vec<f64>,
+    probed: Vec<f64>,
+    kept: Vec<f64>,
+    probe: Vec<f64>,
+}
+
+/// Measures each model `rounds` times.
 pub async fn probe_bench(
     models: &[PathBuf],
     threads: u32,
@@ -34,45 +54,84 @@ pub async fn probe_bench(
 ) -> anyhow::Result<Vec<ProbeRow>> {
     let exe = std::env::current_exe()?;
     let engine = LlamaEngine::new();
-    let mut samples = vec![(Vec::new(), Vec::new(), Vec::new()); models.len()];
-    for _ in 0..rounds {
+    let mut samples = vec![Samples::default(); models.len()];
+    for round in 0..rounds {
         for (m, model) in models.iter().enumerate() {
             let dir = tempfile::tempdir()?;
             let prober = Prober::new(exe.clone(), dir.path().to_path_buf());
-            let (probe_ms, checked) = timed(|| prober.check(model, threads));
-            if let Outcome::Failed { cause } = checked.verdict.outcome {
-                anyhow::bail!("{} failed its probe: {cause}", model.display());
+            let s = &mut samples[m];
+            for probed in [round % 2 == 0, round % 2 == 1] {
+                forget_pages(model)?;
+                if probed {
+                    let started = Instant::now();
+                    let checked = prober.check(model, threads);
+                    if let Outcome::Failed { cause } = checked.verdict.outcome {
+                        anyhow::bail!("{} failed its probe: {cause}", model.display());
+                    }
+                    s.probe.push(checked.verdict.probe_ms);
+                    first_answer(&engine, model, threads).await?;
+                    s.probed.push(ms(started));
+                } else {
+                    let started = Instant::now();
+                    let load_ms = first_answer(&engine, model, threads).await?;
+                    s.plain.push(ms(started));
+                    s.load.push(load_ms);
+                }
             }
-            let load_ms = load_once(&engine, model, threads).await?;
-            let (kept_ms, again) = timed(|| prober.check(model, threads));
-            anyhow::ensure!(again.cached, "the verdict was not kept");
-            samples[m].0.push(probe_ms);
-            samples[m].1.push(load_ms);
-            samples[m].2.push(kept_ms);
+            let started = Instant::now();
+            anyhow::ensure!(
+                prober.check(model, threads).cached,
+                "the verdict was not kept"
+            );
+            first_answer(&engine, model, threads).await?;
+            s.kept.push(ms(started));
         }
     }
     Ok(models
         .iter()
         .zip(samples)
-        .map(|(model, (probe, load, kept))| ProbeRow {
-            model: model
-                .file_name()
-                .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
-            probe_ms: median(&probe),
-            load_ms: median(&load),
-            kept_verdict_ms: median(&kept),
-            probe_per_load: ratio(median(&probe), median(&load)),
-        })
+        .map(|(m, s)| row(m, &s))
         .collect())
 }
 
-fn timed<T>(f: impl FnOnce() -> T) -> (f64, T) {
-    let started = Instant::now();
-    let out = f();
-    (started.elapsed().as_secs_f64() * 1e3, out)
+fn row(model: &Path, s: &Samples) -> ProbeRow {
+    let (load, plain, probed, kept) = (
+        median(&s.load),
+        median(&s.plain),
+        median(&s.probed),
+        median(&s.kept),
+    );
+    ProbeRow {
+        model: model
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+        load_ms: load,
+        plain_ms: plain,
+        probed_ms: probed,
+        kept_ms: kept,
+        probe_ms: median(&s.probe),
+        added_loads: ratio(probed - plain, load),
+        kept_added_loads: ratio(kept - plain, load),
+    }
 }
 
-async fn load_once(engine: &LlamaEngine, model: &Path, threads: u32) -> anyhow::Result<f64> {
+fn ms(since: Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1e3
+}
+
+/// Drops the file's cached pages, so the next read comes from the disk.
+fn forget_pages(path: &Path) -> anyhow::Result<()> {
+    let file = std::fs::File::open(path)?;
+    // SAFETY: posix_fadvise only advises the kernel about an open file
+    // descriptor that `file` keeps alive for the call; no memory is shared.
+    let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    anyhow::ensure!(rc == 0, "posix_fadvise failed with {rc}");
+    Ok(())
+}
+
+/// Loads `model`, answers one greedy token and unloads it; returns the
+/// load's milliseconds.
+async fn first_answer(engine: &LlamaEngine, model: &Path, threads: u32) -> anyhow::Result<f64> {
     let started = Instant::now();
     let loaded = engine
         .load(LoadSpec {
@@ -83,20 +142,38 @@ async fn load_once(engine: &LlamaEngine, model: &Path, threads: u32) -> anyhow::
             mlock: false,
         })
         .await?;
-    let ms = started.elapsed().as_secs_f64() * 1e3;
+    let load_ms = ms(started);
+    let answer = engine
+        .generate(loaded.id, GenerateRequest::greedy("Say hello.", 1))
+        .await;
     engine.unload(loaded.id).await;
-    Ok(ms)
+    answer?;
+    Ok(load_ms)
 }
 
 pub fn render(rows: &Vec<ProbeRow>) -> String {
     let mut out = format!(
-        "{:<36} {:>10} {:>10} {:>12} {:>11}\n",
-        "model", "probe ms", "load ms", "kept ms", "probe/load"
+        "{:<34} {:>8} {:>9} {:>10} {:>8} {:>9} {:>12} {:>12}\n",
+        "model",
+        "load ms",
+        "plain ms",
+        "probed ms",
+        "kept ms",
+        "probe ms",
+        "added loads",
+        "kept: loads"
     );
     for r in rows {
         out.push_str(&format!(
-            "{:<36} {:>10.0} {:>10.0} {:>12.1} {:>11.2}\n",
-            r.model, r.probe_ms, r.load_ms, r.kept_verdict_ms, r.probe_per_load
+            "{:<34} {:>8.0} {:>9.0} {:>10.0} {:>8.0} {:>9.0} {:>12.2} {:>12.2}\n",
+            r.model,
+            r.load_ms,
+            r.plain_ms,
+            r.probed_ms,
+            r.kept_ms,
+            r.probe_ms,
+            r.added_loads,
+            r.kept_added_loads
         ));
     }
     out

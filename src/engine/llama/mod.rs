@@ -313,6 +313,11 @@ fn check_file(spec: &LoadSpec, prober: Option<&Prober>) -> Result<(), EngineErro
 }
 
 fn load(spec: &LoadSpec) -> Result<(Resident, f64, u32), EngineError> {
+    load_batched(spec, BATCH)
+}
+
+/// [`load`] with batches of `batch` tokens (the probe's are small).
+fn load_batched(spec: &LoadSpec, batch: u32) -> Result<(Resident, f64, u32), EngineError> {
     let started = Instant::now();
     let backend = backend();
     let model = load_model(&spec.path, spec.mlock).ok_or_else(|| EngineError::LoadFailed {
@@ -322,8 +327,8 @@ fn load(spec: &LoadSpec) -> Result<(Resident, f64, u32), EngineError> {
     let threads = spec.threads.max(1) as i32;
     let ctx_params = LlamaContextParams::default()
         .with_n_ctx(NonZeroU32::new(spec.context))
-        .with_n_batch(BATCH)
-        .with_n_ubatch(BATCH)
+        .with_n_batch(batch)
+        .with_n_ubatch(batch)
         .with_n_seq_max(1)
         // Sliding-window layers keep every position, in order, like the
         // others: a cached prefix then meets the cache a cold run builds
