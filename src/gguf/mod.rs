@@ -307,7 +307,21 @@ fn read(path: &Path) -> Result<(GgufInfo, Vec<String>), GgufError> {
 
     let data_start = r.pos.div_ceil(alignment) * alignment;
     let mut weight_bytes = 0u64;
+    // Each tensor's data follows the previous one's, padded to the
+    // alignment (llama.cpp's gguf reader refuses anything else).
+    let mut expected = 0u64;
     for t in &tensors {
+        if t.offset != expected {
+            return Err(GgufError::Inconsistent {
+                path: path.to_path_buf(),
+                field: t.name.clone(),
+                what: format!(
+                    "its data offset is {} but the tensors before it end at {expected} (aligned to {alignment})",
+                    t.offset
+                ),
+            });
+        }
+        expected = expected.saturating_add(t.bytes.div_ceil(alignment).saturating_mul(alignment));
         let end = data_start
             .checked_add(t.offset)
             .and_then(|s| s.checked_add(t.bytes))
@@ -428,6 +442,26 @@ mod tests {
         let err = inspect(write(&b).path()).unwrap_err().to_string();
         assert!(
             err.contains("a tensor name of 64 bytes (ggml allows 63)"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_tensor_offset_out_of_place_is_named() {
+        let mut b = tiny_gguf(64, false);
+        // The tensor's offset is the last u64 of the table, just before
+        // the padding that aligns the data.
+        let at = b
+            .windows(12)
+            .position(|w| w == [1, 0, 0, 0, 64, 0, 0, 0, 0, 0, 0, 0])
+            .unwrap()
+            + 16;
+        b[at] = 4;
+        let err = inspect(write(&b).path()).unwrap_err().to_string();
+        assert!(
+            err.contains(
+                "w: its data offset is 4 but the tensors before it end at 0 (aligned to 32)"
+            ),
             "{err}"
         );
     }

@@ -5,6 +5,13 @@
 //! carrying a oneshot for the reply. One thread is also the right amount of
 //! parallelism: llama.cpp already spreads one decode over all its threads, and
 //! two decodes at once on the same cores only slow each other down.
+//!
+//! Before a file is loaded, `check_file` runs the Rust GGUF checks and,
+//! with a [`Prober`] (the binary's engines have one), the child-process
+//! probe of [`crate::probe`]. Every command runs under `catch_unwind`: a
+//! panic fails the request it was serving ([`EngineError::Panicked`]), the
+//! models that request used forget their cached prompts, and the thread
+//! goes on serving.
 
 mod prefix;
 mod probe;
