@@ -11,6 +11,11 @@ cd "$(dirname "$0")/.."
 scripts/install-deps.sh >&2
 cargo build --release >&2
 XNAI_BIN=target/release/xnai-model-router scripts/fetch-models.sh >&2
+# Probe each tier's model file in a child process now (once per file: the
+# verdicts are kept), so no request waits for it. A file that fails leaves
+# its tier failing with the cause; the rest of the ladder still serves.
+target/release/xnai-model-router config check --probe --config tiers.yaml >&2 ||
+  echo "warning: a model file failed its probe (see above); its tier will fail, the others serve" >&2
 if [ "${1:-}" = "--ask" ]; then
   shift
   exec target/release/xnai-model-router ask --all --max-tokens 96 "${*:-Why is the sky blue?}"
