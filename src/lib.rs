@@ -9,7 +9,8 @@
 //!   llama.cpp aborts on fails its tier, not the server; verdicts kept by file identity.
 //! - [`estimate`]: a model's memory cost from its GGUF header.
 //! - [`cascade`]: start tier, escalation decisions, token shares, the draft handover.
-//! - [`classify`]: the complexity classifier: level, domain, score and signals.
+//! - [`classify`]: the complexity classifier: a model learned from the example bank
+//!   over hashed n-grams and the lexical cue-word signals; example files; its evaluation.
 //! - [`confidence`]: an answer's confidence from its token probabilities.
 //! - [`engine`]: the inference trait; llama.cpp on its own thread (a model and its
 //!   context owned together); speculative decoding; `engine::ggml_hook`, ggml's matrix

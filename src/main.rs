@@ -61,6 +61,11 @@ enum Cmd {
         #[command(subcommand)]
         command: cli::bench::BenchCmd,
     },
+    /// Measure the routing classifier on a labeled file.
+    Eval {
+        #[command(subcommand)]
+        command: cli::eval::EvalCmd,
+    },
     /// Put mutated copies of model files on a tier of a running server, over
     /// MCP, and count how each was caught; fails if the server ever dies.
     #[command(name = "fuzz-models")]
@@ -114,6 +119,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{}", serde_json::to_string_pretty(&q)?);
         }
         Cmd::Bench { command } => cli::bench::run(config, command)?,
+        Cmd::Eval { command } => cli::eval::run(command)?,
         Cmd::FuzzModels(args) => cli::fuzz::run(config, args)?,
         Cmd::ProbeModel { model, threads } => cli::probe::child(&model, threads)?,
     }

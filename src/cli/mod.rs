@@ -5,6 +5,7 @@
 pub mod ask;
 pub mod bench;
 pub mod config;
+pub mod eval;
 pub mod fuzz;
 pub mod probe;
 pub mod serve;

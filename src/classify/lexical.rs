@@ -1,5 +1,6 @@
-//! The complexity classifier: a deterministic, microsecond-scale reading of a
-//! query that picks the smallest tier likely to answer it well.
+//! The lexical classifier: a deterministic, microsecond-scale reading of a
+//! query's cue words. It is the learned model's fallback for an empty
+//! bank, and its signals and verdict are features of that model.
 //!
 //! Signals, from the design document:
 //! - **task**: the strongest task verb in the query sets a base score
@@ -16,98 +17,7 @@
 //! [0,1], weights summing to 1), clamped to [0,1]. Levels: trivial < 0.15 <=
 //! simple < 0.30 <= medium < 0.50 <= complex < 0.75 <= expert.
 
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
-
-/// How hard a query looks.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum Level {
-    Trivial,
-    Simple,
-    Medium,
-    Complex,
-    Expert,
-}
-
-impl Level {
-    pub fn as_str(self) -> &'static str {
-        ["trivial", "simple", "medium", "complex", "expert"][self as usize]
-    }
-
-    pub const ALL: [Level; 5] = [
-        Level::Trivial,
-        Level::Simple,
-        Level::Medium,
-        Level::Complex,
-        Level::Expert,
-    ];
-
-    pub fn index(self) -> usize {
-        self as usize
-    }
-
-    fn from_score(score: f64) -> Level {
-        match score {
-            s if s < 0.15 => Level::Trivial,
-            s if s < 0.30 => Level::Simple,
-            s if s < 0.50 => Level::Medium,
-            s if s < 0.75 => Level::Complex,
-            _ => Level::Expert,
-        }
-    }
-}
-
-/// What a query is about.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum Domain {
-    Code,
-    Math,
-    Creative,
-    Reasoning,
-    General,
-}
-
-impl Domain {
-    pub fn as_str(self) -> &'static str {
-        ["code", "math", "creative", "reasoning", "general"][self as usize]
-    }
-
-    pub const ALL: [Domain; 5] = [
-        Domain::Code,
-        Domain::Math,
-        Domain::Creative,
-        Domain::Reasoning,
-        Domain::General,
-    ];
-}
-
-/// One signal that fired: its raw value and what it added to the score.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-pub struct Signal {
-    pub name: String,
-    pub value: f64,
-    pub contribution: f64,
-    /// What was seen, e.g. the task verb or the terms found.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub detail: String,
-}
-
-/// The classifier's verdict.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-pub struct Complexity {
-    pub level: Level,
-    pub domain: Domain,
-    /// In [0, 1].
-    pub score: f64,
-    /// The signals that fired, strongest first.
-    pub signals: Vec<Signal>,
-}
+use super::{Complexity, Domain, Level, Method, Signal};
 
 /// Task verbs and phrases by the level they suggest, strongest class first.
 const TASKS: [(Level, f64, &[&str]); 5] = [
@@ -374,7 +284,7 @@ fn hits<'a>(text: &str, terms: &[&'a str]) -> Vec<&'a str> {
         .collect()
 }
 
-/// Classifies `query`.
+/// Classifies `query` by its cue words.
 pub fn classify(query: &str) -> Complexity {
     let lower = query.to_lowercase();
     let words: Vec<&str> = lower.split_whitespace().collect();
@@ -540,6 +450,7 @@ pub fn classify(query: &str) -> Complexity {
         domain,
         score,
         signals,
+        ..Complexity::lexical_default(Method::Lexical)
     }
 }
 

@@ -1,0 +1,128 @@
+//! Measuring a classifier on a labeled file: exact and within-one level
+//! accuracy, domain accuracy, the level confusion matrix, and the time per
+//! query.
+
+use super::bank::Example;
+use super::{Complexity, Level};
+use serde::Serialize;
+use std::time::Instant;
+
+/// How a classifier did on a set of examples.
+#[derive(Debug, Clone, Serialize)]
+pub struct EvalReport {
+    pub examples: usize,
+    pub level_exact: f64,
+    pub level_within_one: f64,
+    pub domain: f64,
+    /// `confusion[labeled][predicted]`, levels in order trivial..expert.
+    pub confusion: [[usize; 5]; 5],
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    /// The examples whose level was missed, with what was predicted.
+    pub misses: Vec<Miss>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Miss {
+    pub query: String,
+    pub labeled: Level,
+    pub predicted: Level,
+}
+
+/// Runs `classify` on every example.
+pub fn evaluate(examples: &[Example], classify: impl Fn(&str) -> Complexity) -> EvalReport {
+    let mut confusion = [[0usize; 5]; 5];
+    let (mut exact, mut near, mut domain) = (0, 0, 0);
+    let mut times = Vec::with_capacity(examples.len());
+    let mut misses = Vec::new();
+    for e in examples {
+        let started = Instant::now();
+        let c = classify(&e.query);
+        times.push(started.elapsed().as_secs_f64() * 1e3);
+        let (l, p) = (e.level.index(), c.level.index());
+        confusion[l][p] += 1;
+        exact += usize::from(l == p);
+        near += usize::from(l.abs_diff(p) <= 1);
+        domain += usize::from(c.domain == e.domain);
+        if l != p {
+            misses.push(Miss {
+                query: e.query.clone(),
+                labeled: e.level,
+                predicted: c.level,
+            });
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    let share = |n: usize| n as f64 / examples.len().max(1) as f64;
+    let at = |q: f64| {
+        times
+            .get(((times.len() as f64 - 1.0) * q).round() as usize)
+            .copied()
+            .unwrap_or(0.0)
+    };
+    EvalReport {
+        examples: examples.len(),
+        level_exact: share(exact),
+        level_within_one: share(near),
+        domain: share(domain),
+        confusion,
+        p50_ms: at(0.5),
+        p99_ms: at(0.99),
+        misses,
+    }
+}
+
+impl EvalReport {
+    /// The report as a table.
+    pub fn render(&self) -> String {
+        let mut out = format!(
+            "{} examples: level exact {:.1}%, within one {:.1}%, domain {:.1}%; classify p50 {:.3} ms, p99 {:.3} ms\n\n\
+             confusion (rows: labeled, columns: predicted)\n{:>10}",
+            self.examples,
+            self.level_exact * 100.0,
+            self.level_within_one * 100.0,
+            self.domain * 100.0,
+            self.p50_ms,
+            self.p99_ms,
+            ""
+        );
+        for l in Level::ALL {
+            out.push_str(&format!("{:>9}", l.as_str()));
+        }
+        out.push('\n');
+        for (i, row) in self.confusion.iter().enumerate() {
+            out.push_str(&format!("{:>10}", Level::ALL[i].as_str()));
+            for n in row {
+                out.push_str(&format!("{n:>9}"));
+            }
+            out.push('\n');
+        }
+        out
+    }
+}
+
+/// k-fold cross-validation of the learned model on `examples`: each fold
+/// is classified by a model trained on the others. For tuning on a bank
+/// without touching a held-out set.
+pub fn cross_validate(examples: &[Example], k: usize) -> EvalReport {
+    let k = k.clamp(2, examples.len().max(2));
+    let mut predicted: Vec<Option<Complexity>> = vec![None; examples.len()];
+    for fold in 0..k {
+        let train: Vec<Example> = examples
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % k != fold)
+            .map(|(_, e)| e.clone())
+            .collect();
+        let model = super::learned::Model::train(&train);
+        for (i, e) in examples.iter().enumerate().filter(|(i, _)| i % k == fold) {
+            predicted[i] = Some(model.classify(&e.query));
+        }
+    }
+    let by_query: std::collections::HashMap<&str, Complexity> = examples
+        .iter()
+        .zip(predicted)
+        .filter_map(|(e, c)| Some((e.query.as_str(), c?)))
+        .collect();
+    evaluate(examples, |q| by_query[q].clone())
+}

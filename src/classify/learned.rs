@@ -1,0 +1,366 @@
+//! The learned classifier: two softmax (multinomial logistic) models, one
+//! for the level and one for the domain, over the same sparse features:
+//!
+//! - words, word pairs, and the first word (the task verb usually opens a
+//!   request), lowercased;
+//! - character 4-grams inside words (so "designing" shares with "design");
+//! - the query's length in words, bucketed, and whether it holds code or
+//!   digits;
+//! - the lexical scorer's level and domain, and its task verb.
+//!
+//! Features are hashed into a fixed table (no vocabulary to ship) and the
+//! vector is L2-normalised. Training is plain stochastic gradient descent
+//! with L2 regularisation and a fixed shuffle, so the same bank always
+//! gives the same model; on the built-in bank it takes a few tens of
+//! milliseconds, once per process.
+
+use super::bank::{self, Example};
+use super::{lexical, Complexity, Domain, Level, Method, Nearest, Signal};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::OnceLock;
+
+/// The built-in example bank.
+pub const BANK: &str = include_str!("../../data/routing/bank.jsonl");
+
+/// Hash table size of the features (a power of two).
+const BUCKETS: usize = 1 << 16;
+const EPOCHS: usize = 60;
+const LEARNING_RATE: f32 = 0.5;
+const L2: f32 = 1e-5;
+
+/// Training settings read from `XNAI_CLASSIFY_TUNE` ("epochs,lr,l2"), for
+/// cross-validation experiments only.
+fn tuned() -> (usize, f32, f32) {
+    std::env::var("XNAI_CLASSIFY_TUNE")
+        .ok()
+        .and_then(|v| {
+            let p: Vec<&str> = v.split(',').collect();
+            Some((
+                p.first()?.parse().ok()?,
+                p.get(1)?.parse().ok()?,
+                p.get(2)?.parse().ok()?,
+            ))
+        })
+        .unwrap_or((EPOCHS, LEARNING_RATE, L2))
+}
+/// Bank examples shown as reasons.
+const NEAREST: usize = 3;
+
+/// A query's features: hashed index, value, and the readable name (kept
+/// for explanations).
+#[derive(Debug, Clone, Default)]
+pub struct Features {
+    pub items: Vec<(u32, f32)>,
+    names: BTreeMap<u32, String>,
+}
+
+fn bucket(name: &str) -> u32 {
+    (xxhash_rust::xxh3::xxh3_64(name.as_bytes()) as usize & (BUCKETS - 1)) as u32
+}
+
+/// The features of `query`.
+pub fn features(query: &str) -> Features {
+    let lower = query.to_lowercase();
+    let words: Vec<&str> = lower
+        .split(|c: char| !c.is_alphanumeric() && c != '\'')
+        .map(|w| w.trim_matches('\''))
+        .filter(|w| !w.is_empty())
+        .collect();
+    let mut names: Vec<String> = Vec::new();
+    for (i, w) in words.iter().enumerate() {
+        names.push(format!("w:{w}"));
+        if let Some(next) = words.get(i + 1) {
+            names.push(format!("b:{w} {next}"));
+        }
+        let padded: Vec<char> = format!(" {w} ").chars().collect();
+        if padded.len() >= 6 {
+            for g in padded.windows(4) {
+                names.push(format!("c:{}", g.iter().collect::<String>()));
+            }
+        }
+    }
+    if let Some(first) = words.first() {
+        names.push(format!("f:{first}"));
+    }
+    let length = match words.len() {
+        0..=3 => "1-3",
+        4..=7 => "4-7",
+        8..=15 => "8-15",
+        16..=31 => "16-31",
+        _ => "32+",
+    };
+    names.push(format!("len:{length}"));
+    if query.contains("```") || query.contains(['{', '}', ';']) || query.contains("()") {
+        names.push("has:code".into());
+    }
+    if query.chars().any(|c| c.is_ascii_digit()) {
+        names.push("has:digits".into());
+    }
+    let lex = lexical::classify(query);
+    names.push(format!("lex:level={}", lex.level.as_str()));
+    names.push(format!("lex:domain={}", lex.domain.as_str()));
+    if let Some(task) = lex.signals.iter().find(|s| s.name == "task") {
+        names.push(format!("lex:task={}", task.detail));
+    }
+
+    let mut counts: BTreeMap<u32, f32> = BTreeMap::new();
+    let mut readable = BTreeMap::new();
+    for n in names {
+        let b = bucket(&n);
+        *counts.entry(b).or_default() += 1.0;
+        readable.entry(b).or_insert(n);
+    }
+    let norm = counts.values().map(|v| v * v).sum::<f32>().sqrt().max(1e-6);
+    Features {
+        items: counts.into_iter().map(|(b, v)| (b, v / norm)).collect(),
+        names: readable,
+    }
+}
+
+/// One softmax model over the hashed features.
+#[derive(Debug, Clone)]
+struct Softmax {
+    weights: Vec<[f32; 5]>,
+    bias: [f32; 5],
+}
+
+impl Softmax {
+    fn new() -> Self {
+        Softmax {
+            weights: vec![[0.0; 5]; BUCKETS],
+            bias: [0.0; 5],
+        }
+    }
+
+    fn probabilities(&self, x: &Features) -> [f32; 5] {
+        let mut z = self.bias;
+        for &(i, v) in &x.items {
+            for (zk, wk) in z.iter_mut().zip(&self.weights[i as usize]) {
+                *zk += wk * v;
+            }
+        }
+        let max = z.iter().copied().fold(f32::MIN, f32::max);
+        let mut p = z.map(|zk| (zk - max).exp());
+        let sum: f32 = p.iter().sum();
+        p.iter_mut().for_each(|pk| *pk /= sum);
+        p
+    }
+
+    fn step(&mut self, x: &Features, label: usize, lr: f32, l2: f32) {
+        let p = self.probabilities(x);
+        for (k, pk) in p.iter().enumerate() {
+            let g = pk - f32::from(k == label);
+            self.bias[k] -= lr * g;
+            for &(i, v) in &x.items {
+                let w = &mut self.weights[i as usize][k];
+                *w -= lr * (g * v + l2 * *w);
+            }
+        }
+    }
+}
+
+/// The two models and the bank they learned from.
+pub struct Model {
+    level: Softmax,
+    domain: Softmax,
+    examples: Vec<(Example, Features)>,
+}
+
+/// The model trained on the built-in bank, trained on first use.
+pub fn default_model() -> &'static Model {
+    static MODEL: OnceLock<Model> = OnceLock::new();
+    MODEL.get_or_init(|| {
+        let examples = bank::parse(Path::new("data/routing/bank.jsonl"), BANK)
+            .expect("the built-in bank is valid (a unit test checks it)");
+        Model::train(&examples)
+    })
+}
+
+impl Model {
+    /// Trains on `examples` (deterministic: the same examples give the
+    /// same model).
+    pub fn train(examples: &[Example]) -> Model {
+        let data: Vec<(Example, Features)> = examples
+            .iter()
+            .map(|e| (e.clone(), features(&e.query)))
+            .collect();
+        let mut level = Softmax::new();
+        let mut domain = Softmax::new();
+        let mut order: Vec<usize> = (0..data.len()).collect();
+        let mut seed = 0x2545_F491_4F6C_DD1Du64;
+        let (epochs, rate, l2) = tuned();
+        for epoch in 0..epochs {
+            // Fisher-Yates with a fixed xorshift sequence.
+            for i in (1..order.len()).rev() {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                order.swap(i, (seed % (i as u64 + 1)) as usize);
+            }
+            let lr = rate / (1.0 + epoch as f32 * 0.1);
+            for &i in &order {
+                let (e, x) = &data[i];
+                level.step(x, e.level.index(), lr, l2);
+                domain.step(x, e.domain as usize, lr, l2);
+            }
+        }
+        Model {
+            level,
+            domain,
+            examples: data,
+        }
+    }
+
+    /// Classifies `query`, with the runner-up level, the margin, the
+    /// strongest features and the nearest bank examples.
+    pub fn classify(&self, query: &str) -> Complexity {
+        let x = features(query);
+        let pl = self.level.probabilities(&x);
+        let pd = self.domain.probabilities(&x);
+        let mut ranked: Vec<usize> = (0..5).collect();
+        ranked.sort_by(|&a, &b| pl[b].total_cmp(&pl[a]));
+        let (best, second) = (ranked[0], ranked[1]);
+        let domain = (0..5).max_by(|&a, &b| pd[a].total_cmp(&pd[b])).unwrap_or(4);
+        let expected: f32 = pl.iter().enumerate().map(|(i, p)| i as f32 * p).sum();
+        let mut signals = self.drivers(&x, best);
+        signals.extend(lexical::classify(query).signals);
+        Complexity {
+            level: Level::ALL[best],
+            domain: Domain::ALL[domain],
+            score: f64::from(expected / 4.0),
+            signals,
+            method: Method::Learned,
+            runner_up: Some(Level::ALL[second]),
+            margin: f64::from(pl[best] - pl[second]),
+            nearest: self.nearest(&x),
+        }
+    }
+
+    /// The features that pushed hardest towards level `k`.
+    fn drivers(&self, x: &Features, k: usize) -> Vec<Signal> {
+        let mut pushes: Vec<(f32, u32, f32)> = x
+            .items
+            .iter()
+            .map(|&(i, v)| (self.level.weights[i as usize][k] * v, i, v))
+            .filter(|(c, _, _)| *c > 0.0)
+            .collect();
+        pushes.sort_by(|a, b| b.0.total_cmp(&a.0));
+        pushes
+            .into_iter()
+            .take(3)
+            .map(|(c, i, v)| Signal {
+                name: "learned".into(),
+                value: f64::from(v),
+                contribution: f64::from(c),
+                detail: x.names.get(&i).cloned().unwrap_or_default(),
+            })
+            .collect()
+    }
+
+    /// The bank examples closest to `x` (cosine similarity).
+    fn nearest(&self, x: &Features) -> Vec<Nearest> {
+        let mut scored: Vec<(f32, &Example)> =
+            self.examples.iter().map(|(e, f)| (dot(x, f), e)).collect();
+        scored.sort_by(|a, b| b.0.total_cmp(&a.0));
+        scored
+            .into_iter()
+            .take(NEAREST)
+            .map(|(s, e)| Nearest {
+                query: e.query.clone(),
+                level: e.level,
+                domain: e.domain,
+                similarity: f64::from(s.clamp(0.0, 1.0)),
+            })
+            .collect()
+    }
+}
+
+/// Dot product of two sorted sparse vectors.
+fn dot(a: &Features, b: &Features) -> f32 {
+    let (mut i, mut j, mut sum) = (0, 0, 0.0);
+    while i < a.items.len() && j < b.items.len() {
+        match a.items[i].0.cmp(&b.items[j].0) {
+            std::cmp::Ordering::Less => i += 1,
+            std::cmp::Ordering::Greater => j += 1,
+            std::cmp::Ordering::Equal => {
+                sum += a.items[i].1 * b.items[j].1;
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    sum
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn features_are_normalised_and_sorted() {
+        let f = features("Design a search engine for billions of documents.");
+        let norm: f32 = f.items.iter().map(|(_, v)| v * v).sum();
+        assert!((norm - 1.0).abs() < 1e-4);
+        assert!(f.items.windows(2).all(|w| w[0].0 < w[1].0));
+    }
+
+    #[test]
+    fn training_is_deterministic_and_fits_its_bank() {
+        let examples = bank::parse(Path::new("bank.jsonl"), BANK).unwrap();
+        let a = Model::train(&examples);
+        let b = Model::train(&examples);
+        let q = "Write a test for this parser";
+        assert_eq!(a.classify(q), b.classify(q));
+        let right = examples
+            .iter()
+            .filter(|e| a.classify(&e.query).level == e.level)
+            .count();
+        assert!(
+            right * 100 >= examples.len() * 90,
+            "{right} of {}",
+            examples.len()
+        );
+    }
+
+    /// The dev split is never trained or tuned on (tuning uses
+    /// cross-validation on the bank: `eval routing --set bank.jsonl --cv 5`).
+    #[test]
+    fn on_the_dev_split_the_learned_model_beats_the_lexical_one() {
+        let dev = bank::parse(
+            Path::new("dev.jsonl"),
+            include_str!("../../data/routing/dev.jsonl"),
+        )
+        .unwrap();
+        let learned = super::super::eval::evaluate(&dev, |q| default_model().classify(q));
+        let lexical = super::super::eval::evaluate(&dev, lexical::classify);
+        assert!(learned.level_exact >= 0.70, "{}", learned.render());
+        assert!(learned.level_within_one >= 0.90, "{}", learned.render());
+        assert!(learned.domain >= 0.65, "{}", learned.render());
+        assert!(
+            learned.level_exact > lexical.level_exact + 0.15,
+            "{}\n{}",
+            learned.render(),
+            lexical.render()
+        );
+        assert!(
+            learned.domain > lexical.domain,
+            "{}\n{}",
+            learned.render(),
+            lexical.render()
+        );
+    }
+
+    #[test]
+    fn a_verdict_explains_itself() {
+        let c = default_model().classify("Design a payment system for a bank at scale");
+        assert_eq!(c.method, Method::Learned);
+        assert!(c.runner_up.is_some_and(|r| r != c.level));
+        assert!((0.0..=1.0).contains(&c.margin));
+        assert_eq!(c.nearest.len(), NEAREST);
+        assert!(c
+            .signals
+            .iter()
+            .any(|s| s.name == "learned" && !s.detail.is_empty()));
+    }
+}

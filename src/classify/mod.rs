@@ -1,0 +1,205 @@
+//! The complexity classifier: which level of work a query needs and what
+//! it is about, so the router starts at the smallest tier likely to answer
+//! it well.
+//!
+//! - [`learned`]: the default: a linear model over hashed word and
+//!   character n-grams and the lexical signals, trained at first use on the
+//!   example bank (`data/routing/bank.jsonl`, embedded in the binary).
+//!   Microseconds per query, no model file.
+//! - [`lexical`]: the cue-word scorer from the design document; its
+//!   verdict and signals are features of the learned model.
+//! - [`bank`]: labeled example files (JSONL: query, level, domain), read
+//!   with errors that name the file, line and value.
+//! - [`eval`]: accuracy, confusion and latency of a classifier on such a file.
+//!
+//! The levels and domains follow `ROUTING-LEVELS.md`; the README gives the
+//! labeling criteria.
+
+pub mod bank;
+pub mod eval;
+pub mod learned;
+pub mod lexical;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// How hard a query looks.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    Trivial,
+    Simple,
+    Medium,
+    Complex,
+    Expert,
+}
+
+impl Level {
+    pub fn as_str(self) -> &'static str {
+        ["trivial", "simple", "medium", "complex", "expert"][self as usize]
+    }
+
+    pub const ALL: [Level; 5] = [
+        Level::Trivial,
+        Level::Simple,
+        Level::Medium,
+        Level::Complex,
+        Level::Expert,
+    ];
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    pub(crate) fn from_score(score: f64) -> Level {
+        match score {
+            s if s < 0.15 => Level::Trivial,
+            s if s < 0.30 => Level::Simple,
+            s if s < 0.50 => Level::Medium,
+            s if s < 0.75 => Level::Complex,
+            _ => Level::Expert,
+        }
+    }
+}
+
+/// What a query is about.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Domain {
+    Code,
+    Math,
+    Creative,
+    Reasoning,
+    General,
+}
+
+impl Domain {
+    pub fn as_str(self) -> &'static str {
+        ["code", "math", "creative", "reasoning", "general"][self as usize]
+    }
+
+    pub const ALL: [Domain; 5] = [
+        Domain::Code,
+        Domain::Math,
+        Domain::Creative,
+        Domain::Reasoning,
+        Domain::General,
+    ];
+}
+
+/// One signal that fired: its raw value and what it added to the score.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Signal {
+    pub name: String,
+    pub value: f64,
+    pub contribution: f64,
+    /// What was seen, e.g. the task verb or the terms found.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+}
+
+/// How a level was decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    /// The linear model trained on the example bank (the default).
+    Learned,
+    /// The cue-word scorer alone.
+    Lexical,
+    /// Nothing to classify (empty, or only symbols): the smallest tier.
+    Empty,
+}
+
+/// A bank example like the query, shown as a reason for the verdict.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Nearest {
+    pub query: String,
+    pub level: Level,
+    pub domain: Domain,
+    /// Cosine similarity of the two queries' features, in [0, 1].
+    pub similarity: f64,
+}
+
+/// The classifier's verdict.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Complexity {
+    pub level: Level,
+    pub domain: Domain,
+    /// In [0, 1]: the expected level over the model's probabilities, / 4
+    /// (the lexical score for the lexical method).
+    pub score: f64,
+    /// The signals that fired, strongest first: the model's strongest
+    /// features and the lexical scorer's signals.
+    pub signals: Vec<Signal>,
+    /// How the level was decided.
+    #[serde(default = "default_method")]
+    pub method: Method,
+    /// The second most likely level, if any.
+    #[serde(default)]
+    pub runner_up: Option<Level>,
+    /// The level's probability minus the runner-up's, in [0, 1].
+    #[serde(default)]
+    pub margin: f64,
+    /// The bank examples most like the query.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nearest: Vec<Nearest>,
+}
+
+fn default_method() -> Method {
+    Method::Lexical
+}
+
+impl Complexity {
+    /// Everything but level, domain, score and signals, for `method`.
+    pub(crate) fn lexical_default(method: Method) -> Complexity {
+        Complexity {
+            level: Level::Trivial,
+            domain: Domain::General,
+            score: 0.0,
+            signals: Vec::new(),
+            method,
+            runner_up: None,
+            margin: 0.0,
+            nearest: Vec::new(),
+        }
+    }
+}
+
+/// Classifies `query` with the learned model trained on the built-in bank.
+/// A query with no letters or digits goes to the smallest tier, and says so.
+pub fn classify(query: &str) -> Complexity {
+    if !query.chars().any(char::is_alphanumeric) {
+        return Complexity {
+            signals: vec![Signal {
+                name: "empty".into(),
+                value: 0.0,
+                contribution: 0.0,
+                detail: "no letters or digits: the smallest tier".into(),
+            }],
+            ..Complexity::lexical_default(Method::Empty)
+        };
+    }
+    learned::default_model().classify(query)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_or_symbol_only_query_gets_the_smallest_tier_and_says_why() {
+        for q in ["", "   ", "?!...", "```"] {
+            let c = classify(q);
+            assert_eq!(
+                (c.level, c.method),
+                (Level::Trivial, Method::Empty),
+                "{q:?}"
+            );
+            assert!(c.signals[0].detail.contains("smallest tier"));
+        }
+    }
+}
