@@ -61,6 +61,11 @@ fn bucket(name: &str) -> u32 {
 
 /// The features of `query`.
 pub fn features(query: &str) -> Features {
+    features_with(query, &lexical::classify(query))
+}
+
+/// The features of `query`, given the lexical scorer's verdict on it.
+fn features_with(query: &str, lex: &Complexity) -> Features {
     let lower = query.to_lowercase();
     let words: Vec<&str> = lower
         .split(|c: char| !c.is_alphanumeric() && c != '\'')
@@ -97,7 +102,6 @@ pub fn features(query: &str) -> Features {
     if query.chars().any(|c| c.is_ascii_digit()) {
         names.push("has:digits".into());
     }
-    let lex = lexical::classify(query);
     names.push(format!("lex:level={}", lex.level.as_str()));
     names.push(format!("lex:domain={}", lex.domain.as_str()));
     if let Some(task) = lex.signals.iter().find(|s| s.name == "task") {
@@ -215,7 +219,8 @@ impl Model {
     /// Classifies `query`, with the runner-up level, the margin, the
     /// strongest features and the nearest bank examples.
     pub fn classify(&self, query: &str) -> Complexity {
-        let x = features(query);
+        let lex = lexical::classify(query);
+        let x = features_with(query, &lex);
         let pl = self.level.probabilities(&x);
         let pd = self.domain.probabilities(&x);
         let mut ranked: Vec<usize> = (0..5).collect();
@@ -224,7 +229,7 @@ impl Model {
         let domain = (0..5).max_by(|&a, &b| pd[a].total_cmp(&pd[b])).unwrap_or(4);
         let expected: f32 = pl.iter().enumerate().map(|(i, p)| i as f32 * p).sum();
         let mut signals = self.drivers(&x, best);
-        signals.extend(lexical::classify(query).signals);
+        signals.extend(lex.signals);
         Complexity {
             level: Level::ALL[best],
             domain: Domain::ALL[domain],
