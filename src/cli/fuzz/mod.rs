@@ -175,10 +175,11 @@ impl ModelFuzz {
             tensor_table_at: info.tensor_table_at,
             data_at: info.data_at,
         };
-        let head = std::fs::read(source)?
-            .into_iter()
-            .take(info.data_at as usize)
-            .collect();
+        let mut head = Vec::new();
+        std::io::Read::read_to_end(
+            &mut std::io::Read::take(std::fs::File::open(source)?, info.data_at),
+            &mut head,
+        )?;
         let link = dir.join("mutant.gguf");
         let fuzz = ModelFuzz {
             source: source.to_path_buf(),
