@@ -186,7 +186,18 @@ impl Prober {
             }
         };
         let ms = ended.elapsed.as_secs_f64() * 1e3;
+        // 126 and 127 are how an exec that could not run is reported
+        // (by a shell, or by an emulator such as qemu-user): a fact about
+        // the probe, not the file, so such a verdict is not kept.
+        let not_run = ended
+            .status
+            .and_then(|s| s.code())
+            .is_some_and(|c| c == 126 || c == 127);
         if let Some(cause) = ended.failure(timeout) {
+            if not_run {
+                let cause = format!("cannot start the probe {}: {cause}", self.exe.display());
+                return (failed(cause, ms), false);
+            }
             return (failed(cause, ms), ended.status.is_some());
         }
         let facts = child::last_line(&ended.stdout)
