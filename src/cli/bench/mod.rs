@@ -166,6 +166,19 @@ fn models_dir() -> PathBuf {
     std::env::var_os("XNAI_MODELS_DIR").map_or(dir, PathBuf::from)
 }
 
+/// `models`, or every model fetched here when none was named.
+fn models_or_local(models: Vec<PathBuf>) -> anyhow::Result<Vec<PathBuf>> {
+    let models = if models.is_empty() {
+        prefill::local_models(&models_dir())
+    } else {
+        models
+    };
+    if models.is_empty() {
+        bail!("no models: pass --model, or run scripts/fetch-models.sh");
+    }
+    Ok(models)
+}
+
 /// Prints a result as one JSON object, or as its table.
 fn show<T: serde::Serialize>(r: &T, json: bool, table: fn(&T) -> String) -> anyhow::Result<()> {
     if json {
@@ -256,14 +269,7 @@ pub fn run(config_path: &Path, cmd: BenchCmd) -> anyhow::Result<()> {
             rounds,
             json,
         } => {
-            let models = if models.is_empty() {
-                prefill::local_models(&models_dir())
-            } else {
-                models
-            };
-            if models.is_empty() {
-                bail!("no models: pass --model, or run scripts/fetch-models.sh");
-            }
+            let models = models_or_local(models)?;
             let threads = threads.unwrap_or_else(cores);
             let rt = runtime()?;
             for m in models {
@@ -277,14 +283,7 @@ pub fn run(config_path: &Path, cmd: BenchCmd) -> anyhow::Result<()> {
             rounds,
             json,
         } => {
-            let models = if models.is_empty() {
-                prefill::local_models(&models_dir())
-            } else {
-                models
-            };
-            if models.is_empty() {
-                bail!("no models: pass --model, or run scripts/fetch-models.sh");
-            }
+            let models = models_or_local(models)?;
             let threads = threads.unwrap_or_else(cores);
             let rows = runtime()?.block_on(probe::probe_bench(&models, threads, rounds.max(1)))?;
             show(&rows, json, probe::render)?;

@@ -16,7 +16,7 @@ mod mutate;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use mutate::{Kind, Layout, Mutation, Rng};
+use mutate::{Kind, Layout, Mutation};
 use rmcp::model::CallToolRequestParams;
 use rmcp::service::RunningService;
 use rmcp::transport::TokioChildProcess;
@@ -26,6 +26,7 @@ use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use xnai_model_router::config::Config;
+use xnai_model_router::engine::sampling::Rng;
 use xnai_model_router::gguf;
 
 #[derive(Args)]

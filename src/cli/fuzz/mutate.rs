@@ -5,6 +5,7 @@
 use serde::Serialize;
 use std::io::{Seek, SeekFrom, Write};
 use std::path::Path;
+use xnai_model_router::engine::sampling::Rng;
 
 /// Where a mutant's change is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -69,28 +70,9 @@ pub struct Mutation {
     pub truncate_to: Option<u64>,
 }
 
-/// SplitMix64: a tiny seeded generator, so a seed names the same mutants
-/// on every machine.
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Rng(seed)
-    }
-
-    pub fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [lo, hi).
-    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo).max(1)
-    }
+/// Uniform in [lo, hi) from `rng`.
+fn range(rng: &mut Rng, lo: u64, hi: u64) -> u64 {
+    lo + rng.next_u64() % (hi - lo).max(1)
 }
 
 /// The `index`-th mutant of a file laid out as `layout`; `original`
@@ -105,19 +87,19 @@ pub fn plan(
     let (start, end) = layout.range(kind);
     if kind == Kind::Truncate {
         // Anywhere from the start of the header to just short of the end.
-        let cut = rng.range(0, layout.size.max(1));
+        let cut = range(rng, 0, layout.size.max(1));
         return Mutation {
             kind,
             edits: Vec::new(),
             truncate_to: Some(cut),
         };
     }
-    let flips = rng.range(1, MAX_FLIPS + 1);
+    let flips = range(rng, 1, MAX_FLIPS + 1);
     let edits = (0..flips)
         .map(|_| {
-            let at = rng.range(start, end);
+            let at = range(rng, start, end);
             let old = original(at);
-            let new = old ^ (1 + rng.range(0, 255) as u8);
+            let new = old ^ (1 + range(rng, 0, 255) as u8);
             (at, new)
         })
         .collect();

@@ -10,6 +10,7 @@
 
 use super::{decode, decode_err, feed, load_batched, prepare};
 use crate::engine::ggml_hook::Pass;
+use crate::engine::sampling::argmax;
 use crate::engine::{EngineError, GenerateRequest, LoadSpec, PromptFormat};
 use crate::probe::ProbeFacts;
 use llama_cpp_2::llama_batch::LlamaBatch;
@@ -49,7 +50,7 @@ pub fn probe_here(path: &Path, threads: u32) -> Result<ProbeFacts, EngineError> 
         let prompt = &prep.tokens[..prep.tokens.len().min(PROBE_PROMPT)];
         let mut batch = LlamaBatch::new(PROBE_BATCH as usize, 1);
         feed(ctx, &mut batch, prompt, 0, Pass::Prompt)?;
-        let next = argmax(ctx.get_logits_ith(batch.n_tokens() - 1));
+        let next = LlamaToken(argmax(ctx.get_logits_ith(batch.n_tokens() - 1)).0 as i32);
         batch.clear();
         batch
             .add(next, prompt.len() as i32, &[0], true)
@@ -75,14 +76,4 @@ pub fn probe_here(path: &Path, threads: u32) -> Result<ProbeFacts, EngineError> 
             decode_ms,
         })
     })
-}
-
-/// The most likely token.
-fn argmax(logits: &[f32]) -> LlamaToken {
-    let best = logits
-        .iter()
-        .enumerate()
-        .max_by(|a, b| a.1.total_cmp(b.1))
-        .map_or(0, |(i, _)| i);
-    LlamaToken(best as i32)
 }
