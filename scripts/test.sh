@@ -10,6 +10,10 @@ cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 cargo build --release
 XNAI_BIN=target/release/xnai-model-router scripts/fetch-models.sh
+# Tests never read or write the user's learned routing corrections.
+XDG_DATA_HOME="$(mktemp -d)"
+export XDG_DATA_HOME
+trap 'rm -rf "$XDG_DATA_HOME"' EXIT
 cargo fmt --check
 cargo clippy --release --all-targets -- -D warnings
 cargo test --release --all-targets

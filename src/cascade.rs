@@ -2,7 +2,7 @@
 //! it escalates, how many tokens each tier may spend, and how an answer is
 //! handed up to the next tier.
 
-use crate::classify::Complexity;
+use crate::classify::{Complexity, Level};
 use crate::config::{Config, Role};
 use crate::engine::Message;
 use schemars::JsonSchema;
@@ -32,6 +32,15 @@ pub fn start_tier(config: &Config, c: &Complexity, preferred: Option<usize>) -> 
         return (*tier, RoutedBy::Domain);
     }
     (config.routing.levels[c.level.index()], RoutedBy::Classifier)
+}
+
+/// The level a tier stands for, as a correction records it: the lowest
+/// level that starts at `tier` or above (routing.levels), else the top.
+pub fn level_for_tier(levels: &[usize; 5], tier: usize) -> Level {
+    Level::ALL
+        .into_iter()
+        .find(|l| levels[l.index()] >= tier)
+        .unwrap_or(Level::Expert)
 }
 
 /// What happened after one attempt.
@@ -135,6 +144,18 @@ Draft:\n\"\"\"\n{}\n\"\"\"",
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_tier_stands_for_the_lowest_level_that_starts_there() {
+        let spread = [0, 0, 1, 1, 2];
+        assert_eq!(level_for_tier(&spread, 0), Level::Trivial);
+        assert_eq!(level_for_tier(&spread, 1), Level::Medium);
+        assert_eq!(level_for_tier(&spread, 2), Level::Expert);
+        // A tier no level starts at stands for the first level above it.
+        assert_eq!(level_for_tier(&[0, 0, 0, 2, 2], 1), Level::Complex);
+        // Above every level's tier: the top level.
+        assert_eq!(level_for_tier(&[0, 0, 0, 0, 1], 3), Level::Expert);
+    }
+
     fn at(tier: usize, escalations: u32, tokens_used: u32) -> Position {
         Position {
             tier,
@@ -188,6 +209,13 @@ mod tests {
                 hand_over_draft: true,
                 token_budget: 4096,
                 history: 8,
+                learning: crate::config::LearnConfig {
+                    enabled: false,
+                    store: dir.join("routing.db"),
+                    store_max: 1,
+                    correction_weight: 1.0,
+                    cascade_weight: 1.0,
+                },
             },
             server: Default::default(),
             redis: Default::default(),

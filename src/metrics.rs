@@ -19,6 +19,11 @@ pub struct TierLabel {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabel {
+    pub source: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabel {
     pub outcome: String,
 }
@@ -43,6 +48,8 @@ pub struct Metrics {
     generate_seconds: Family<TierLabel, Counter<f64, AtomicU64>>,
     drafted: Family<TierLabel, Counter>,
     accepted: Family<TierLabel, Counter>,
+    corrections: Family<SourceLabel, Counter>,
+    routes_changed: Counter,
 }
 
 impl Default for Metrics {
@@ -60,6 +67,8 @@ impl Default for Metrics {
             generate_seconds: Family::default(),
             drafted: Family::default(),
             accepted: Family::default(),
+            corrections: Family::default(),
+            routes_changed: Counter::default(),
         }
     }
 }
@@ -117,6 +126,20 @@ impl Metrics {
             self.answers.get_or_create(&tier(name)).inc();
             self.request_seconds.observe(seconds);
         }
+    }
+
+    /// A routing correction was made (`source`: force_escalate or cascade).
+    pub fn correction(&self, source: &str) {
+        self.corrections
+            .get_or_create(&SourceLabel {
+                source: source.into(),
+            })
+            .inc();
+    }
+
+    /// A query started at another tier because of learned corrections.
+    pub fn route_changed(&self) {
+        self.routes_changed.inc();
     }
 
     /// The text exposition: these metrics plus the scrape-time `live` ones.
@@ -182,6 +205,16 @@ impl Metrics {
             "Drafted tokens the target accepted",
             self.accepted.clone(),
         );
+        r.register(
+            "routing_corrections",
+            "Routing corrections made, by source (force_escalate, cascade)",
+            self.corrections.clone(),
+        );
+        r.register(
+            "routing_routes_changed",
+            "Queries that started at another tier than the bank alone gives, because of learned corrections",
+            self.routes_changed.clone(),
+        );
         r.register_collector(Box::new(live));
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &r)
@@ -219,6 +252,8 @@ pub struct Live {
     pub redis: Option<(bool, usize)>,
     pub kv_store: crate::engine::llama::store::StoreCounts,
     pub probes: crate::probe::ProbeCounts,
+    /// Corrections the classifier is trained with.
+    pub learned_records: usize,
 }
 
 impl prometheus_client::collector::Collector for Live {
@@ -402,6 +437,12 @@ impl prometheus_client::collector::Collector for Live {
             "Model files found bad by a probe (or by a kept verdict)",
             self.probes.failed,
         )?;
+        gauge(
+            &mut e,
+            "routing_learned_records",
+            "Corrections the classifier is trained with",
+            self.learned_records as i64,
+        )?;
         counter(
             &mut e,
             "rejected_requests",
@@ -431,6 +472,8 @@ mod tests {
         });
         m.request("answered", Some("drafter"), 1.5);
         m.request("busy", None, 0.0);
+        m.correction("force_escalate");
+        m.route_changed();
         let text = m.render(Live {
             tiers: vec![LiveTier {
                 name: "router".into(),
@@ -457,6 +500,7 @@ mod tests {
                 cached: 4,
                 failed: 1,
             },
+            learned_records: 7,
             ..Live::default()
         });
         for line in [
@@ -465,6 +509,9 @@ mod tests {
             "xnai_kv_store_restored_tokens_total 1500",
             "xnai_kv_store_bytes 4096",
             "xnai_model_probes_total 3",
+            "xnai_routing_corrections_total{source=\"force_escalate\"} 1",
+            "xnai_routing_routes_changed_total 1",
+            "xnai_routing_learned_records 7",
             "xnai_model_probe_verdicts_reused_total 4",
             "xnai_model_probe_failures_total 1",
             "xnai_attempts_total{tier=\"router\"} 1",

@@ -8,6 +8,7 @@ use std::process::{Command, Output};
 
 fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_xnai-model-router"));
+    c.env("XDG_DATA_HOME", common::fresh_data_home());
     c.current_dir(env!("CARGO_MANIFEST_DIR"));
     c.env("XNAI_LOG", "error");
     c

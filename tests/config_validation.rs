@@ -382,3 +382,36 @@ fn placement_decides_what_is_local() {
     assert_eq!(skipped[0].field, "tiers[2].model");
     assert!(skipped[0].message.contains("missing.gguf"));
 }
+
+#[test]
+fn learning_settings_are_checked_and_the_store_defaults_to_the_data_folder() {
+    let dir = dir_with_models();
+    let p = problems(
+        dir.path(),
+        &format!(
+            "routing:\n  store: ''\n  store_max: 0\n  correction_weight: -1\n  cascade_weight: 101\n{GOOD}"
+        ),
+    );
+    assert_has(&p, &["routing.store", "empty"]);
+    assert_has(&p, &["routing.store_max", "got 0"]);
+    assert_has(&p, &["routing.correction_weight", "got -1"]);
+    assert_has(&p, &["routing.cascade_weight", "got 101"]);
+
+    let path = dir.path().join("tiers.yaml");
+    std::fs::write(&path, GOOD).unwrap();
+    let c = Config::load(&path).unwrap();
+    assert!(c.routing.learning.enabled);
+    assert!(c
+        .routing
+        .learning
+        .store
+        .ends_with("xnai-model-router/routing.db"));
+    std::fs::write(
+        &path,
+        format!("routing:\n  store: ~/corrections.db\n{GOOD}"),
+    )
+    .unwrap();
+    let c = Config::load(&path).unwrap();
+    let home = std::path::PathBuf::from(std::env::var_os("HOME").unwrap());
+    assert_eq!(c.routing.learning.store, home.join("corrections.db"));
+}

@@ -33,6 +33,7 @@ struct Server {
 impl Server {
     async fn start(config: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_xnai-model-router"));
+        cmd.env("XDG_DATA_HOME", common::fresh_data_home());
         cmd.args(["serve", "--transport", "http", "--bind", "127.0.0.1:0"])
             .args(args)
             .arg("--config")
@@ -351,6 +352,7 @@ async fn guards_refuse_foreign_hosts_and_origins_bad_tokens_and_big_bodies() {
     let _serial = ONE_AT_A_TIME.lock().await;
     // A non-loopback address without a token is refused at start.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_xnai-model-router"))
+        .env("XDG_DATA_HOME", common::fresh_data_home())
         .args([
             "serve",
             "--transport",

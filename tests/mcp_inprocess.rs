@@ -28,6 +28,16 @@ struct Session {
 /// A client connected to a server on ladder a, b, c with `scripts`.
 async fn connect(scripts: &[(&str, Script)]) -> Session {
     let (dir, config) = synthetic_ladder("");
+    connect_to(dir, config, scripts).await
+}
+
+/// A client connected to a fresh server on `config` (a restart, when an
+/// earlier one used the same config).
+async fn connect_to(
+    dir: tempfile::TempDir,
+    config: Arc<xnai_model_router::config::Config>,
+    scripts: &[(&str, Script)],
+) -> Session {
     let engine = FakeEngine::new();
     for (tier, s) in scripts {
         engine.script(tier, s.clone());
@@ -220,4 +230,103 @@ async fn progress_arrives_before_the_result_and_cancellation_stops_the_call() {
             .any(|(_, m)| m.contains("tier a: generating")),
         "{progress:?}"
     );
+}
+
+/// Paraphrases of one kind of request the bank rates simple (tier a) though
+/// it is planning work: four are corrected, the others never seen.
+const TAUGHT: [&str; 4] = [
+    "Translate our onboarding checklist into a migration runbook for the ops team",
+    "Turn the onboarding checklist into a migration runbook for operations",
+    "Convert the onboarding checklist into a step by step migration runbook for ops",
+    "Make a migration runbook for the ops team out of our onboarding checklist",
+];
+const UNSEEN: [&str; 2] = [
+    "Can you turn this onboarding checklist into an ops migration runbook?",
+    "Please transform our onboarding checklist into a runbook for the ops migration",
+];
+
+/// route_query's result; `attempts[0].tier` is where it started.
+async fn route(s: &Session, query: &str) -> Value {
+    ok(&call(&s.client, "route_query", json!({ "query": query })).await)
+}
+
+#[tokio::test]
+async fn force_escalate_corrections_move_new_paraphrases_up_and_survive_a_restart() {
+    let (dir, config) = synthetic_ladder("");
+    let scripts = [("a", confident()), ("b", confident()), ("c", confident())];
+    let s = connect_to(dir, config.clone(), &scripts).await;
+    for q in UNSEEN {
+        let r = route(&s, q).await;
+        assert_eq!(r["attempts"][0]["tier"], "a", "before any correction: {r}");
+    }
+    let mut ids = Vec::new();
+    for q in TAUGHT {
+        let r = route(&s, q).await;
+        assert_eq!(r["attempts"][0]["tier"], "a", "{r}");
+        ids.push(r["request_id"].clone());
+    }
+    for id in ids {
+        let up = ok(&call(
+            &s.client,
+            "force_escalate",
+            json!({"request_id": id, "target_tier": "c"}),
+        )
+        .await);
+        assert_eq!(up["tier"], "c", "{up}");
+    }
+    for q in UNSEEN {
+        let r = route(&s, q).await;
+        assert_eq!(r["attempts"][0]["tier"], "c", "after the corrections: {r}");
+        assert_eq!(r["complexity"]["level"], "expert", "{r}");
+        assert_eq!(r["complexity"]["corrected_from"], "simple", "{r}");
+        assert_eq!(r["complexity"]["signals"][0]["name"], "corrected", "{r}");
+    }
+    // Unrelated queries still start where the bank puts them.
+    let r = route(&s, "What is the capital of France?").await;
+    assert_eq!(r["attempts"][0]["tier"], "a", "{r}");
+    let status = ok(&call(&s.client, "get_tier_status", json!({})).await);
+    let routing = &status["routing"];
+    assert_eq!(routing["learning"], true, "{status}");
+    assert_eq!(routing["learned_records"], 4, "{status}");
+    assert_eq!(routing["recorded_force_escalate"], 4, "{status}");
+    assert_eq!(routing["routes_changed"], 2, "{status}");
+    assert!(s
+        .router
+        .metrics_text()
+        .contains("xnai_routing_corrections_total{source=\"force_escalate\"} 4"));
+
+    // A restart on the same store starts where the corrections left off.
+    let Session { client, _dir, .. } = s;
+    client.cancel().await.unwrap();
+    let s = connect_to(_dir, config, &scripts).await;
+    let status = ok(&call(&s.client, "get_tier_status", json!({})).await);
+    assert_eq!(status["routing"]["learned_records"], 4, "{status}");
+    let r = route(&s, UNSEEN[1]).await;
+    assert_eq!(r["attempts"][0]["tier"], "c", "after a restart: {r}");
+}
+
+#[tokio::test]
+async fn a_cascade_that_climbs_and_then_meets_a_threshold_is_recorded_as_a_weaker_correction() {
+    let unsure = Script {
+        text: "maybe".into(),
+        prob: 0.2,
+        ..Script::default()
+    };
+    let s = connect(&[("a", unsure), ("b", confident())]).await;
+    let r = route(&s, TAUGHT[0]).await;
+    assert_eq!(r["attempts"][0]["tier"], "a", "{r}");
+    assert_eq!(r["tier"], "b", "{r}");
+    // Recorded off the request path: wait for it.
+    let mut routing = Value::Null;
+    for _ in 0..100 {
+        let status = ok(&call(&s.client, "get_tier_status", json!({})).await);
+        routing = status["routing"].clone();
+        if routing["learned_records"] == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(routing["recorded_cascade"], 1, "{routing}");
+    assert_eq!(routing["learned_records"], 1, "{routing}");
+    assert_eq!(routing["recorded_force_escalate"], 0, "{routing}");
 }

@@ -22,6 +22,7 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 
 async fn start(config: &Path) -> Client {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_xnai-model-router"));
+    cmd.env("XDG_DATA_HOME", common::fresh_data_home());
     cmd.arg("serve")
         .arg("--config")
         .arg(config)
@@ -434,6 +435,7 @@ async fn progress_and_cancellation_over_stdio() {
     use rmcp::service::PeerRequestOptions;
     let _serial = ONE_AT_A_TIME.lock().await;
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_xnai-model-router"));
+    cmd.env("XDG_DATA_HOME", common::fresh_data_home());
     cmd.arg("serve")
         .arg("--config")
         .arg(default_yaml())
@@ -522,6 +524,7 @@ async fn sigterm_over_stdio_lets_the_call_in_flight_finish() {
     use rmcp::service::PeerRequestOptions;
     let _serial = ONE_AT_A_TIME.lock().await;
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_xnai-model-router"));
+    cmd.env("XDG_DATA_HOME", common::fresh_data_home());
     cmd.arg("serve")
         .arg("--config")
         .arg(default_yaml())

@@ -65,6 +65,7 @@ fn ladder(dir: &Path, bad_model: &Path) -> PathBuf {
 
 async fn serve(config: &Path) -> RunningService<RoleClient, ()> {
     let mut cmd = tokio::process::Command::new(EXE);
+    cmd.env("XDG_DATA_HOME", common::fresh_data_home());
     cmd.arg("serve")
         .arg("--config")
         .arg(config)
@@ -123,6 +124,7 @@ async fn a_model_that_aborts_llama_cpp_fails_its_tier_and_the_server_keeps_servi
 
 fn check_probe(config: &Path) -> (bool, String) {
     let out = Command::new(EXE)
+        .env("XDG_DATA_HOME", common::fresh_data_home())
         .args(["config", "check", "--probe", "--config"])
         .arg(config)
         .output()
@@ -197,6 +199,7 @@ async fn a_panic_on_the_inference_thread_fails_that_request_only() {
 fn the_seeded_fuzz_over_both_models_never_kills_the_server() {
     let _one = ONE_AT_A_TIME.blocking_lock();
     let out = Command::new(EXE)
+        .env("XDG_DATA_HOME", common::fresh_data_home())
         .args(["fuzz-models", "--count", "48", "--seed", "7", "--json"])
         .arg("--model")
         .arg(real_model(SMOL_Q4))

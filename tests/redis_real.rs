@@ -102,6 +102,7 @@ impl WorkerProc {
     fn start(dir: &Path, config: &Path, url: &str, id: &str, tiers: &str) -> Self {
         let log = dir.join(format!("{id}.log"));
         let child = Command::new(BIN)
+            .env("XDG_DATA_HOME", common::fresh_data_home())
             .args(["worker", "--redis", url, "--tiers", tiers, "--id", id])
             // Two workers share this machine's cores.
             .args(["--threads", "1"])
@@ -172,6 +173,7 @@ type Client = RunningService<RoleClient, Recorder>;
 
 async fn front_end(config: &Path, url: &str) -> (Client, Recorder) {
     let mut cmd = tokio::process::Command::new(BIN);
+    cmd.env("XDG_DATA_HOME", common::fresh_data_home());
     cmd.arg("serve")
         .arg("--config")
         .arg(config)
@@ -674,6 +676,7 @@ async fn without_redis_local_tiers_answer_and_remote_ones_say_why() {
 /// Runs the binary with `args` and the ladder; it must fail; its stderr.
 fn fails(config: &Path, args: &[&str]) -> String {
     let out = Command::new(BIN)
+        .env("XDG_DATA_HOME", common::fresh_data_home())
         .args(args)
         .arg("--config")
         .arg(config)

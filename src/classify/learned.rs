@@ -15,6 +15,7 @@
 //! milliseconds, once per process.
 
 use super::bank::{self, Example};
+use super::store::Source;
 use super::{lexical, Complexity, Domain, Level, Method, Nearest, Signal};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -31,6 +32,10 @@ const BUCKETS: usize = 1 << 16;
 const EPOCHS: usize = 60;
 const LEARNING_RATE: f32 = 0.5;
 const L2: f32 = 1e-5;
+
+/// The largest step one example may take (a weighted correction's rate is
+/// the learning rate times its weight, up to this).
+const MAX_STEP: f32 = 2.0;
 
 /// Bank examples shown as reasons.
 const NEAREST: usize = 3;
@@ -140,6 +145,9 @@ impl Softmax {
     }
 
     fn step(&mut self, x: &Features, label: usize, lr: f32, l2: f32) {
+        // Weighted examples scale the rate; the bound keeps a heavy one
+        // from overshooting.
+        let lr = lr.min(MAX_STEP);
         let p = self.probabilities(x);
         for (k, pk) in p.iter().enumerate() {
             let g = pk - f32::from(k == label);
@@ -152,30 +160,63 @@ impl Softmax {
     }
 }
 
-/// The two models and the bank they learned from.
+/// A training example: a bank example (weight 1, no source) or a
+/// correction (its source's weight).
+#[derive(Debug, Clone)]
+pub struct Weighted {
+    pub example: Example,
+    pub weight: f32,
+    pub source: Option<Source>,
+}
+
+impl From<&Example> for Weighted {
+    fn from(e: &Example) -> Self {
+        Weighted {
+            example: e.clone(),
+            weight: 1.0,
+            source: None,
+        }
+    }
+}
+
+/// The two models and the examples they learned from.
 pub struct Model {
     level: Softmax,
     domain: Softmax,
-    examples: Vec<(Example, Features)>,
+    examples: Vec<(Weighted, Features)>,
+}
+
+/// The built-in bank's examples, parsed on first use.
+pub fn bank_examples() -> &'static [Example] {
+    static EXAMPLES: OnceLock<Vec<Example>> = OnceLock::new();
+    EXAMPLES.get_or_init(|| {
+        bank::parse(Path::new("data/routing/bank.jsonl"), BANK)
+            .expect("the built-in bank is valid (a unit test checks it)")
+    })
 }
 
 /// The model trained on the built-in bank, trained on first use.
 pub fn default_model() -> &'static Model {
     static MODEL: OnceLock<Model> = OnceLock::new();
-    MODEL.get_or_init(|| {
-        let examples = bank::parse(Path::new("data/routing/bank.jsonl"), BANK)
-            .expect("the built-in bank is valid (a unit test checks it)");
-        Model::train(&examples)
-    })
+    MODEL.get_or_init(|| Model::train(bank_examples()))
 }
 
 impl Model {
     /// Trains on `examples` (deterministic: the same examples give the
     /// same model).
     pub fn train(examples: &[Example]) -> Model {
-        let data: Vec<(Example, Features)> = examples
-            .iter()
-            .map(|e| (e.clone(), features(&e.query)))
+        Model::train_weighted(examples.iter().map(Weighted::from).collect())
+    }
+
+    /// Trains on weighted examples: an example of weight w moves the model
+    /// as w examples would (deterministic, like [`Model::train`]).
+    pub fn train_weighted(examples: Vec<Weighted>) -> Model {
+        let data: Vec<(Weighted, Features)> = examples
+            .into_iter()
+            .map(|w| {
+                let x = features(&w.example.query);
+                (w, x)
+            })
             .collect();
         let mut level = Softmax::new();
         let mut domain = Softmax::new();
@@ -191,9 +232,10 @@ impl Model {
             }
             let lr = LEARNING_RATE / (1.0 + epoch as f32 * 0.1);
             for &i in &order {
-                let (e, x) = &data[i];
-                level.step(x, e.level.index(), lr, L2);
-                domain.step(x, e.domain as usize, lr, L2);
+                let (w, x) = &data[i];
+                let rate = lr * w.weight;
+                level.step(x, w.example.level.index(), rate, L2);
+                domain.step(x, w.example.domain as usize, rate, L2);
             }
         }
         Model {
@@ -226,7 +268,23 @@ impl Model {
             runner_up: Some(Level::ALL[second]),
             margin: f64::from(pl[best] - pl[second]),
             nearest: self.nearest(&x),
+            corrected_from: None,
         }
+    }
+
+    /// The level alone, without explanations (cheap).
+    pub fn level_of(&self, query: &str) -> Level {
+        let p = self.level.probabilities(&features(query));
+        let best = (0..5).max_by(|&a, &b| p[a].total_cmp(&p[b])).unwrap_or(0);
+        Level::ALL[best]
+    }
+
+    /// How many examples it learned from, by source (None: the bank).
+    pub fn count(&self, source: Option<Source>) -> usize {
+        self.examples
+            .iter()
+            .filter(|(w, _)| w.source == source)
+            .count()
     }
 
     /// The features that pushed hardest towards level `k`.
@@ -252,17 +310,18 @@ impl Model {
 
     /// The bank examples closest to `x` (cosine similarity).
     fn nearest(&self, x: &Features) -> Vec<Nearest> {
-        let mut scored: Vec<(f32, &Example)> =
-            self.examples.iter().map(|(e, f)| (dot(x, f), e)).collect();
+        let mut scored: Vec<(f32, &Weighted)> =
+            self.examples.iter().map(|(w, f)| (dot(x, f), w)).collect();
         scored.sort_by(|a, b| b.0.total_cmp(&a.0));
         scored
             .into_iter()
             .take(NEAREST)
-            .map(|(s, e)| Nearest {
-                query: e.query.clone(),
-                level: e.level,
-                domain: e.domain,
+            .map(|(s, w)| Nearest {
+                query: w.example.query.clone(),
+                level: w.example.level,
+                domain: w.example.domain,
                 similarity: f64::from(s.clamp(0.0, 1.0)),
+                correction: w.source,
             })
             .collect()
     }

@@ -11,6 +11,9 @@
 //! - [`bank`]: labeled example files (JSONL: query, level, domain), read
 //!   with errors that name the file, line and value.
 //! - [`eval`]: accuracy, confusion and latency of a classifier on such a file.
+//! - [`learning`]: the serving classifier: the learned model retrained with
+//!   the corrections kept in [`store`] (force_escalate, and cascades that
+//!   climbed), so similar queries start where they were corrected.
 //!
 //! The levels and domains follow `ROUTING-LEVELS.md`; the README gives the
 //! labeling criteria.
@@ -18,7 +21,9 @@
 pub mod bank;
 pub mod eval;
 pub mod learned;
+pub mod learning;
 pub mod lexical;
+pub mod store;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -122,6 +127,9 @@ pub struct Nearest {
     pub domain: Domain,
     /// Cosine similarity of the two queries' features, in [0, 1].
     pub similarity: f64,
+    /// Set when the example is a learned correction, not a bank example.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correction: Option<store::Source>,
 }
 
 /// The classifier's verdict.
@@ -147,6 +155,10 @@ pub struct Complexity {
     /// The bank examples most like the query.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nearest: Vec<Nearest>,
+    /// The level the built-in bank alone gives, when learned corrections
+    /// changed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub corrected_from: Option<Level>,
 }
 
 fn default_method() -> Method {
@@ -165,6 +177,7 @@ impl Complexity {
             runner_up: None,
             margin: 0.0,
             nearest: Vec::new(),
+            corrected_from: None,
         }
     }
 }
@@ -172,18 +185,23 @@ impl Complexity {
 /// Classifies `query` with the learned model trained on the built-in bank.
 /// A query with no letters or digits goes to the smallest tier, and says so.
 pub fn classify(query: &str) -> Complexity {
-    if !query.chars().any(char::is_alphanumeric) {
-        return Complexity {
-            signals: vec![Signal {
-                name: "empty".into(),
-                value: 0.0,
-                contribution: 0.0,
-                detail: "no letters or digits: the smallest tier".into(),
-            }],
-            ..Complexity::lexical_default(Method::Empty)
-        };
+    nothing_to_classify(query).unwrap_or_else(|| learned::default_model().classify(query))
+}
+
+/// The verdict on a query with no letters or digits: the smallest tier.
+pub(crate) fn nothing_to_classify(query: &str) -> Option<Complexity> {
+    if query.chars().any(char::is_alphanumeric) {
+        return None;
     }
-    learned::default_model().classify(query)
+    Some(Complexity {
+        signals: vec![Signal {
+            name: "empty".into(),
+            value: 0.0,
+            contribution: 0.0,
+            detail: "no letters or digits: the smallest tier".into(),
+        }],
+        ..Complexity::lexical_default(Method::Empty)
+    })
 }
 
 #[cfg(test)]

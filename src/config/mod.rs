@@ -69,6 +69,20 @@ pub struct Routing {
     pub hand_over_draft: bool,
     pub token_budget: u32,
     pub history: usize,
+    pub learning: LearnConfig,
+}
+
+/// Learning from corrections (`routing.learn`, `routing.store`, ...).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LearnConfig {
+    pub enabled: bool,
+    /// The SQLite file corrections are kept in.
+    pub store: PathBuf,
+    pub store_max: usize,
+    /// Training weight of a force_escalate correction (bank examples weigh 1).
+    pub correction_weight: f64,
+    /// Training weight of a cascade correction.
+    pub cascade_weight: f64,
 }
 
 impl Routing {

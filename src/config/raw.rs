@@ -59,6 +59,28 @@ pub struct RawRouting {
     /// Recent requests kept for force_escalate. Default: 64.
     #[serde(default = "default_history")]
     pub history: usize,
+    /// Learn from corrections: a force_escalate, and a cascade that escalated
+    /// and then met a higher tier's threshold, record the query with the
+    /// level that tier stands for, and the classifier retrains with them.
+    /// Default: true.
+    #[serde(default = "default_true")]
+    pub learn: bool,
+    /// The corrections store (an SQLite file). Default:
+    /// `$XDG_DATA_HOME/xnai-model-router/routing.db`
+    /// (`~/.local/share/xnai-model-router/routing.db`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<String>,
+    /// Most corrections kept; the oldest go first. Default: 10000.
+    #[serde(default = "default_store_max")]
+    pub store_max: usize,
+    /// What one force_escalate correction weighs in training, against 1 for
+    /// an example of the built-in bank. Default: 4.
+    #[serde(default = "default_correction_weight")]
+    pub correction_weight: f64,
+    /// What one cascade correction weighs (a weaker signal; 0 keeps none).
+    /// Default: 1.
+    #[serde(default = "default_cascade_weight")]
+    pub cascade_weight: f64,
 }
 
 impl Default for RawRouting {
@@ -70,6 +92,11 @@ impl Default for RawRouting {
             hand_over_draft: true,
             token_budget: default_token_budget(),
             history: default_history(),
+            learn: true,
+            store: None,
+            store_max: default_store_max(),
+            correction_weight: default_correction_weight(),
+            cascade_weight: default_cascade_weight(),
         }
     }
 }
@@ -96,6 +123,18 @@ fn default_token_budget() -> u32 {
 
 fn default_history() -> usize {
     64
+}
+
+fn default_store_max() -> usize {
+    10_000
+}
+
+fn default_correction_weight() -> f64 {
+    4.0
+}
+
+fn default_cascade_weight() -> f64 {
+    1.0
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]

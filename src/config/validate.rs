@@ -375,6 +375,7 @@ fn resolve_routing(raw: &RawConfig, bad: &mut impl FnMut(String, String)) -> Rou
     if r.history == 0 {
         bad("routing.history".into(), "must be at least 1, got 0".into());
     }
+    let learning = resolve_learning(r, bad);
     Routing {
         levels,
         domains,
@@ -382,6 +383,64 @@ fn resolve_routing(raw: &RawConfig, bad: &mut impl FnMut(String, String)) -> Rou
         hand_over_draft: r.hand_over_draft,
         token_budget: r.token_budget,
         history: r.history,
+        learning,
+    }
+}
+
+/// Where corrections are kept when `routing.store` is not set: the XDG data
+/// folder (`$XDG_DATA_HOME`, else `~/.local/share`).
+pub fn default_store() -> PathBuf {
+    let data = match std::env::var_os("XDG_DATA_HOME") {
+        Some(d) if !d.is_empty() => PathBuf::from(d),
+        _ => std::env::var_os("HOME")
+            .map_or_else(|| PathBuf::from("."), PathBuf::from)
+            .join(".local/share"),
+    };
+    data.join("xnai-model-router/routing.db")
+}
+
+fn resolve_learning(
+    r: &super::raw::RawRouting,
+    bad: &mut impl FnMut(String, String),
+) -> super::LearnConfig {
+    let store = match r.store.as_deref().map(expand) {
+        None => default_store(),
+        Some(Ok(p)) if !p.trim().is_empty() => PathBuf::from(p),
+        Some(Ok(_)) => {
+            bad(
+                "routing.store".into(),
+                "is empty; leave it out for the default, or set routing.learn: false".into(),
+            );
+            default_store()
+        }
+        Some(Err(e)) => {
+            bad("routing.store".into(), e);
+            default_store()
+        }
+    };
+    if r.store_max == 0 {
+        bad(
+            "routing.store_max".into(),
+            "must be at least 1, got 0 (routing.learn: false turns learning off)".into(),
+        );
+    }
+    for (field, w) in [
+        ("correction_weight", r.correction_weight),
+        ("cascade_weight", r.cascade_weight),
+    ] {
+        if !(0.0..=100.0).contains(&w) {
+            bad(
+                format!("routing.{field}"),
+                format!("must be in [0, 100], got {w}"),
+            );
+        }
+    }
+    super::LearnConfig {
+        enabled: r.learn,
+        store,
+        store_max: r.store_max,
+        correction_weight: r.correction_weight,
+        cascade_weight: r.cascade_weight,
     }
 }
 

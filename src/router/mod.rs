@@ -22,7 +22,9 @@ pub use validate::{check_generation_args, RouteRequest, ValidRequest};
 
 use crate::activity::Call;
 use crate::cascade::{self, Draft, RoutedBy};
-use crate::classify::{classify, Complexity};
+use crate::classify::learning::Classifier;
+use crate::classify::store::{Correction, Source};
+use crate::classify::Complexity;
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::error::Result;
@@ -80,6 +82,8 @@ pub struct Router<E: Engine> {
     metrics: Metrics,
     /// Tiers served through Redis, when `serve --redis` is on.
     remote: Option<RemoteTiers>,
+    /// The learned classifier and its corrections.
+    classifier: Arc<Classifier>,
     /// A std mutex: short bookkeeping only, never held across `.await`.
     state: Mutex<State>,
 }
@@ -92,6 +96,7 @@ impl<E: Engine> Router<E> {
             queue: Scheduler::new(config.server.queue_depth, config.server.max_bypass),
             metrics: Metrics::default(),
             remote: None,
+            classifier: Arc::new(Classifier::open(&config.routing.learning)),
             config,
             state: Mutex::new(State {
                 stats,
@@ -162,9 +167,19 @@ impl<E: Engine> Router<E> {
     ) -> Result<RouteResult> {
         let request = req.validate(&self.config)?;
         let t = Instant::now();
-        let complexity = classify(&request.query);
+        let complexity = self.classifier.classify(&request.query);
         let classify_ms = t.elapsed().as_secs_f64() * 1e3;
         let (start, routed_by) = cascade::start_tier(&self.config, &complexity, request.preferred);
+        if let Some(before) = complexity.corrected_from {
+            let bank = Complexity {
+                level: before,
+                ..complexity.clone()
+            };
+            if cascade::start_tier(&self.config, &bank, request.preferred).0 != start {
+                self.classifier.count_changed_route();
+                self.metrics.route_changed();
+            }
+        }
         let fallback = match routed_by {
             RoutedBy::Domain => self
                 .config
@@ -233,6 +248,14 @@ impl<E: Engine> Router<E> {
             kept: self.config.routing.history,
         })?;
         let to = self.escalation_target(&record, target)?;
+        // Learn while the next tier answers; done before the result returns,
+        // so the caller's next query already starts where it was corrected.
+        let learning = self.learn(
+            &record.request.query,
+            &record.complexity,
+            to,
+            Source::ForceEscalate,
+        );
         let plan = Plan {
             draft: Some(Draft {
                 tier: self.config.tiers[record.tier].name.clone(),
@@ -245,9 +268,31 @@ impl<E: Engine> Router<E> {
             fallback: None,
             routed_by: RoutedBy::ForceEscalate,
         };
-        let mut result = self.run(plan, started, call).await?;
+        let result = self.run(plan, started, call).await;
+        let _ = learning.await;
+        let mut result = result?;
         result.escalated_from = Some(record.id);
         Ok(result)
+    }
+
+    /// Records that `query` needed `tier` (a correction from `source`) and
+    /// retrains the classifier, off the async runtime.
+    fn learn(
+        &self,
+        query: &str,
+        complexity: &Complexity,
+        tier: usize,
+        source: Source,
+    ) -> tokio::task::JoinHandle<()> {
+        let correction = Correction {
+            query: query.to_string(),
+            level: cascade::level_for_tier(&self.config.routing.levels, tier),
+            domain: complexity.domain,
+            source,
+        };
+        self.metrics.correction(source.as_str());
+        let classifier = self.classifier.clone();
+        tokio::task::spawn_blocking(move || classifier.learn(correction))
     }
 
     /// The tier force_escalate answers at: `target`, or the next one up.
@@ -340,6 +385,7 @@ impl<E: Engine> Router<E> {
                 .map(|r| (r.reachable, r.workers.iter().filter(|w| w.healthy).count())),
             kv_store: status.kv_store,
             probes: status.probes,
+            learned_records: status.routing.learned_records,
         })
     }
 
@@ -394,6 +440,7 @@ impl<E: Engine> Router<E> {
             memory: MemoryView::of(&pool),
             kv_store: crate::engine::llama::store::counts(),
             probes: crate::probe::counts(),
+            routing: self.classifier.status(),
         }
     }
 }

@@ -176,4 +176,7 @@ pub struct TierStatusReport {
     /// Model files probed in a child process (`probe:`) since the server
     /// started, verdicts reused from earlier probes, and files found bad.
     pub probes: crate::probe::ProbeCounts,
+    /// The classifier: its bank, the corrections it learned from
+    /// (force_escalate, cascades that climbed), and whether learning is on.
+    pub routing: crate::classify::learning::LearningStatus,
 }

@@ -228,6 +228,16 @@ impl<E: Engine> Router<E> {
 
     /// The result, with the answer kept for force_escalate.
     fn finish(&self, plan: Plan, mut books: Books, started: Instant) -> RouteResult {
+        if climbed_and_met(&plan, &books) {
+            // A cascade correction: weaker than force_escalate, not awaited.
+            let tier = books.answer.as_ref().map_or(plan.start, |a| a.tier);
+            drop(self.learn(
+                &plan.request.query,
+                &plan.complexity,
+                tier,
+                crate::classify::store::Source::Cascade,
+            ));
+        }
         let answer = books
             .answer
             .expect("the loop returns early unless some attempt answered");
@@ -261,4 +271,15 @@ impl<E: Engine> Router<E> {
             escalated_from: None,
         }
     }
+}
+
+/// Whether a classifier-routed request escalated and then met a higher
+/// tier's threshold: a correction of where it started.
+fn climbed_and_met(plan: &Plan, books: &Books) -> bool {
+    plan.routed_by == RoutedBy::Classifier
+        && books.answer.as_ref().is_some_and(|a| a.tier > plan.start)
+        && books
+            .attempts
+            .last()
+            .is_some_and(|a| a.outcome == Outcome::ConfidenceMet)
 }

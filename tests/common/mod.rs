@@ -30,13 +30,32 @@ pub fn real_model(name: &str) -> PathBuf {
     p
 }
 
-/// The repository's default ladder.
+/// The repository's default ladder, with learning off (in-process
+/// routers never touch the user's corrections store).
 pub fn default_config() -> xnai_model_router::config::Config {
     for m in [SMOL_Q4, SMOL_F32, GEMMA] {
         real_model(m);
     }
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tiers.yaml");
-    xnai_model_router::config::Config::load(&path).expect("the default tiers.yaml validates")
+    let mut config =
+        xnai_model_router::config::Config::load(&path).expect("the default tiers.yaml validates");
+    config.routing.learning.enabled = false;
+    config
+}
+
+/// A fresh folder for a spawned server's `XDG_DATA_HOME`, so its routing
+/// corrections store is its own, not the user's nor another test's.
+pub fn fresh_data_home() -> PathBuf {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "data-home-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }
 
 fn put_str(b: &mut Vec<u8>, s: &str) {
@@ -120,6 +139,7 @@ tiers:
     );
     let path = dir.path().join("tiers.yaml");
     std::fs::write(&path, yaml).unwrap();
-    let config = xnai_model_router::config::Config::load(&path).unwrap();
+    let mut config = xnai_model_router::config::Config::load(&path).unwrap();
+    config.routing.learning.store = dir.path().join("routing.db");
     (dir, std::sync::Arc::new(config))
 }
