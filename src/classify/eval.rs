@@ -3,7 +3,7 @@
 //! query.
 
 use super::bank::Example;
-use super::{Complexity, Level};
+use super::{Complexity, Domain, Level};
 use serde::Serialize;
 use std::time::Instant;
 
@@ -16,9 +16,13 @@ pub struct EvalReport {
     pub domain: f64,
     /// `confusion[labeled][predicted]`, levels in order trivial..expert.
     pub confusion: [[usize; 5]; 5],
+    /// `domain_confusion[labeled][predicted]`, domains in order code, math,
+    /// creative, reasoning, general.
+    pub domain_confusion: [[usize; 5]; 5],
     pub p50_ms: f64,
     pub p99_ms: f64,
-    /// The examples whose level was missed, with what was predicted.
+    /// The examples whose level or domain was missed, with what was
+    /// predicted.
     pub misses: Vec<Miss>,
 }
 
@@ -27,11 +31,14 @@ pub struct Miss {
     pub query: String,
     pub labeled: Level,
     pub predicted: Level,
+    pub labeled_domain: Domain,
+    pub predicted_domain: Domain,
 }
 
 /// Runs `classify` on every example.
 pub fn evaluate(examples: &[Example], classify: impl Fn(&str) -> Complexity) -> EvalReport {
     let mut confusion = [[0usize; 5]; 5];
+    let mut domain_confusion = [[0usize; 5]; 5];
     let (mut exact, mut near, mut domain) = (0, 0, 0);
     let mut times = Vec::with_capacity(examples.len());
     let mut misses = Vec::new();
@@ -44,11 +51,14 @@ pub fn evaluate(examples: &[Example], classify: impl Fn(&str) -> Complexity) -> 
         exact += usize::from(l == p);
         near += usize::from(l.abs_diff(p) <= 1);
         domain += usize::from(c.domain == e.domain);
-        if l != p {
+        domain_confusion[e.domain as usize][c.domain as usize] += 1;
+        if l != p || c.domain != e.domain {
             misses.push(Miss {
                 query: e.query.clone(),
                 labeled: e.level,
                 predicted: c.level,
+                labeled_domain: e.domain,
+                predicted_domain: c.domain,
             });
         }
     }
@@ -66,6 +76,7 @@ pub fn evaluate(examples: &[Example], classify: impl Fn(&str) -> Complexity) -> 
         level_within_one: share(near),
         domain: share(domain),
         confusion,
+        domain_confusion,
         p50_ms: at(0.5),
         p99_ms: at(0.99),
         misses,
@@ -86,18 +97,32 @@ impl EvalReport {
             self.p99_ms,
             ""
         );
-        for l in Level::ALL {
-            out.push_str(&format!("{:>9}", l.as_str()));
+        table(&mut out, &Level::ALL.map(Level::as_str), &self.confusion);
+        out.push_str(&format!(
+            "\ndomain confusion (rows: labeled, columns: predicted)\n{:>10}",
+            ""
+        ));
+        table(
+            &mut out,
+            &Domain::ALL.map(Domain::as_str),
+            &self.domain_confusion,
+        );
+        out
+    }
+}
+
+/// A 5x5 confusion matrix under its column header.
+fn table(out: &mut String, names: &[&str; 5], rows: &[[usize; 5]; 5]) {
+    for n in names {
+        out.push_str(&format!("{n:>10}"));
+    }
+    out.push('\n');
+    for (name, row) in names.iter().zip(rows) {
+        out.push_str(&format!("{name:>10}"));
+        for n in row {
+            out.push_str(&format!("{n:>10}"));
         }
         out.push('\n');
-        for (i, row) in self.confusion.iter().enumerate() {
-            out.push_str(&format!("{:>10}", Level::ALL[i].as_str()));
-            for n in row {
-                out.push_str(&format!("{n:>9}"));
-            }
-            out.push('\n');
-        }
-        out
     }
 }
 

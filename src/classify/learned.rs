@@ -95,6 +95,11 @@ fn features_with(query: &str, lex: &Complexity) -> Features {
     if query.chars().any(|c| c.is_ascii_digit()) {
         names.push("has:digits".into());
     }
+    let (asked, given) = split_material(query);
+    names.push(format!("ask:{}", length_bucket(asked)));
+    if given > 0 {
+        names.push(format!("given:{}", length_bucket(given)));
+    }
     names.push(format!("lex:level={}", lex.level.as_str()));
     names.push(format!("lex:domain={}", lex.domain.as_str()));
     if let Some(task) = lex.signals.iter().find(|s| s.name == "task") {
@@ -112,6 +117,54 @@ fn features_with(query: &str, lex: &Complexity) -> Features {
     Features {
         items: counts.into_iter().map(|(b, v)| (b, v / norm)).collect(),
         names: readable,
+    }
+}
+
+/// Words of the request itself, and of the material it hands over (text
+/// after a colon, or in quotes or backticks): "Translate 'cat'" differs
+/// from "Translate 'I am looking for a pharmacy'" by what is given.
+fn split_material(query: &str) -> (usize, usize) {
+    let count = |s: &str| s.split_whitespace().count();
+    let (head, tail) = match query.find(": ") {
+        Some(i) => (&query[..i], &query[i + 1..]),
+        None => (query, ""),
+    };
+    let (asked, quoted) = split_quoted(head);
+    (count(&asked), count(&quoted) + count(tail))
+}
+
+/// `text` outside quotes, and inside them. A quote opens only at the start
+/// of a word and closes only at its end, so apostrophes ("what's") are
+/// words, not quotes.
+fn split_quoted(text: &str) -> (String, String) {
+    let chars: Vec<char> = text.chars().collect();
+    let (mut outside, mut inside) = (String::new(), String::new());
+    let mut open: Option<char> = None;
+    for (i, &c) in chars.iter().enumerate() {
+        let before = i.checked_sub(1).map(|j| chars[j]);
+        let after = chars.get(i + 1).copied();
+        let word = |c: Option<char>| c.is_some_and(char::is_alphanumeric);
+        match open {
+            None if matches!(c, '\'' | '"' | '`') && !word(before) => open = Some(c),
+            Some(q) if c == q && !word(after) => {
+                open = None;
+                inside.push(' ');
+            }
+            Some(_) => inside.push(c),
+            None => outside.push(c),
+        }
+    }
+    (outside, inside)
+}
+
+fn length_bucket(words: usize) -> &'static str {
+    match words {
+        0 => "0",
+        1 => "1",
+        2..=3 => "2-3",
+        4..=7 => "4-7",
+        8..=15 => "8-15",
+        _ => "16+",
     }
 }
 

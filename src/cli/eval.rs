@@ -15,7 +15,7 @@ pub enum EvalCmd {
         /// The classifier to measure.
         #[arg(long, value_enum, default_value_t = Which::Learned)]
         method: Which,
-        /// Also list every query whose level was missed.
+        /// Also list every query whose level or domain was missed.
         #[arg(long)]
         misses: bool,
         /// Instead, K-fold cross-validate a model trained on the file
@@ -64,10 +64,17 @@ pub fn run(cmd: EvalCmd) -> anyhow::Result<()> {
     if misses {
         println!();
         for m in &report.misses {
+            let level = format!("{} -> {}", m.labeled.as_str(), m.predicted.as_str());
+            let domain = format!(
+                "{} -> {}",
+                m.labeled_domain.as_str(),
+                m.predicted_domain.as_str()
+            );
+            let shown = |same: bool, s: String| if same { String::new() } else { s };
             println!(
-                "{:>8} -> {:<8} {}",
-                m.labeled.as_str(),
-                m.predicted.as_str(),
+                "{:<20} {:<22} {}",
+                shown(m.labeled == m.predicted, level),
+                shown(m.labeled_domain == m.predicted_domain, domain),
                 m.query
             );
         }
