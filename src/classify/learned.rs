@@ -6,6 +6,7 @@
 //! - character 4-grams inside words (so "designing" shares with "design");
 //! - the query's length in words, bucketed, and whether it holds code or
 //!   digits;
+//! - how many terms of each domain's vocabulary it holds ([`super::terms`]);
 //! - the lexical scorer's level and domain, and its task verb.
 //!
 //! Features are hashed into a fixed table (no vocabulary to ship) and the
@@ -94,6 +95,11 @@ fn features_with(query: &str, lex: &Complexity) -> Features {
     }
     if query.chars().any(|c| c.is_ascii_digit()) {
         names.push("has:digits".into());
+    }
+    for (domain, n) in Domain::ALL.iter().zip(super::terms::counts(&lower)) {
+        for _ in 0..n.min(3) {
+            names.push(format!("terms:{}", domain.as_str()));
+        }
     }
     let (asked, given) = split_material(query);
     names.push(format!("ask:{}", length_bucket(asked)));

@@ -10,6 +10,7 @@
 //!   verdict and signals are features of the learned model.
 //! - [`bank`]: labeled example files (JSONL: query, level, domain), read
 //!   with errors that name the file, line and value.
+//! - [`terms`]: domain vocabularies, a feature of the learned model.
 //! - [`eval`]: accuracy, confusion and latency of a classifier on such a file.
 //! - [`learning`]: the serving classifier: the learned model retrained with
 //!   the corrections kept in [`store`] (force_escalate, and cascades that
@@ -24,6 +25,7 @@ pub mod learned;
 pub mod learning;
 pub mod lexical;
 pub mod store;
+pub mod terms;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
