@@ -232,8 +232,9 @@ async fn progress_arrives_before_the_result_and_cancellation_stops_the_call() {
     );
 }
 
-/// Paraphrases of one kind of request the bank rates simple (tier a) though
-/// it is planning work: four are corrected, the others never seen.
+/// Paraphrases of one kind of request the bank rates below expert (tier a
+/// or b) though it is planning work: four are corrected, the others never
+/// seen.
 const TAUGHT: [&str; 4] = [
     "Translate our onboarding checklist into a migration runbook for the ops team",
     "Turn the onboarding checklist into a migration runbook for operations",
@@ -257,12 +258,12 @@ async fn force_escalate_corrections_move_new_paraphrases_up_and_survive_a_restar
     let s = connect_to(dir, config.clone(), &scripts).await;
     for q in UNSEEN {
         let r = route(&s, q).await;
-        assert_eq!(r["attempts"][0]["tier"], "a", "before any correction: {r}");
+        assert_ne!(r["attempts"][0]["tier"], "c", "before any correction: {r}");
     }
     let mut ids = Vec::new();
     for q in TAUGHT {
         let r = route(&s, q).await;
-        assert_eq!(r["attempts"][0]["tier"], "a", "{r}");
+        assert_ne!(r["attempts"][0]["tier"], "c", "{r}");
         ids.push(r["request_id"].clone());
     }
     for id in ids {
@@ -278,7 +279,10 @@ async fn force_escalate_corrections_move_new_paraphrases_up_and_survive_a_restar
         let r = route(&s, q).await;
         assert_eq!(r["attempts"][0]["tier"], "c", "after the corrections: {r}");
         assert_eq!(r["complexity"]["level"], "expert", "{r}");
-        assert_eq!(r["complexity"]["corrected_from"], "simple", "{r}");
+        let from = r["complexity"]["corrected_from"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(["trivial", "simple", "medium"].contains(&from), "{r}");
         assert_eq!(r["complexity"]["signals"][0]["name"], "corrected", "{r}");
     }
     // Unrelated queries still start where the bank puts them.
@@ -313,7 +317,7 @@ async fn a_cascade_that_climbs_and_then_meets_a_threshold_is_recorded_as_a_weake
         ..Script::default()
     };
     let s = connect(&[("a", unsure), ("b", confident())]).await;
-    let r = route(&s, TAUGHT[0]).await;
+    let r = route(&s, "What is the capital of France?").await;
     assert_eq!(r["attempts"][0]["tier"], "a", "{r}");
     assert_eq!(r["tier"], "b", "{r}");
     // Recorded off the request path: wait for it.
