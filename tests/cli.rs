@@ -165,3 +165,44 @@ fn the_committed_manifest_matches_the_code() {
     }
     assert_eq!(generated["transports"]["stdio"]["args"][0], "serve");
 }
+
+#[test]
+fn eval_routing_measures_the_dev_split_and_names_a_bad_line() {
+    let out = run(&[
+        "eval",
+        "routing",
+        "--set",
+        "data/routing/dev.jsonl",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["examples"], 100);
+    let cells: u64 = r["confusion"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|row| row.as_array().unwrap())
+        .map(|n| n.as_u64().unwrap())
+        .sum();
+    assert_eq!(cells, 100);
+    assert!(r["level_exact"].as_f64().unwrap() >= 0.8, "{r}");
+    assert!(r["domain"].as_f64().unwrap() >= 0.78, "{r}");
+    assert!(r["p99_ms"].as_f64().unwrap() <= 5.0, "{r}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("mine.jsonl");
+    std::fs::write(
+        &bad,
+        "{\"query\": \"hi\", \"level\": \"trivial\", \"domain\": \"general\"}\n\
+         {\"query\": \"sum\", \"level\": \"hard\", \"domain\": \"math\"}\n",
+    )
+    .unwrap();
+    let out = run(&["eval", "routing", "--set", bad.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("mine.jsonl:2:") && err.contains("`hard`") && !err.contains("line 1"),
+        "{err}"
+    );
+}

@@ -64,7 +64,9 @@ pub fn parse(file: &Path, text: &str) -> Result<Vec<Example>, BankError> {
         if line.trim().is_empty() {
             continue;
         }
-        let ex: Example = serde_json::from_str(line).map_err(|e| bad(e.to_string()))?;
+        // serde_json's own position is within the line: say the column only.
+        let ex: Example = serde_json::from_str(line)
+            .map_err(|e| bad(format!("{} (column {})", without_position(&e), e.column())))?;
         if !ex.query.chars().any(char::is_alphanumeric) {
             return Err(bad(format!(
                 "query {:?} has no letters or digits",
@@ -91,6 +93,15 @@ pub fn parse(file: &Path, text: &str) -> Result<Vec<Example>, BankError> {
         }
     }
     Ok(out)
+}
+
+/// A serde_json message without its trailing " at line L column C".
+fn without_position(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    match text.rfind(" at line ") {
+        Some(i) => text[..i].to_string(),
+        None => text,
+    }
 }
 
 #[cfg(test)]
@@ -146,12 +157,32 @@ mod tests {
         assert!(bank.len() >= 400, "{}", bank.len());
         let train: std::collections::HashSet<_> =
             bank.iter().map(|e| e.query.to_lowercase()).collect();
+        let words = |q: &str| -> std::collections::HashSet<String> {
+            q.to_lowercase()
+                .split(|c: char| !c.is_alphanumeric())
+                .filter(|w| !w.is_empty())
+                .map(String::from)
+                .collect()
+        };
         for e in &dev {
             assert!(
                 !train.contains(&e.query.to_lowercase()),
                 "{:?} is in both",
                 e.query
             );
+            // Nor a paraphrase of it: at most 3 words in 4 shared.
+            let d = words(&e.query);
+            for b in &bank {
+                let w = words(&b.query);
+                let shared = d.intersection(&w).count() as f64;
+                let overlap = shared / d.union(&w).count() as f64;
+                assert!(
+                    overlap < 0.75,
+                    "dev {:?} and bank {:?} are near copies",
+                    e.query,
+                    b.query
+                );
+            }
         }
         for level in Level::ALL {
             for domain in Domain::ALL {
