@@ -156,9 +156,9 @@ impl Classifier {
         }
     }
 
-    /// Records `c` and retrains. Blocking (a store write, then tens of
-    /// milliseconds of training per thousand examples): call it off the
-    /// async runtime. Does nothing while learning is off or the source
+    /// Records `c` and retrains. Blocking (a store write, then about 0.2 s
+    /// of training for the bank and a hundred corrections, 2 s with ten
+    /// thousand): call it off the async runtime. Does nothing while learning is off or the source
     /// weighs 0.
     pub fn learn(&self, c: Correction) {
         if self.weight(c.source) <= 0.0 {
