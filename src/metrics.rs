@@ -128,7 +128,7 @@ impl Metrics {
         }
     }
 
-    /// A routing correction was made (`source`: force_escalate or cascade).
+    /// A routing correction was recorded (`source`: force_escalate or cascade).
     pub fn correction(&self, source: &str) {
         self.corrections
             .get_or_create(&SourceLabel {
@@ -207,7 +207,7 @@ impl Metrics {
         );
         r.register(
             "routing_corrections",
-            "Routing corrections made, by source (force_escalate, cascade)",
+            "Routing corrections recorded in the store, by source (force_escalate, cascade)",
             self.corrections.clone(),
         );
         r.register(

@@ -156,10 +156,16 @@ impl Classifier {
         }
     }
 
+    /// Whether a correction from `source` would be recorded: learning is
+    /// on and the source weighs more than 0.
+    pub fn records(&self, source: Source) -> bool {
+        self.weight(source) > 0.0 && self.store.lock().unwrap().is_some()
+    }
+
     /// Records `c` and retrains. Blocking (a store write, then about 0.2 s
     /// of training for the bank and a hundred corrections, 2 s with ten
-    /// thousand): call it off the async runtime. Does nothing while learning is off or the source
-    /// weighs 0.
+    /// thousand): call it off the async runtime. Does nothing unless
+    /// [`Classifier::records`] its source.
     pub fn learn(&self, c: Correction) {
         if self.weight(c.source) <= 0.0 {
             return;

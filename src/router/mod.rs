@@ -269,21 +269,27 @@ impl<E: Engine> Router<E> {
             routed_by: RoutedBy::ForceEscalate,
         };
         let result = self.run(plan, started, call).await;
-        let _ = learning.await;
+        if let Some(learning) = learning {
+            let _ = learning.await;
+        }
         let mut result = result?;
         result.escalated_from = Some(record.id);
         Ok(result)
     }
 
     /// Records that `query` needed `tier` (a correction from `source`) and
-    /// retrains the classifier, off the async runtime.
+    /// retrains the classifier, off the async runtime; None when learning
+    /// is off or the source weighs 0.
     fn learn(
         &self,
         query: &str,
         complexity: &Complexity,
         tier: usize,
         source: Source,
-    ) -> tokio::task::JoinHandle<()> {
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        if !self.classifier.records(source) {
+            return None;
+        }
         let correction = Correction {
             query: query.to_string(),
             level: cascade::level_for_tier(&self.config.routing.levels, tier),
@@ -292,7 +298,9 @@ impl<E: Engine> Router<E> {
         };
         self.metrics.correction(source.as_str());
         let classifier = self.classifier.clone();
-        tokio::task::spawn_blocking(move || classifier.learn(correction))
+        Some(tokio::task::spawn_blocking(move || {
+            classifier.learn(correction)
+        }))
     }
 
     /// The tier force_escalate answers at: `target`, or the next one up.
