@@ -20,6 +20,11 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+/// How often a server looks for corrections another process sharing the
+/// store has written.
+const LOOK_EVERY: Duration = Duration::from_secs(2);
 
 /// Learning as get_tier_status shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -61,6 +66,9 @@ pub struct Classifier {
     trained: Mutex<u64>,
     recorded: [AtomicU64; 2],
     routes_changed: AtomicU64,
+    /// When the store was last looked at for other writers, and the
+    /// `data_version` seen then.
+    looked: Mutex<(Instant, i64)>,
 }
 
 impl Classifier {
@@ -102,8 +110,10 @@ impl Classifier {
             trained: Mutex::new(0),
             recorded: [AtomicU64::new(0), AtomicU64::new(0)],
             routes_changed: AtomicU64::new(0),
+            looked: Mutex::new((Instant::now(), 0)),
         };
         c.retrain();
+        c.changed_elsewhere_within(Duration::ZERO);
         c
     }
 
@@ -141,6 +151,38 @@ impl Classifier {
             );
         }
         c
+    }
+
+    /// Whether another process sharing the store has written to it since
+    /// this one last looked (it looks at most every 2 s, and never waits
+    /// for the store). Then call [`Classifier::reload`], off the runtime.
+    pub fn changed_elsewhere(&self) -> bool {
+        self.changed_elsewhere_within(LOOK_EVERY)
+    }
+
+    fn changed_elsewhere_within(&self, every: Duration) -> bool {
+        let mut looked = self.looked.lock().unwrap();
+        if looked.0.elapsed() < every {
+            return false;
+        }
+        looked.0 = Instant::now();
+        let Ok(store) = self.store.try_lock() else {
+            return false;
+        };
+        match store.as_ref().map(Store::data_version) {
+            Some(Ok(v)) if v != looked.1 => {
+                looked.1 = v;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Retrains with everything in the store, including what other
+    /// processes wrote. Blocking, like [`Classifier::learn`].
+    pub fn reload(&self) {
+        self.version.fetch_add(1, Ordering::SeqCst);
+        self.retrain();
     }
 
     /// Counts a query that starts at another tier because of corrections.
@@ -319,6 +361,23 @@ mod tests {
             "this process recorded none"
         );
         assert_eq!(reopened.classify(NEW[1]).level, Level::Expert);
+    }
+
+    #[test]
+    fn a_server_picks_up_corrections_another_process_wrote_to_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = Classifier::open(&settings(dir.path()));
+        let reader = Classifier::open(&settings(dir.path()));
+        assert!(!reader.changed_elsewhere_within(Duration::ZERO));
+        teach(&writer, Source::ForceEscalate);
+        // Its own writes are not news to the writer.
+        assert!(!writer.changed_elsewhere_within(Duration::ZERO));
+        assert!(reader.changed_elsewhere_within(Duration::ZERO));
+        assert_eq!(reader.status().learned_records, 0);
+        reader.reload();
+        assert_eq!(reader.status().learned_records, 4);
+        assert_eq!(reader.classify(NEW[0]).level, Level::Expert);
+        assert!(!reader.changed_elsewhere_within(Duration::ZERO));
     }
 
     #[test]

@@ -195,6 +195,21 @@ impl Store {
         tx.commit().map_err(&sqlite)
     }
 
+    /// A number that changes when another connection (another server
+    /// process) commits to the store.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Sqlite`] when the read fails.
+    pub fn data_version(&self) -> Result<i64, StoreError> {
+        self.conn
+            .query_row("PRAGMA data_version", [], |r| r.get(0))
+            .map_err(|source| StoreError::Sqlite {
+                path: self.path.clone(),
+                source,
+            })
+    }
+
     /// Every correction kept, oldest first. Rows whose level, domain or
     /// source this version does not know (a newer writer) are skipped.
     ///

@@ -167,6 +167,11 @@ impl<E: Engine> Router<E> {
     ) -> Result<RouteResult> {
         let request = req.validate(&self.config)?;
         let t = Instant::now();
+        if self.classifier.changed_elsewhere() {
+            // Another server sharing the store recorded corrections.
+            let classifier = self.classifier.clone();
+            drop(tokio::task::spawn_blocking(move || classifier.reload()));
+        }
         let complexity = self.classifier.classify(&request.query);
         let classify_ms = t.elapsed().as_secs_f64() * 1e3;
         let (start, routed_by) = cascade::start_tier(&self.config, &complexity, request.preferred);
