@@ -430,6 +430,18 @@ mod tests {
     }
 
     #[test]
+    fn the_material_handed_over_is_counted_apart_from_the_request() {
+        assert_eq!(split_material("Translate 'cat' into French."), (3, 1));
+        assert_eq!(
+            split_material("Translate 'I am looking for a pharmacy' into Italian."),
+            (3, 6)
+        );
+        // Apostrophes inside words are not quotes.
+        assert_eq!(split_material("What's the plan for Ann's party?"), (6, 0));
+        assert_eq!(split_material("Summarise this: a b c d"), (2, 4));
+    }
+
+    #[test]
     fn training_is_deterministic_and_fits_its_bank() {
         let examples = bank::parse(Path::new("bank.jsonl"), BANK).unwrap();
         let a = Model::train(&examples);
