@@ -403,21 +403,7 @@ fn resolve_learning(
     r: &super::raw::RawRouting,
     bad: &mut impl FnMut(String, String),
 ) -> super::LearnConfig {
-    let store = match r.store.as_deref().map(expand) {
-        None => default_store(),
-        Some(Ok(p)) if !p.trim().is_empty() => PathBuf::from(p),
-        Some(Ok(_)) => {
-            bad(
-                "routing.store".into(),
-                "is empty; leave it out for the default, or set routing.learn: false".into(),
-            );
-            default_store()
-        }
-        Some(Err(e)) => {
-            bad("routing.store".into(), e);
-            default_store()
-        }
-    };
+    let store = resolve_path("routing.store", r.store.as_deref(), default_store(), bad);
     if r.store_max == 0 {
         bad(
             "routing.store_max".into(),
@@ -486,23 +472,36 @@ fn resolve_dir(
     default: &str,
     bad: &mut impl FnMut(String, String),
 ) -> PathBuf {
-    let default_dir = || {
-        let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
-        home.join(".cache/xnai-model-router").join(default)
-    };
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
+    resolve_path(
+        field,
+        written,
+        home.join(".cache/xnai-model-router").join(default),
+        bad,
+    )
+}
+
+/// A path from the config (`${VAR}` and `~/` expanded), or `default` when
+/// it is left out; an empty or unexpandable one is a problem naming `field`.
+fn resolve_path(
+    field: &str,
+    written: Option<&str>,
+    default: PathBuf,
+    bad: &mut impl FnMut(String, String),
+) -> PathBuf {
     match written.map(expand) {
-        None => default_dir(),
+        None => default,
         Some(Ok(d)) if !d.trim().is_empty() => PathBuf::from(d),
         Some(Ok(_)) => {
             bad(
                 field.into(),
                 "is empty; leave it out for the default".into(),
             );
-            default_dir()
+            default
         }
         Some(Err(e)) => {
             bad(field.into(), e);
-            default_dir()
+            default
         }
     }
 }
