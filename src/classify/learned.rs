@@ -307,6 +307,12 @@ impl Model {
     /// Classifies `query`, with the runner-up level, the margin, the
     /// strongest features and the nearest bank examples.
     pub fn classify(&self, query: &str) -> Complexity {
+        self.classify_with_features(query).0
+    }
+
+    /// [`Model::classify`], and the query's features (for
+    /// [`Model::level_at`] of another model, without computing them again).
+    pub fn classify_with_features(&self, query: &str) -> (Complexity, Features) {
         let lex = lexical::classify(query);
         let x = features_with(query, &lex);
         let pl = self.level.probabilities(&x);
@@ -323,7 +329,7 @@ impl Model {
         let expected: f32 = pl.iter().enumerate().map(|(i, p)| i as f32 * p).sum();
         let mut signals = self.drivers(&x, best);
         signals.extend(lex.signals);
-        Complexity {
+        let verdict = Complexity {
             level: Level::ALL[best],
             domain: Domain::ALL[domain],
             score: f64::from(expected / 4.0),
@@ -333,12 +339,13 @@ impl Model {
             margin: f64::from((pl[best] - pl[second]).max(0.0)),
             nearest: self.nearest(&x),
             corrected_from: None,
-        }
+        };
+        (verdict, x)
     }
 
-    /// The level alone, without explanations (cheap).
-    pub fn level_of(&self, query: &str) -> Level {
-        Level::ALL[median(&self.level.probabilities(&features(query)))]
+    /// The level alone for features `x`, without explanations (cheap).
+    pub fn level_at(&self, x: &Features) -> Level {
+        Level::ALL[median(&self.level.probabilities(x))]
     }
 
     /// How many examples it learned from, by source (None: the bank).

@@ -125,8 +125,8 @@ impl Classifier {
         let (Some(model), None) = (model, super::nothing_to_classify(query)) else {
             return classify_plain(query);
         };
-        let mut c = model.classify(query);
-        let bank_level = self.base.level_of(query);
+        let (mut c, x) = model.classify_with_features(query);
+        let bank_level = self.base.level_at(&x);
         if c.level != bank_level {
             c.corrected_from = Some(bank_level);
             let like = c
