@@ -2,7 +2,9 @@
 //!
 //! cost = weights + KV cache + compute allowance, where
 //! - weights are the tensor bytes (memory-mapped or locked, they end up resident);
-//! - KV cache = layers x context x kv_heads x (key_dim + value_dim) x 2 bytes (f16);
+//! - KV cache = sequences x layers x context x kv_heads x (key_dim + value_dim)
+//!   x 2 bytes (f16), one sequence per request decoded together
+//!   (`server.max_batch`), each holding the tier's whole context;
 //! - compute allowance covers llama.cpp's scratch buffers for one micro-batch:
 //!   4 bytes x ubatch x (vocab + 8 x embedding), i.e. the logits of a full
 //!   micro-batch plus a few activations per token, and a fixed 48 MiB for the
@@ -91,9 +93,10 @@ pub struct ModelCost {
     pub total: u64,
 }
 
-/// Estimates the cost of `weight_bytes` of weights with `shape` at `context` tokens.
-pub fn estimate(weight_bytes: u64, shape: &ModelShape, context: u32) -> ModelCost {
-    let ctx = context as u64;
+/// Estimates the cost of `weight_bytes` of weights with `shape` and
+/// `sequences` KV sequences of `context` tokens each.
+pub fn estimate(weight_bytes: u64, shape: &ModelShape, context: u32, sequences: u32) -> ModelCost {
+    let ctx = context as u64 * sequences.max(1) as u64;
     let kv_cache =
         shape.layers * ctx * shape.kv_heads * (shape.key_dim + shape.value_dim) * KV_ELEMENT_BYTES;
     let ub = UBATCH.min(context) as u64;
@@ -125,15 +128,19 @@ mod tests {
 
     #[test]
     fn kv_cache_follows_the_formula() {
-        let c = estimate(0, &llama3_8b(), 2048);
+        let c = estimate(0, &llama3_8b(), 2048, 1);
         // 32 layers x 2048 x 8 heads x 256 x 2 bytes = 256 MiB
         assert_eq!(c.kv_cache, 256 << 20);
+        // Each request decoded together holds a whole context.
+        let four = estimate(0, &llama3_8b(), 2048, 4);
+        assert_eq!(four.kv_cache, 4 * (256 << 20));
+        assert_eq!(four.compute, c.compute);
     }
 
     #[test]
     fn cost_grows_with_context_and_sums_its_parts() {
-        let small = estimate(1000, &llama3_8b(), 512);
-        let large = estimate(1000, &llama3_8b(), 4096);
+        let small = estimate(1000, &llama3_8b(), 512, 1);
+        let large = estimate(1000, &llama3_8b(), 4096, 1);
         assert!(large.total > small.total);
         assert_eq!(small.total, small.weights + small.kv_cache + small.compute);
     }

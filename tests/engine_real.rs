@@ -16,6 +16,7 @@ fn spec(name: &str, path: std::path::PathBuf, context: u32) -> LoadSpec {
         context,
         threads: 2,
         mlock: false,
+        sequences: 1,
     }
 }
 

@@ -179,6 +179,7 @@ async fn a_panic_on_the_inference_thread_fails_that_request_only() {
             context: 512,
             threads: 2,
             mlock: false,
+            sequences: 1,
         })
         .await
         .unwrap()

@@ -53,6 +53,7 @@ async fn load(engine: &LlamaEngine, file: &str) -> ModelId {
             context: 2048,
             threads: 2,
             mlock: false,
+            sequences: 1,
         })
         .await
         .unwrap()

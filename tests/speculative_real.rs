@@ -29,6 +29,7 @@ async fn pair() -> (LlamaEngine, ModelId, ModelId) {
         context: 1024,
         threads: 2,
         mlock: false,
+        sequences: 1,
     };
     let target = engine.load(load("target", SMOL_F32)).await.unwrap();
     let draft = engine.load(load("draft", SMOL_Q4)).await.unwrap();
@@ -226,6 +227,7 @@ async fn a_draft_with_a_smaller_context_stops_drafting_instead_of_failing() {
         context,
         threads: 2,
         mlock: false,
+        sequences: 1,
     };
     let target = engine.load(load("target", SMOL_F32, 1024)).await.unwrap();
     let draft = engine.load(load("draft", SMOL_Q4, 256)).await.unwrap();

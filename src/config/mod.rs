@@ -105,6 +105,10 @@ pub struct Tier {
     /// Index of the tier that drafts for this one.
     pub draft: Option<usize>,
     pub context: u32,
+    /// KV sequences of `context` tokens its context holds: requests it
+    /// decodes together (`server.max_batch`; 1 for a remote tier, whose
+    /// workers choose their own).
+    pub sequences: u32,
     pub threads: u32,
     pub mlock: bool,
     pub speculative: raw::RawSpeculative,

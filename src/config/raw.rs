@@ -182,6 +182,12 @@ pub struct ServerSettings {
     /// arrival order. Default: 4.
     #[serde(default = "default_max_bypass")]
     pub max_bypass: u32,
+    /// Requests one resident tier decodes together (continuous batching):
+    /// each has a KV sequence of the tier's full context, so a tier's KV
+    /// cache, and its memory estimate, grow with this. 1 answers one
+    /// request at a time. Default: 4.
+    #[serde(default = "default_max_batch")]
+    pub max_batch: u32,
     /// Seconds in-flight requests may take to finish after SIGINT/SIGTERM
     /// before they are cancelled. Default: 30.
     #[serde(default = "default_shutdown_grace")]
@@ -204,6 +210,7 @@ impl Default for ServerSettings {
         ServerSettings {
             queue_depth: default_queue_depth(),
             max_bypass: default_max_bypass(),
+            max_batch: default_max_batch(),
             shutdown_grace_secs: default_shutdown_grace(),
             max_body: default_max_body(),
             max_sessions: default_max_sessions(),
@@ -349,6 +356,10 @@ fn default_queue_depth() -> usize {
 }
 
 fn default_max_bypass() -> u32 {
+    4
+}
+
+fn default_max_batch() -> u32 {
     4
 }
 

@@ -217,13 +217,21 @@ pub fn validate_placed(
             tiers.push(remote_tier(t, i));
             continue;
         }
-        match resolve_tier(t, i, base_dir) {
+        match resolve_tier(t, i, raw.server.max_batch.max(1), base_dir) {
             Ok(tier) => {
                 if tier.cost.total > allowance {
+                    let batch = if tier.sequences > 1 {
+                        format!(
+                            "; its KV cache holds server.max_batch = {} sequences of {} tokens: lower server.max_batch or the tier's context",
+                            tier.sequences, tier.context
+                        )
+                    } else {
+                        String::new()
+                    };
                     bad(
                         at("model"),
                         format!(
-                            "{} needs an estimated {} (weights {} + KV cache {} + compute {}) but models may use {} (memory.budget {} - memory.reserve {})",
+                            "{} needs an estimated {} (weights {} + KV cache {} + compute {}) but models may use {} (memory.budget {} - memory.reserve {}){batch}",
                             tier.model.display(),
                             ByteSize(tier.cost.total),
                             ByteSize(tier.cost.weights),
@@ -430,8 +438,18 @@ fn resolve_learning(
     }
 }
 
+/// The most requests a tier may decode together (llama.cpp allows 256
+/// sequences; past this the KV caches dwarf any model here).
+pub const MAX_BATCH: u32 = 64;
+
 /// The server section has no names to resolve, only bounds.
 fn check_server(s: &super::raw::ServerSettings, bad: &mut impl FnMut(String, String)) {
+    if !(1..=MAX_BATCH).contains(&s.max_batch) {
+        bad(
+            "server.max_batch".into(),
+            format!("must be between 1 and {MAX_BATCH}, got {}", s.max_batch),
+        );
+    }
     if s.max_body.0 < 1024 {
         bad(
             "server.max_body".into(),
@@ -534,6 +552,7 @@ fn remote_tier(t: &RawTier, index: usize) -> Tier {
         max_tokens: t.max_tokens,
         draft: None,
         context: t.context.unwrap_or(DEFAULT_CONTEXT),
+        sequences: 1,
         threads: t.threads.unwrap_or_else(default_threads),
         mlock: t.mlock,
         speculative: t.speculative.clone(),
@@ -548,6 +567,7 @@ fn remote_tier(t: &RawTier, index: usize) -> Tier {
 fn resolve_tier(
     t: &RawTier,
     index: usize,
+    sequences: u32,
     base_dir: &Path,
 ) -> Result<Tier, (&'static str, String)> {
     let expanded = expand(&t.model).map_err(|e| ("model", e))?;
@@ -577,7 +597,7 @@ fn resolve_tier(
             .min(shape.train_context as u32)
             .max(MIN_CONTEXT)
     });
-    let cost = estimate(info.weight_bytes, &shape, context);
+    let cost = estimate(info.weight_bytes, &shape, context, sequences);
     Ok(Tier {
         index,
         name: t.name.clone(),
@@ -587,6 +607,7 @@ fn resolve_tier(
         max_tokens: t.max_tokens,
         draft: None,
         context,
+        sequences,
         threads: t.threads.unwrap_or_else(default_threads),
         mlock: t.mlock,
         speculative: t.speculative.clone(),

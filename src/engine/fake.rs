@@ -148,6 +148,7 @@ impl Engine for FakeEngine {
             prompt_ms: 0.0,
             generate_ms: script.delay.as_secs_f64() * 1e3,
             tokens_per_second: 0.0,
+            batch_width: 1.0,
             speculative: None,
         })
     }

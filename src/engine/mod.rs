@@ -37,6 +37,9 @@ pub struct LoadSpec {
     pub context: u32,
     pub threads: u32,
     pub mlock: bool,
+    /// Requests the model decodes together, each in its own KV sequence
+    /// of `context` tokens (`server.max_batch`); 1 decodes one at a time.
+    pub sequences: u32,
 }
 
 /// A loaded model, as the engine reports it.
@@ -248,6 +251,14 @@ pub struct Generation {
     pub tokens_per_second: f64,
     /// Drafting and verification counts when decoding was speculative.
     pub speculative: Option<SpecStats>,
+    /// Mean number of requests in the decode steps that produced this
+    /// answer's tokens (1 when it was decoded on its own).
+    #[serde(default = "one")]
+    pub batch_width: f64,
+}
+
+fn one() -> f64 {
+    1.0
 }
 
 #[derive(Debug, thiserror::Error)]

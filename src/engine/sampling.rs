@@ -210,6 +210,22 @@ impl Sampler {
         &mut self.rng
     }
 
+    /// The token after the first, as the decoding loop picks it when no
+    /// draft is offered: the argmax when greedy, else a draw from
+    /// [`Sampler::distribution`]; with its untempered probability. (The
+    /// first token comes from [`Sampler::pick`].)
+    pub fn next(&mut self, logits: &[f32]) -> Pick {
+        if self.is_greedy() {
+            return self.pick(logits);
+        }
+        let p = self.distribution(logits);
+        let token = draw(&p, &mut self.rng);
+        Pick {
+            token: token as u32,
+            prob: raw_prob(logits, token),
+        }
+    }
+
     /// The distribution this sampler draws from: softmax at the temperature,
     /// restricted to the top-p nucleus, normalised. Dense over the vocabulary.
     pub fn distribution(&mut self, logits: &[f32]) -> Vec<f32> {

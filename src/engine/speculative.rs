@@ -19,6 +19,7 @@ use super::sampling::{accept_or_resample, argmax, draw, raw_prob, Sampler};
 use super::{EngineError, GenerateRequest, SpecParams, SpecStats, Speculation};
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
 use std::time::Instant;
 
@@ -47,6 +48,8 @@ struct DraftModel<'a, 'd> {
     batch: LlamaBatch<'static>,
     pending: Vec<LlamaToken>,
     past: usize,
+    /// Tokens its sequence holds.
+    n_ctx: usize,
     /// Still drafting: it stops for good when its own context (possibly
     /// smaller than the target's) would overflow.
     active: bool,
@@ -54,6 +57,7 @@ struct DraftModel<'a, 'd> {
 
 /// One generation's loop state.
 struct Decoder<'a, 't, 'd> {
+    model: &'t LlamaModel,
     target: &'a mut LlamaContext<'t>,
     draft: Option<DraftModel<'a, 'd>>,
     params: SpecParams,
@@ -82,8 +86,10 @@ struct Decoder<'a, 't, 'd> {
 /// # Errors
 ///
 /// A llama.cpp decode failure.
-pub(super) fn run(
-    target: &mut LlamaContext<'_>,
+#[allow(clippy::too_many_arguments)]
+pub(super) fn run<'t>(
+    model: &'t LlamaModel,
+    (target, n_ctx): (&mut LlamaContext<'t>, usize),
     draft: Option<Slot<'_, '_>>,
     req: &GenerateRequest,
     prompt: &Prepared,
@@ -108,7 +114,7 @@ pub(super) fn run(
     let report = |stats: SpecStats| (mode != Mode::Plain).then_some(stats);
     let mut draft_ms = 0.0;
     let first = sampler.pick(target.get_logits_ith(first_logits));
-    if !out.push(first.token, first.prob) {
+    if !out.push(model, first.token, first.prob) {
         let stats = SpecStats {
             mode: mode.name().to_string(),
             ..SpecStats::default()
@@ -120,12 +126,13 @@ pub(super) fn run(
             let t = Instant::now();
             let ready = prefill_draft(ctx, cache, prompt, req.cache_prompt)?;
             draft_ms = t.elapsed().as_secs_f64() * 1e3;
-            ready.then_some(ctx)
+            ready.then_some((ctx, cache.n_ctx() as usize))
         }
         _ => None,
     };
     let mut dec = Decoder::new(
-        target,
+        model,
+        (target, n_ctx),
         draft,
         params,
         mode,
@@ -169,9 +176,11 @@ pub(super) fn run(
 
 impl<'a, 't, 'd> Decoder<'a, 't, 'd> {
     /// The state after the prompt and the `first` emitted token.
+    #[allow(clippy::too_many_arguments)]
     fn new(
-        target: &'a mut LlamaContext<'t>,
-        draft: Option<&'a mut LlamaContext<'d>>,
+        model: &'t LlamaModel,
+        (target, n_ctx): (&'a mut LlamaContext<'t>, usize),
+        draft: Option<(&'a mut LlamaContext<'d>, usize)>,
         params: SpecParams,
         mode: Mode,
         greedy: bool,
@@ -184,16 +193,18 @@ impl<'a, 't, 'd> Decoder<'a, 't, 'd> {
             history.push(first);
         }
         // The draft model's cache holds the prompt (prefill_draft).
-        let draft = draft.map(|ctx| DraftModel {
+        let draft = draft.map(|(ctx, n_ctx)| DraftModel {
             batch: LlamaBatch::new(ctx.n_batch() as usize, 1),
             ctx,
+            n_ctx,
             pending: vec![LlamaToken(first as i32)],
             past: prompt.len(),
             active: true,
         });
         let k = params.draft_max as usize;
         Decoder {
-            n_ctx: target.n_ctx() as usize,
+            model,
+            n_ctx,
             target,
             draft,
             params,
@@ -218,7 +229,7 @@ impl<'a, 't, 'd> Decoder<'a, 't, 'd> {
         self.drafts.clear();
         self.qdists.clear();
         if let Some(d) = self.draft.as_mut().filter(|d| d.active) {
-            if d.past + d.pending.len() + k_eff + 1 >= d.ctx.n_ctx() as usize {
+            if d.past + d.pending.len() + k_eff + 1 >= d.n_ctx {
                 d.active = false;
             }
         }
@@ -274,7 +285,7 @@ impl<'a, 't, 'd> Decoder<'a, 't, 'd> {
         let mut m = 0;
         for i in 0..=self.drafts.len() {
             let (tok, prob, accepted) = self.judge(i, sampler);
-            if !out.push(tok, prob) {
+            if !out.push(self.model, tok, prob) {
                 return (m, true);
             }
             if self.mode == Mode::Ngram {
@@ -297,25 +308,22 @@ impl<'a, 't, 'd> Decoder<'a, 't, 'd> {
             let p = sampler.pick(logits);
             return (p.token, p.prob, self.drafts.get(i) == Some(&p.token));
         }
+        let Some(&x) = self.drafts.get(i) else {
+            let p = sampler.next(logits);
+            return (p.token, p.prob, false);
+        };
         let p = sampler.distribution(logits);
-        let from_model = self.draft.as_ref().is_some_and(|d| d.active);
-        let (tok, acc) = match self.drafts.get(i) {
-            Some(&x) if from_model => {
-                let (tok, acc) = accept_or_resample(&p, &self.qdists[i], x as usize, sampler.rng());
-                (tok as u32, acc)
-            }
-            Some(&x) => {
-                // An n-gram draft is a point mass: keep it with
-                // probability p(x), else draw from p without x.
-                if sampler.rng().next_f32() < p[x as usize] {
-                    (x, true)
-                } else {
-                    let mut rest = p;
-                    rest[x as usize] = 0.0;
-                    (draw(&rest, sampler.rng()) as u32, false)
-                }
-            }
-            None => (draw(&p, sampler.rng()) as u32, false),
+        let (tok, acc) = if self.draft.as_ref().is_some_and(|d| d.active) {
+            let (tok, acc) = accept_or_resample(&p, &self.qdists[i], x as usize, sampler.rng());
+            (tok as u32, acc)
+        } else if sampler.rng().next_f32() < p[x as usize] {
+            // An n-gram draft is a point mass: keep it with probability
+            // p(x), else draw from p without x.
+            (x, true)
+        } else {
+            let mut rest = p;
+            rest[x as usize] = 0.0;
+            (draw(&rest, sampler.rng()) as u32, false)
         };
         (tok, raw_prob(logits, tok as usize), acc)
     }
@@ -373,7 +381,7 @@ fn prefill_draft(
     prompt: &Prepared,
     reuse: bool,
 ) -> Result<bool, EngineError> {
-    if prompt.tokens.len() + 2 >= ctx.n_ctx() as usize {
+    if prompt.tokens.len() + 2 >= cache.n_ctx() as usize {
         return Ok(false);
     }
     let mut batch = LlamaBatch::new(ctx.n_batch() as usize, 1);
@@ -399,6 +407,7 @@ impl DraftModel<'_, '_> {
             &mut self.batch,
             &self.pending,
             self.past,
+            0,
             Pass::Generated,
         )?;
         self.past += self.pending.len();

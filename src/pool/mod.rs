@@ -345,6 +345,7 @@ impl<E: Engine> TierPool<E> {
                 context: t.context,
                 threads: t.threads,
                 mlock: t.mlock,
+                sequences: t.sequences,
             };
             let loaded = match inner.engine.load(spec).await {
                 Ok(l) => l,

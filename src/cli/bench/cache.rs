@@ -89,6 +89,7 @@ fn load(path: &Path, threads: u32) -> LoadSpec {
         context: 8192,
         threads,
         mlock: false,
+        sequences: 1,
     }
 }
 

@@ -219,6 +219,7 @@ pub async fn engine_bench(
             context,
             threads,
             mlock: false,
+            sequences: 1,
         })
         .await?;
 

@@ -85,6 +85,7 @@ pub async fn prefill_bench(
             context,
             threads,
             mlock: false,
+            sequences: 1,
         })
         .await?;
     let request = GenerateRequest {

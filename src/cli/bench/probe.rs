@@ -140,6 +140,7 @@ async fn first_answer(engine: &LlamaEngine, model: &Path, threads: u32) -> anyho
             context: 2048,
             threads,
             mlock: false,
+            sequences: 1,
         })
         .await?;
     let load_ms = ms(started);

@@ -207,6 +207,7 @@ pub async fn speculative_bench(
         context: 1024,
         threads,
         mlock: false,
+        sequences: 1,
     };
     let t = engine.load(spec("target", target)).await?;
     let d = engine.load(spec("draft", draft)).await?;

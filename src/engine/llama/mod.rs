@@ -13,6 +13,7 @@
 //! models that request used forget their cached prompts, and the thread
 //! goes on serving.
 
+mod batch;
 mod prefix;
 mod probe;
 mod prompt;
@@ -28,6 +29,7 @@ use super::{
 };
 use crate::gguf;
 use crate::probe::{Outcome, Prober};
+use batch::{Batcher, Job};
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_backend::LlamaBackend;
@@ -179,8 +181,25 @@ impl super::Engine for LlamaEngine {
 
 fn worker(rx: mpsc::Receiver<Command>, store: Option<StateStore>, prober: Option<Prober>) {
     let mut models: HashMap<ModelId, Resident> = HashMap::new();
+    let mut batches: HashMap<ModelId, Batcher> = HashMap::new();
     let mut next_id: ModelId = 1;
-    while let Ok(cmd) = rx.recv() {
+    loop {
+        // With requests in flight, take only the commands already sent and
+        // go on stepping; with none, wait for the next command.
+        let cmd = if batches.values().all(Batcher::is_idle) {
+            match rx.recv() {
+                Ok(cmd) => cmd,
+                Err(_) => return,
+            }
+        } else {
+            match rx.try_recv() {
+                Ok(cmd) => cmd,
+                Err(_) => {
+                    step_all(&mut models, &mut batches, store.as_ref());
+                    continue;
+                }
+            }
+        };
         match cmd {
             Command::Load(spec, reply) => {
                 let result = contain(|| {
@@ -192,6 +211,7 @@ fn worker(rx: mpsc::Receiver<Command>, store: Option<StateStore>, prober: Option
                     let id = next_id;
                     next_id += 1;
                     models.insert(id, resident);
+                    batches.insert(id, Batcher::new());
                     LoadedModel {
                         id,
                         load_ms: loaded_ms,
@@ -201,6 +221,9 @@ fn worker(rx: mpsc::Receiver<Command>, store: Option<StateStore>, prober: Option
                 let _ = reply.send(result);
             }
             Command::Unload(id, reply) => {
+                if let Some(mut b) = batches.remove(&id) {
+                    b.fail_all(|| EngineError::NotLoaded(id));
+                }
                 if let Some(mut r) = models.remove(&id) {
                     if let Some(store) = &store {
                         let _ = contain(|| {
@@ -213,6 +236,11 @@ fn worker(rx: mpsc::Receiver<Command>, store: Option<StateStore>, prober: Option
                 let _ = reply.send(());
             }
             Command::Generate(id, request, reply) => {
+                if joins_batch(&models, &batches, id, &request) {
+                    let job = Job { request, reply };
+                    batches.get_mut(&id).expect("a batch per model").push(job);
+                    continue;
+                }
                 let result = contain(|| run_generate(&mut models, id, &request, store.as_ref()));
                 if matches!(
                     result,
@@ -226,18 +254,77 @@ fn worker(rx: mpsc::Receiver<Command>, store: Option<StateStore>, prober: Option
     }
 }
 
+/// Whether a request goes to its model's batch rather than being decoded
+/// on its own, to its end, now: it does when the model decodes several
+/// requests together, unless it decodes speculatively and neither its
+/// model nor its draft has anything else to do. Drafting serves one
+/// request; a request that meets others decodes plainly among them.
+fn joins_batch(
+    models: &HashMap<ModelId, Resident>,
+    batches: &HashMap<ModelId, Batcher>,
+    id: ModelId,
+    request: &GenerateRequest,
+) -> bool {
+    let Some(model) = models.get(&id) else {
+        return false;
+    };
+    if model.sequences() == 1 {
+        return false;
+    }
+    let idle = |m: &ModelId| batches.get(m).is_none_or(Batcher::is_idle);
+    match request.speculation {
+        super::Speculation::Off => true,
+        super::Speculation::Ngram { .. } => !idle(&id),
+        super::Speculation::Draft { model: d, .. } => {
+            !idle(&id) || !idle(&d) || models.get(&d).is_none()
+        }
+    }
+}
+
+/// One step of every model with requests in flight. A step that fails
+/// (or panics) fails the requests in that model's batch, whose caches are
+/// then forgotten.
+fn step_all(
+    models: &mut HashMap<ModelId, Resident>,
+    batches: &mut HashMap<ModelId, Batcher>,
+    store: Option<&StateStore>,
+) {
+    for (id, b) in batches.iter_mut().filter(|(_, b)| !b.is_idle()) {
+        let Some(r) = models.get_mut(id) else {
+            b.fail_all(|| EngineError::NotLoaded(*id));
+            continue;
+        };
+        let identity = r.identity.clone();
+        let saved = store.zip(identity.as_ref());
+        let stepped =
+            contain(|| r.with_all(|model, ctx, caches| b.step(model, ctx, caches, saved)));
+        if let Err(e) = stepped {
+            let message = e.to_string();
+            tracing::error!(tier = %r.name, error = %message, "a batched decode step failed; its requests fail");
+            b.fail_all(|| match &e {
+                EngineError::Panicked(p) => EngineError::Panicked(p.clone()),
+                _ => EngineError::Decode(message.clone()),
+            });
+            r.forget();
+        }
+    }
+}
+
 /// Runs `f`, turning a panic into an error, so one request's bug fails
 /// that request and the thread goes on serving the others.
 fn contain<T>(f: impl FnOnce() -> Result<T, EngineError>) -> Result<T, EngineError> {
-    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|panic| {
-        let what = panic
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "unknown panic".into());
-        tracing::error!(panic = %what, "the inference thread caught a panic; the request failed");
-        Err(EngineError::Panicked(what))
-    })
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|panic| Err(panicked(panic)))
+}
+
+/// The error for a caught panic, logged.
+fn panicked(panic: Box<dyn std::any::Any + Send>) -> EngineError {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into());
+    tracing::error!(panic = %what, "the inference thread caught a panic; the request failed");
+    EngineError::Panicked(what)
 }
 
 /// After a generation that panicked or failed to decode, the models it
@@ -261,9 +348,7 @@ fn run_generate(
     request: &GenerateRequest,
     store: Option<&StateStore>,
 ) -> Result<Generation, EngineError> {
-    if PANIC_NEXT.swap(false, Ordering::SeqCst) {
-        panic!("a panic injected by a test");
-    }
+    panic_if_injected();
     match request.speculation {
         super::Speculation::Draft { model: d, .. } if d == id => Err(EngineError::Decode(
             "a model cannot draft for itself".into(),
@@ -282,6 +367,13 @@ fn run_generate(
 
 /// Set by [`panic_in_next_generate`].
 static PANIC_NEXT: AtomicBool = AtomicBool::new(false);
+
+/// Panics if a test asked for it ([`panic_in_next_generate`]).
+fn panic_if_injected() {
+    if PANIC_NEXT.swap(false, Ordering::SeqCst) {
+        panic!("a panic injected by a test");
+    }
+}
 
 /// Makes the next generation on any engine in this process panic on the
 /// inference thread: the tests' way to show a panic fails one request and
@@ -332,11 +424,16 @@ fn load_batched(spec: &LoadSpec, batch: u32) -> Result<(Resident, f64, u32), Eng
         path: spec.path.clone(),
     })?;
     let threads = spec.threads.max(1) as i32;
+    let sequences = spec.sequences.max(1);
+    // Each sequence has a stream of its own (llama.cpp's default, not
+    // unified): its tokens sit at the same cells as when it is decoded
+    // alone, which keeps batched answers exact (see `batch`).
     let ctx_params = LlamaContextParams::default()
-        .with_n_ctx(NonZeroU32::new(spec.context))
+        .with_n_ctx(NonZeroU32::new(spec.context.saturating_mul(sequences)))
         .with_n_batch(batch)
         .with_n_ubatch(batch)
-        .with_n_seq_max(1)
+        .with_n_seq_max(sequences)
+        .with_kv_unified(false)
         // Sliding-window layers keep every position, in order, like the
         // others: a cached prefix then meets the cache a cold run builds
         // (see `prefix`). The memory estimate already counts them in full.
@@ -344,7 +441,7 @@ fn load_batched(spec: &LoadSpec, batch: u32) -> Result<(Resident, f64, u32), Eng
         .with_flash_attention_policy(llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED)
         .with_n_threads(threads)
         .with_n_threads_batch(threads);
-    let mut resident = Resident::new(spec.name.clone(), model, |m| {
+    let resident = Resident::new(spec.name.clone(), model, sequences, |m| {
         m.new_context(backend, ctx_params)
             .map_err(|e| EngineError::ContextFailed {
                 tier: spec.name.clone(),
@@ -352,7 +449,7 @@ fn load_batched(spec: &LoadSpec, batch: u32) -> Result<(Resident, f64, u32), Eng
                 reason: e.to_string(),
             })
     })?;
-    let context = resident.with(|_, ctx, _| ctx.n_ctx());
+    let context = resident.room();
     tracing::info!(tier = %spec.name, path = %spec.path.display(), context, "model loaded");
     Ok((resident, started.elapsed().as_secs_f64() * 1e3, context))
 }
@@ -391,13 +488,15 @@ pub(super) fn decode_err(e: impl std::fmt::Display) -> EngineError {
     EngineError::Decode(e.to_string())
 }
 
-/// Decodes `tokens` from position `pos` in batches of the context's
-/// n_batch as passes of the given kind, with logits for the last token only.
+/// Decodes `tokens` of sequence `seq` from position `pos` in batches of
+/// the context's n_batch as passes of the given kind, with logits for the
+/// last token only.
 pub(super) fn feed(
     ctx: &mut LlamaContext<'_>,
     batch: &mut LlamaBatch,
     tokens: &[LlamaToken],
     pos: usize,
+    seq: i32,
     pass: Pass,
 ) -> Result<(), EngineError> {
     let n_batch = ctx.n_batch() as usize;
@@ -407,7 +506,7 @@ pub(super) fn feed(
         for (j, &t) in chunk.iter().enumerate() {
             let i = c * n_batch + j;
             batch
-                .add(t, (pos + i) as i32, &[0], i == last)
+                .add(t, (pos + i) as i32, &[seq], i == last)
                 .map_err(decode_err)?;
         }
         decode(ctx, batch, pass)?;
@@ -451,15 +550,14 @@ fn generate(
 /// A context and its prompt cache.
 pub(super) type Slot<'a, 'm> = (&'a mut LlamaContext<'m>, &'a mut PromptCache);
 
-fn generate_with(
-    model: &LlamaModel,
-    (ctx, cache): Slot<'_, '_>,
+fn generate_with<'m>(
+    model: &'m LlamaModel,
+    (ctx, cache): Slot<'_, 'm>,
     draft: Option<Slot<'_, '_>>,
     req: &GenerateRequest,
     saved: Option<(&StateStore, &store::ModelIdentity)>,
 ) -> Result<Generation, EngineError> {
-    let n_ctx = ctx.n_ctx();
-    let mut prep = prepare(model, n_ctx, req)?;
+    let mut prep = prepare(model, cache.n_ctx(), req)?;
     let started = Instant::now();
     let mut batch = LlamaBatch::new(ctx.n_batch() as usize, 1);
     if let Some((store, identity)) = saved {
@@ -469,47 +567,29 @@ fn generate_with(
     let prompt_ms = started.elapsed().as_secs_f64() * 1e3;
 
     let gen_started = Instant::now();
-    let room = n_ctx as usize - prep.tokens.len();
-    let mut out = Output::new(
-        model,
-        std::mem::take(&mut prep.stops),
-        (req.max_tokens as usize).min(room),
-        req.max_tokens as usize,
-        req.ignore_eos,
-        req.cancel.clone(),
-        req.progress.clone(),
-    );
+    let mut out = Output::for_request(req, &mut prep, cache.n_ctx());
     let mut sampler = Sampler::new(req.sampling);
     let last_logits = batch.n_tokens() - 1;
-    let speculative =
-        speculative::run(ctx, draft, req, &prep, last_logits, &mut sampler, &mut out)?;
+    let target = (ctx, cache.n_ctx() as usize);
+    let speculative = speculative::run(
+        model,
+        target,
+        draft,
+        req,
+        &prep,
+        last_logits,
+        &mut sampler,
+        &mut out,
+    )?;
     let generate_ms = gen_started.elapsed().as_secs_f64() * 1e3;
-    let completion_tokens = out.ids.len() as u32;
-    let finish = out.finish.unwrap_or(FinishReason::Length);
-    Ok(Generation {
-        text: String::from_utf8_lossy(&out.text).trim().to_string(),
-        token_ids: out.ids,
-        token_probs: out.probs,
-        prompt_tokens: prep.tokens.len() as u32,
-        cached_tokens: cached_tokens as u32,
-        completion_tokens,
-        finish,
-        prompt_format: prep.format,
-        prompt_ms,
-        generate_ms,
-        tokens_per_second: if generate_ms > 0.0 {
-            completion_tokens as f64 / (generate_ms / 1e3)
-        } else {
-            0.0
-        },
-        speculative,
-    })
+    let mut generation = out.into_generation(&prep, cached_tokens, prompt_ms, generate_ms);
+    generation.speculative = speculative;
+    Ok(generation)
 }
 
 /// The generated tokens as they are accepted: ids, probabilities, text, and
 /// the reason to stop once there is one.
-pub(super) struct Output<'m> {
-    model: &'m LlamaModel,
+pub(super) struct Output {
     stops: StopSet,
     /// Most tokens to emit: max_tokens capped by the context's room.
     budget: usize,
@@ -523,28 +603,54 @@ pub(super) struct Output<'m> {
     pub finish: Option<FinishReason>,
 }
 
-impl<'m> Output<'m> {
-    fn new(
-        model: &'m LlamaModel,
-        stops: StopSet,
-        budget: usize,
-        max_tokens: usize,
-        ignore_eos: bool,
-        cancel: super::Cancel,
-        progress: super::Progress,
-    ) -> Self {
+impl Output {
+    /// The output of `req`, whose prompt `prep` (its stop strings taken)
+    /// fills part of a sequence of `n_ctx` tokens.
+    fn for_request(req: &GenerateRequest, prep: &mut Prepared, n_ctx: u32) -> Self {
+        let room = (n_ctx as usize).saturating_sub(prep.tokens.len());
+        let budget = (req.max_tokens as usize).min(room);
         Output {
-            model,
-            stops,
+            stops: std::mem::take(&mut prep.stops),
             budget,
-            max_tokens,
-            ignore_eos,
-            cancel,
-            progress,
+            max_tokens: req.max_tokens as usize,
+            ignore_eos: req.ignore_eos,
+            cancel: req.cancel.clone(),
+            progress: req.progress.clone(),
             ids: Vec::with_capacity(budget),
             probs: Vec::with_capacity(budget),
             text: Vec::new(),
             finish: None,
+        }
+    }
+
+    /// The finished generation (not speculative): its text, tokens, counts
+    /// and timings.
+    fn into_generation(
+        self,
+        prep: &Prepared,
+        cached_tokens: usize,
+        prompt_ms: f64,
+        generate_ms: f64,
+    ) -> Generation {
+        let completion_tokens = self.ids.len() as u32;
+        Generation {
+            text: String::from_utf8_lossy(&self.text).trim().to_string(),
+            token_ids: self.ids,
+            token_probs: self.probs,
+            prompt_tokens: prep.tokens.len() as u32,
+            cached_tokens: cached_tokens as u32,
+            completion_tokens,
+            finish: self.finish.unwrap_or(FinishReason::Length),
+            prompt_format: prep.format,
+            prompt_ms,
+            generate_ms,
+            tokens_per_second: if generate_ms > 0.0 {
+                completion_tokens as f64 / (generate_ms / 1e3)
+            } else {
+                0.0
+            },
+            speculative: None,
+            batch_width: 1.0,
         }
     }
 
@@ -553,8 +659,8 @@ impl<'m> Output<'m> {
         self.budget.saturating_sub(self.ids.len())
     }
 
-    /// Emits one token; returns false once generation must stop.
-    pub fn push(&mut self, token: u32, prob: f32) -> bool {
+    /// Emits one token of `model`; returns false once generation must stop.
+    pub fn push(&mut self, model: &LlamaModel, token: u32, prob: f32) -> bool {
         if self.finish.is_some() {
             return false;
         }
@@ -563,7 +669,7 @@ impl<'m> Output<'m> {
             return false;
         }
         let t = LlamaToken(token as i32);
-        if !self.ignore_eos && self.model.vocab().is_eog(t) {
+        if !self.ignore_eos && model.vocab().is_eog(t) {
             self.finish = Some(FinishReason::EndOfText);
             return false;
         }
@@ -571,7 +677,7 @@ impl<'m> Output<'m> {
         self.probs.push(prob);
         self.progress.set(self.ids.len() as u32);
         let old_len = self.text.len();
-        self.model
+        model
             .vocab()
             .token_to_piece_into(t, &mut self.text, false, None);
         if let Some(at) = self.stops.find(&self.text, old_len) {

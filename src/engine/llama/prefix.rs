@@ -26,16 +26,50 @@ use crate::engine::EngineError;
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::token::LlamaToken;
+use std::ops::Range;
 
-/// The prompt tokens a context's KV cache holds at positions `0..len`,
-/// and the starts of the batches they were decoded in.
-#[derive(Debug, Default)]
+/// One sequence slot of a context: its sequence id, the room it has
+/// (the context's size over its sequences), the prompt tokens its KV cache
+/// holds at positions `0..len`, and the starts of the batches they were
+/// decoded in.
+#[derive(Debug)]
 pub struct PromptCache {
+    seq: i32,
+    n_ctx: u32,
     tokens: Vec<LlamaToken>,
     starts: Vec<usize>,
 }
 
+/// A prompt's batches still to decode after a cache kept what it could.
+pub struct Prefill {
+    /// Leading prompt tokens kept from the cache.
+    pub kept: usize,
+    /// The prompt's batches to decode, in order, as token ranges.
+    pub batches: Vec<Range<usize>>,
+    starts: Vec<usize>,
+}
+
 impl PromptCache {
+    /// The empty cache of sequence `seq`, which holds up to `n_ctx` tokens.
+    pub fn new(seq: i32, n_ctx: u32) -> Self {
+        PromptCache {
+            seq,
+            n_ctx,
+            tokens: Vec::new(),
+            starts: Vec::new(),
+        }
+    }
+
+    /// The sequence id this cache's tokens sit in.
+    pub fn seq(&self) -> i32 {
+        self.seq
+    }
+
+    /// The most tokens this sequence holds.
+    pub fn n_ctx(&self) -> u32 {
+        self.n_ctx
+    }
+
     /// The cached prompt tokens.
     pub fn tokens(&self) -> &[LlamaToken] {
         &self.tokens
@@ -70,7 +104,8 @@ impl PromptCache {
         ctx: &mut LlamaContext<'_>,
         prompt: &Prepared,
     ) {
-        if !self.tokens.is_empty() {
+        // Saved states are sequence 0's (see `Resident::save_state`).
+        if !self.tokens.is_empty() || self.seq != 0 {
             return;
         }
         let starts = batch_starts(
@@ -91,11 +126,17 @@ impl PromptCache {
         // `Resident::save_state`).
         if ctx.kv_cache_seq_pos_min(0) != 0 {
             tracing::debug!("a windowed KV state cannot be reused exactly; answering cold");
-            ctx.clear_kv_cache();
+            clear_seq(ctx, 0);
             return;
         }
         tracing::debug!(tokens = tokens.len(), "KV state restored");
         self.set(tokens, entry.starts);
+    }
+
+    /// How many leading tokens of `prompt` this cache would keep.
+    pub fn reusable_for(&self, prompt: &Prepared, n_batch: usize) -> usize {
+        let starts = batch_starts(prompt.tokens.len(), n_batch, &prompt.message_starts);
+        reusable((&self.tokens, &self.starts), (&prompt.tokens, &starts))
     }
 
     /// Brings `ctx`'s KV cache to `prompt`: keeps the reusable prefix
@@ -112,6 +153,21 @@ impl PromptCache {
         prompt: &Prepared,
         reuse: bool,
     ) -> Result<usize, EngineError> {
+        let plan = self.begin(ctx, prompt, reuse);
+        for range in &plan.batches {
+            let tokens = &prompt.tokens[range.clone()];
+            feed(ctx, batch, tokens, range.start, self.seq, Pass::Prompt)?;
+        }
+        let kept = plan.kept;
+        self.finish(prompt, plan);
+        Ok(kept)
+    }
+
+    /// The first half of [`PromptCache::prefill`]: keeps the reusable
+    /// prefix in the KV cache (none unless `reuse`), drops the rest, and
+    /// returns the batches left to decode. The cache records nothing until
+    /// [`PromptCache::finish`].
+    pub fn begin(&mut self, ctx: &mut LlamaContext<'_>, prompt: &Prepared, reuse: bool) -> Prefill {
         let tokens = &prompt.tokens;
         let starts = batch_starts(tokens.len(), ctx.n_batch() as usize, &prompt.message_starts);
         let mut keep = if reuse {
@@ -120,28 +176,41 @@ impl PromptCache {
             0
         };
         self.clear();
-        if keep == 0 || !trim(ctx, keep) {
-            ctx.clear_kv_cache();
+        if keep == 0 || !trim(ctx, self.seq, keep) {
+            clear_seq(ctx, self.seq);
             keep = 0;
         }
         let first = starts.partition_point(|&s| s < keep);
-        for (i, &start) in starts.iter().enumerate().skip(first) {
-            let end = starts.get(i + 1).copied().unwrap_or(tokens.len());
-            feed(ctx, batch, &tokens[start..end], start, Pass::Prompt)?;
+        let batches = (first..starts.len())
+            .map(|i| starts[i]..starts.get(i + 1).copied().unwrap_or(tokens.len()))
+            .collect();
+        Prefill {
+            kept: keep,
+            batches,
+            starts,
         }
-        self.set(tokens.clone(), starts);
-        Ok(keep)
     }
+
+    /// Records that every batch of `plan` was decoded: the KV cache holds
+    /// `prompt`.
+    pub fn finish(&mut self, prompt: &Prepared, plan: Prefill) {
+        self.set(prompt.tokens.clone(), plan.starts);
+    }
+}
+
+/// Empties sequence `seq` of `ctx`'s KV cache.
+pub(super) fn clear_seq(ctx: &mut LlamaContext<'_>, seq: i32) {
+    let _ = ctx.clear_kv_cache_seq(Some(seq as u32), None, None);
 }
 
 /// Drops every cached position from `keep` on; false where llama.cpp
 /// cannot (a recurrent model's state) or the kept positions are not all
 /// there (a sliding-window cache that already dropped some).
-fn trim(ctx: &mut LlamaContext<'_>, keep: usize) -> bool {
-    if ctx.kv_cache_seq_rm(0, Some(keep as u32), None).is_err() {
+fn trim(ctx: &mut LlamaContext<'_>, seq: i32, keep: usize) -> bool {
+    if ctx.kv_cache_seq_rm(seq, Some(keep as u32), None).is_err() {
         return false;
     }
-    ctx.kv_cache_seq_pos_min(0) == 0 && ctx.kv_cache_seq_pos_max(0) == keep as i32 - 1
+    ctx.kv_cache_seq_pos_min(seq) == 0 && ctx.kv_cache_seq_pos_max(seq) == keep as i32 - 1
 }
 
 /// The starts of a prompt's batches: 0, each of `message_starts`, and

@@ -27,11 +27,12 @@ self_cell!(
     }
 );
 
-/// A model loaded on the inference thread, with its context and the
-/// prompt tokens that context's KV cache holds.
+/// A model loaded on the inference thread, with its context and, per
+/// sequence slot of that context, the prompt tokens its KV cache holds.
 pub struct Resident {
     pair: Pair,
-    cache: PromptCache,
+    /// One per sequence the context holds (`LoadSpec::sequences`).
+    caches: Vec<PromptCache>,
     /// The tier name it was loaded for, for logs.
     pub name: String,
     /// The model file's identity, which keys its saved KV states.
@@ -41,7 +42,8 @@ pub struct Resident {
 }
 
 impl Resident {
-    /// Owns `model` and the context `make` creates for it.
+    /// Owns `model` and the context `make` creates for it, whose KV cache
+    /// holds `sequences` sequences of equal room.
     ///
     /// # Errors
     ///
@@ -49,32 +51,57 @@ impl Resident {
     pub fn new<E>(
         name: String,
         model: LlamaModel,
+        sequences: u32,
         make: impl for<'m> FnOnce(&'m LlamaModel) -> Result<LlamaContext<'m>, E>,
     ) -> Result<Self, E> {
         let window = sliding_window(&model);
+        let pair = Pair::try_new(model, make)?;
+        let sequences = sequences.max(1);
+        let room = pair.with_dependent(|_, ctx| ctx.n_ctx()) / sequences;
         Ok(Resident {
-            pair: Pair::try_new(model, make)?,
-            cache: PromptCache::default(),
+            pair,
+            caches: (0..sequences)
+                .map(|s| PromptCache::new(s as i32, room))
+                .collect(),
             name,
             identity: None,
             window,
         })
     }
 
-    /// Runs `f` with the model, its context and the context's prompt cache.
+    /// Sequences the context holds.
+    pub fn sequences(&self) -> usize {
+        self.caches.len()
+    }
+
+    /// Tokens one sequence holds.
+    pub fn room(&self) -> u32 {
+        self.caches[0].n_ctx()
+    }
+
+    /// Runs `f` with the model, its context and sequence 0's prompt cache
+    /// (a request decoded on its own).
     pub fn with<R>(
         &mut self,
         f: impl for<'m> FnOnce(&'m LlamaModel, &mut LlamaContext<'m>, &mut PromptCache) -> R,
     ) -> R {
-        let Resident { pair, cache, .. } = self;
-        pair.with_dependent_mut(|model, ctx| f(model, ctx, cache))
+        self.with_all(|model, ctx, caches| f(model, ctx, &mut caches[0]))
     }
 
-    /// Forgets the cached prompt and empties the KV cache, after a request
+    /// Runs `f` with the model, its context and every sequence's prompt cache.
+    pub fn with_all<R>(
+        &mut self,
+        f: impl for<'m> FnOnce(&'m LlamaModel, &mut LlamaContext<'m>, &mut [PromptCache]) -> R,
+    ) -> R {
+        let Resident { pair, caches, .. } = self;
+        pair.with_dependent_mut(|model, ctx| f(model, ctx, caches))
+    }
+
+    /// Forgets the cached prompts and empties the KV cache, after a request
     /// that failed part-way left them in a state no one can vouch for.
     pub fn forget(&mut self) {
-        self.with(|_, ctx, cache| {
-            cache.clear();
+        self.with_all(|_, ctx, caches| {
+            caches.iter_mut().for_each(PromptCache::clear);
             ctx.clear_kv_cache();
         });
     }
