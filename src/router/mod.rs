@@ -6,7 +6,7 @@
 //! - [`validate`]: a caller's request, checked into a [`ValidRequest`].
 //! - [`run`]: the cascade loop over a [`run::Plan`].
 //! - [`tiers`]: the one seam in front of local and remote tiers.
-//! - [`queue`]: one local request at a time, resident tiers first.
+//! - [`queue`]: up to `server.max_batch` local requests per resident tier, resident tiers first.
 //! - [`stats`]: per-tier bookkeeping.
 //! - [`report`]: the result and status types the tools return.
 
@@ -93,7 +93,11 @@ impl<E: Engine> Router<E> {
         let stats = vec![TierStats::default(); config.tiers.len()];
         Router {
             pool: TierPool::new(engine, config.clone()),
-            queue: Scheduler::new(config.server.queue_depth, config.server.max_bypass),
+            queue: Scheduler::new(
+                config.server.queue_depth,
+                config.server.max_bypass,
+                config.server.max_batch as usize,
+            ),
             metrics: Metrics::default(),
             remote: None,
             classifier: Arc::new(Classifier::open(&config.routing.learning)),

@@ -1,14 +1,24 @@
-//! The inference queue: one request is answered at a time (llama.cpp runs
-//! on one thread), up to `depth` more wait, and one more is refused at once
-//! with [`Busy`].
+//! The inference queue: up to `max_batch` requests run at once on each
+//! resident tier (the engine decodes them together), up to `depth` more
+//! wait, and one more is refused at once with [`Busy`].
 //!
-//! When the running request ends, the next one is chosen by [`pick`]: the
-//! oldest waiting request whose tier is already resident goes first, so
-//! agents that alternate tiers do not make the pool load and evict a model
-//! for every request; but a request overtaken `max_bypass` times goes next
-//! whatever it needs, so nobody starves.
+//! With `max_batch` 1, one request runs at a time, whatever its tier. With
+//! more, a request may start while others run if its tier has a free place
+//! and is resident (or already running): a request for another tier waits
+//! until the running ones finish, so requests do not make the pool swap
+//! models under each other.
+//!
+//! When a place frees, the next request is chosen by [`pick`] among those
+//! that may start: the oldest waiting request whose tier is already
+//! resident goes first, so agents that alternate tiers do not make the pool
+//! load and evict a model for every request; but a request overtaken
+//! `max_bypass` times goes next whatever it needs (and nobody starts
+//! before it), so nobody starves.
+//!
+//! A cascade keeps its place as it climbs: its [`Ticket`] moves to the
+//! next tier without waiting again ([`Ticket::move_to`]).
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
 use tokio::sync::oneshot;
 
@@ -49,30 +59,79 @@ struct Waiter {
 
 #[derive(Default)]
 struct State {
-    running: bool,
+    /// Requests running, per tier.
+    running: BTreeMap<usize, usize>,
     waiting: VecDeque<Waiter>,
     next_id: u64,
     rejected: u64,
 }
 
-/// The queue. Admission order is decided when a slot frees, with the
+impl State {
+    fn total(&self) -> usize {
+        self.running.values().sum()
+    }
+
+    fn add(&mut self, tier: usize) {
+        *self.running.entry(tier).or_default() += 1;
+    }
+
+    fn remove(&mut self, tier: usize) {
+        if let Some(n) = self.running.get_mut(&tier) {
+            *n -= 1;
+            if *n == 0 {
+                self.running.remove(&tier);
+            }
+        }
+    }
+}
+
+/// The queue. Admission order is decided when a place frees, with the
 /// resident tiers as they are at that moment.
 pub struct Scheduler {
     depth: usize,
     max_bypass: u32,
+    max_batch: usize,
     /// A std mutex: held for bookkeeping only, never across `.await`.
     state: Mutex<State>,
 }
 
-/// The right to run; the next request is admitted when it drops.
+/// The right to run on a tier; the next request is admitted when it drops.
 pub struct Ticket<'a> {
     scheduler: &'a Scheduler,
+    tier: usize,
     resident: &'a (dyn Fn() -> Vec<usize> + Sync),
+}
+
+impl Ticket<'_> {
+    /// The tier this ticket runs on.
+    pub fn tier(&self) -> usize {
+        self.tier
+    }
+
+    /// Moves this running request to `tier` (a cascade's next attempt)
+    /// without queueing again; its place on the old tier goes to the next
+    /// request that may take it.
+    pub fn move_to(&mut self, tier: usize) {
+        if tier == self.tier {
+            return;
+        }
+        // The resident tiers are read before the lock is taken (the pool
+        // has a lock of its own).
+        let resident = (self.resident)();
+        let mut st = self.scheduler.state.lock().unwrap();
+        st.remove(self.tier);
+        st.add(tier);
+        self.tier = tier;
+        self.scheduler.dispatch(&mut st, &resident);
+    }
 }
 
 impl Drop for Ticket<'_> {
     fn drop(&mut self) {
-        self.scheduler.release((self.resident)());
+        let resident = (self.resident)();
+        let mut st = self.scheduler.state.lock().unwrap();
+        st.remove(self.tier);
+        self.scheduler.dispatch(&mut st, &resident);
     }
 }
 
@@ -80,6 +139,7 @@ impl Drop for Ticket<'_> {
 struct Leave<'a> {
     scheduler: &'a Scheduler,
     id: u64,
+    tier: usize,
     resident: &'a (dyn Fn() -> Vec<usize> + Sync),
     admitted: bool,
 }
@@ -89,28 +149,81 @@ impl Drop for Leave<'_> {
         if self.admitted {
             return;
         }
+        let resident = (self.resident)();
         let mut st = self.scheduler.state.lock().unwrap();
         if let Some(i) = st.waiting.iter().position(|w| w.id == self.id) {
             st.waiting.remove(i);
         } else {
-            // Woken, but gone before taking the slot: pass it on.
-            drop(st);
-            self.scheduler.release((self.resident)());
+            // Admitted, but gone before taking the place: pass it on.
+            st.remove(self.tier);
         }
+        self.scheduler.dispatch(&mut st, &resident);
     }
 }
 
 impl Scheduler {
-    pub fn new(depth: usize, max_bypass: u32) -> Self {
+    /// A queue of `depth` waiting requests over `max_batch` running ones
+    /// per tier (at least 1).
+    pub fn new(depth: usize, max_bypass: u32, max_batch: usize) -> Self {
         Scheduler {
             depth,
             max_bypass,
+            max_batch: max_batch.max(1),
             state: Mutex::new(State::default()),
         }
     }
 
+    /// Whether a request for `tier` may start now.
+    fn may_start(&self, st: &State, tier: usize, resident: &[usize]) -> bool {
+        let total = st.total();
+        if total == 0 {
+            return true;
+        }
+        if self.max_batch == 1 {
+            return false;
+        }
+        let here = st.running.get(&tier).copied().unwrap_or(0);
+        here < self.max_batch && (here > 0 || resident.contains(&tier))
+    }
+
+    /// Starts every waiting request that may start, in [`pick`]'s order; a
+    /// request overtaken `max_bypass` times that may not start yet holds
+    /// the others back until it can.
+    fn dispatch(&self, st: &mut State, resident: &[usize]) {
+        loop {
+            if st.waiting.is_empty() {
+                return;
+            }
+            let line: Vec<Waiting> = st.waiting.iter().map(|w| w.info).collect();
+            let starved = line.iter().position(|w| w.bypassed >= self.max_bypass);
+            let i = match starved {
+                Some(i) if self.may_start(st, line[i].tier, resident) => i,
+                Some(_) => return,
+                None => {
+                    let open: Vec<usize> = (0..line.len())
+                        .filter(|&i| self.may_start(st, line[i].tier, resident))
+                        .collect();
+                    if open.is_empty() {
+                        return;
+                    }
+                    let candidates: Vec<Waiting> = open.iter().map(|&i| line[i]).collect();
+                    open[pick(&candidates, resident, self.max_bypass)]
+                }
+            };
+            for w in st.waiting.iter_mut().take(i) {
+                w.info.bypassed += 1;
+            }
+            let next = st.waiting.remove(i).expect("index from the line");
+            st.add(next.info.tier);
+            if next.wake.send(()).is_err() {
+                // Gone already (its Leave found it admitted): free the place.
+                st.remove(next.info.tier);
+            }
+        }
+    }
+
     /// Waits for the right to run a request that starts at `tier`.
-    /// `resident` lists the resident tiers when a slot frees.
+    /// `resident` lists the resident tiers when a place frees.
     ///
     /// # Errors
     ///
@@ -121,12 +234,14 @@ impl Scheduler {
         resident: &'a (dyn Fn() -> Vec<usize> + Sync),
     ) -> Result<Ticket<'a>, Busy> {
         let (wake, woken) = oneshot::channel();
+        let now_resident = resident();
         let id = {
             let mut st = self.state.lock().unwrap();
-            if !st.running {
-                st.running = true;
+            if st.waiting.is_empty() && self.may_start(&st, tier, &now_resident) {
+                st.add(tier);
                 return Ok(Ticket {
                     scheduler: self,
+                    tier,
                     resident,
                 });
             }
@@ -144,11 +259,13 @@ impl Scheduler {
                 info: Waiting { tier, bypassed: 0 },
                 wake,
             });
+            self.dispatch(&mut st, &now_resident);
             id
         };
         let mut leave = Leave {
             scheduler: self,
             id,
+            tier,
             resident,
             admitted: false,
         };
@@ -157,28 +274,9 @@ impl Scheduler {
         leave.admitted = true;
         Ok(Ticket {
             scheduler: self,
+            tier,
             resident,
         })
-    }
-
-    /// Hands the slot to the next waiter, or marks it free.
-    fn release(&self, resident: Vec<usize>) {
-        let mut st = self.state.lock().unwrap();
-        loop {
-            if st.waiting.is_empty() {
-                st.running = false;
-                return;
-            }
-            let line: Vec<Waiting> = st.waiting.iter().map(|w| w.info).collect();
-            let i = pick(&line, &resident, self.max_bypass);
-            for w in st.waiting.iter_mut().take(i) {
-                w.info.bypassed += 1;
-            }
-            let next = st.waiting.remove(i).expect("index from pick");
-            if next.wake.send(()).is_ok() {
-                return; // still running, now on the waiter's behalf
-            }
-        }
     }
 
     /// Requests waiting now.
@@ -188,7 +286,18 @@ impl Scheduler {
 
     /// Whether a request is being answered now.
     pub fn running(&self) -> bool {
-        self.state.lock().unwrap().running
+        self.running_total() > 0
+    }
+
+    /// Requests being answered now.
+    pub fn running_total(&self) -> usize {
+        self.state.lock().unwrap().total()
+    }
+
+    /// Requests being answered now on `tier`.
+    pub fn running_on(&self, tier: usize) -> usize {
+        let st = self.state.lock().unwrap();
+        st.running.get(&tier).copied().unwrap_or(0)
     }
 
     /// Requests refused with [`Busy`] so far.
@@ -200,6 +309,11 @@ impl Scheduler {
         self.depth
     }
 
+    /// Requests that may run at once on one tier (`server.max_batch`).
+    pub fn max_batch(&self) -> usize {
+        self.max_batch
+    }
+
     /// Waits until nothing runs or waits, at most `within` (shutdown's
     /// drain); true if the queue went idle.
     pub async fn wait_idle(&self, within: std::time::Duration) -> bool {
@@ -207,7 +321,7 @@ impl Scheduler {
         loop {
             {
                 let st = self.state.lock().unwrap();
-                if !st.running && st.waiting.is_empty() {
+                if st.total() == 0 && st.waiting.is_empty() {
                     return true;
                 }
             }
@@ -249,7 +363,7 @@ mod tests {
 
     #[tokio::test]
     async fn refuses_beyond_depth_at_once() {
-        let s = Scheduler::new(1, 4);
+        let s = Scheduler::new(1, 4, 1);
         let running = s.admit(0, &none).await.unwrap();
         let waiting = s.admit(0, &none);
         let mut waiting = Box::pin(waiting);
@@ -283,7 +397,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_waiter_that_gives_up_frees_its_place() {
-        let s = Scheduler::new(1, 4);
+        let s = Scheduler::new(1, 4, 1);
         let running = s.admit(0, &none).await.unwrap();
         {
             let mut gone = Box::pin(s.admit(0, &none));
@@ -301,7 +415,7 @@ mod tests {
 
     #[tokio::test]
     async fn resident_tier_overtakes_but_not_forever() {
-        let s = Arc::new(Scheduler::new(8, 1));
+        let s = Arc::new(Scheduler::new(8, 1, 1));
         let order = Arc::new(Mutex::new(Vec::new()));
         let resident = || vec![0usize];
         let first = s.admit(0, &resident).await.unwrap();

@@ -67,10 +67,11 @@ impl<E: Engine> Tiers<'_, E> {
         }
     }
 
-    /// Waits for the local inference turn unless this cascade holds it;
-    /// returns the milliseconds waited.
+    /// Waits for the local inference turn unless this cascade holds one,
+    /// which then moves to `tier`; returns the milliseconds waited.
     async fn take_turn(&mut self, tier: usize, call: &Call) -> Result<f64> {
-        if self.turn.is_some() {
+        if let Some(turn) = &mut self.turn {
+            turn.move_to(tier);
             return Ok(0.0);
         }
         let waited = Instant::now();

@@ -88,7 +88,7 @@ pub fn run_baseline_process(
 }
 
 /// Runs `cmd` to completion and returns its stdout; a failure carries its stderr.
-fn child_stdout(cmd: &mut Command, what: &str) -> anyhow::Result<String> {
+pub(super) fn child_stdout(cmd: &mut Command, what: &str) -> anyhow::Result<String> {
     let out = cmd.output()?;
     anyhow::ensure!(
         out.status.success(),

@@ -8,8 +8,11 @@
 //! - [`speculative`]: speculative against target-only decoding.
 //! - [`scaleout`]: the Redis hop, and one worker against two.
 //! - [`probe`]: what probing a new model file adds to its first load.
+//! - [`concurrency`]: N concurrent requests batched against one at a time,
+//!   and against llama.cpp's own batched decode.
 
 pub mod cache;
+pub mod concurrency;
 pub mod engine;
 pub mod prefill;
 pub mod probe;
@@ -20,6 +23,7 @@ use super::{cores, load_config, runtime};
 use anyhow::bail;
 use clap::Subcommand;
 use std::path::{Path, PathBuf};
+use xnai_model_router::config::UnknownTier;
 use xnai_model_router::engine::SpecParams;
 
 #[derive(Subcommand)]
@@ -133,6 +137,47 @@ pub enum BenchCmd {
         rounds: usize,
         #[arg(long)]
         json: bool,
+    },
+    /// N concurrent requests on one tier decoded together against one at
+    /// a time, and llama.cpp's own batched decode (llama-batched-bench's
+    /// measurement) as the baseline; plus a short request behind a long one.
+    Concurrency {
+        /// Tier whose model to measure (default: the smallest local tier).
+        #[arg(long)]
+        tier: Option<String>,
+        /// Measure this model file instead of a tier's.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Concurrent requests (the batch width).
+        #[arg(long, default_value_t = 8)]
+        clients: usize,
+        /// Tokens generated per request.
+        #[arg(long, default_value_t = 64)]
+        tokens: u32,
+        /// Prompt tokens per sequence in llama.cpp's baseline.
+        #[arg(long, default_value_t = 32)]
+        prompt: u32,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        #[arg(long)]
+        threads: Option<u32>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The concurrency baseline's child process: llama.cpp's batched
+    /// decode, prints generation tokens/s.
+    #[command(hide = true)]
+    BatchedLoop {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        threads: u32,
+        #[arg(long)]
+        width: usize,
+        #[arg(long)]
+        prompt: u32,
+        #[arg(long)]
+        tokens: u32,
     },
     /// Generation tokens/s against llama.cpp's llama-bench, same model and threads.
     Engine {
@@ -316,6 +361,62 @@ pub fn run(config_path: &Path, cmd: BenchCmd) -> anyhow::Result<()> {
             };
             let r = runtime()?.block_on(cache::cache_bench(&opts))?;
             show(&r, json, cache::render)?;
+        }
+        BenchCmd::Concurrency {
+            tier,
+            model,
+            clients,
+            tokens,
+            prompt,
+            rounds,
+            threads,
+            json,
+        } => {
+            let (tier, model, tier_threads) = match model {
+                Some(m) => ("(model file)".to_string(), m, None),
+                None => {
+                    let config = load_config(config_path)?;
+                    let t = match &tier {
+                        Some(name) => config.tier(name).ok_or_else(|| {
+                            let names = config.tiers.iter().map(|t| t.name.as_str());
+                            anyhow::anyhow!("--tier: {}", UnknownTier::among(name, names))
+                        })?,
+                        None => config
+                            .tiers
+                            .iter()
+                            .find(|t| !t.remote)
+                            .ok_or_else(|| anyhow::anyhow!("the ladder has no local tier"))?,
+                    };
+                    if t.remote {
+                        bail!("tier {} is remote: its workers serve it", t.name);
+                    }
+                    (t.name.clone(), t.model.clone(), Some(t.threads))
+                }
+            };
+            if clients == 0 {
+                bail!("--clients must be at least 1");
+            }
+            let opts = concurrency::ConcurrencyOptions {
+                model,
+                tier,
+                clients,
+                threads: threads.or(tier_threads).unwrap_or_else(cores),
+                tokens: tokens.max(1),
+                prompt: prompt.max(1),
+                rounds: rounds.max(1),
+            };
+            let r = runtime()?.block_on(concurrency::concurrency_bench(&opts))?;
+            show(&r, json, concurrency::render)?;
+        }
+        BenchCmd::BatchedLoop {
+            model,
+            threads,
+            width,
+            prompt,
+            tokens,
+        } => {
+            let tps = concurrency::batched_loop(&model, threads, width.max(1), prompt.max(1), tokens)?;
+            println!("{tps}");
         }
         BenchCmd::Engine {
             models,
