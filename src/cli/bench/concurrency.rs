@@ -15,10 +15,13 @@
 //!   token per sequence; its generation tokens/s (llama-batched-bench's
 //!   S_TG) excludes the prompt.
 //!
-//! Our aggregate is counted conservatively: all generated tokens over the
-//! wall time of the whole burst, prompts included. Each request generates
-//! exactly `tokens` tokens (end of text ignored) and the batched answers
-//! are compared token for token with the one-at-a-time ones.
+//! Aggregate generation tokens/s is counted as llama-batched-bench counts
+//! S_TG: all generated tokens over the burst's wall time less the time
+//! spent decoding prompts (each answer's `prompt_ms`, which in a batch is
+//! its prompt batches' own decode time); the end-to-end figure, prompts
+//! in, is shown beside it. Each request generates exactly `tokens` tokens
+//! (end of text ignored) and the batched answers are compared token for
+//! token with the one-at-a-time ones.
 //!
 //! A second measurement: a short request that arrives while a long one is
 //! being generated, against the same short request alone (p90 of its
@@ -37,11 +40,15 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 use xnai_model_router::engine::llama::{backend, LlamaEngine};
-use xnai_model_router::engine::{Engine, GenerateRequest, LoadSpec, ModelId};
+use xnai_model_router::engine::{Engine, GenerateRequest, LoadSpec, ModelId, Speculation};
 
 /// What to measure.
 pub struct ConcurrencyOptions {
     pub model: PathBuf,
+    /// The tier's draft model and its speculation settings (the model id
+    /// in it is replaced), when it has one: one at a time is then also
+    /// measured with speculative decoding.
+    pub draft: Option<(PathBuf, Speculation)>,
     /// The tier's name, for the report.
     pub tier: String,
     pub clients: usize,
@@ -63,13 +70,22 @@ pub struct ConcurrencyBench {
     pub threads: u32,
     pub tokens: u32,
     pub rounds: usize,
-    /// Aggregate generated tokens per second, each round.
+    /// Aggregate generation tokens per second (prompt decoding time left
+    /// out, as llama-batched-bench's S_TG), each round.
     pub one_at_a_time: Vec<f64>,
     pub batched: Vec<f64>,
     pub llama_cpp: Vec<f64>,
     pub one_at_a_time_median: f64,
     pub batched_median: f64,
     pub llama_cpp_median: f64,
+    /// Generated tokens over the whole burst's wall time (prompts in), median.
+    pub one_at_a_time_end_to_end: f64,
+    pub batched_end_to_end: f64,
+    /// Mean requests per decode step in the batched bursts (median).
+    pub batch_width: f64,
+    /// One at a time with the tier's draft decoding speculatively
+    /// (generation tokens/s, median), when the tier has a draft.
+    pub speculative_one_at_a_time: Option<f64>,
     /// batched / one at a time.
     pub speedup: f64,
     /// batched / llama.cpp.
@@ -105,33 +121,70 @@ fn request(i: usize, tokens: u32) -> GenerateRequest {
     }
 }
 
-/// Sends `n` requests at once; returns each answer's tokens and latency,
-/// and the aggregate generated tokens per second of the burst.
+/// `speculation` with the draft model `id`.
+fn with_draft(speculation: Speculation, id: ModelId) -> Speculation {
+    match speculation {
+        Speculation::Draft { params, .. } => Speculation::Draft { model: id, params },
+        other => other,
+    }
+}
+
+/// One burst of concurrent requests.
+struct Burst {
+    /// Each answer's tokens.
+    ids: Vec<Vec<u32>>,
+    /// Each request's latency, milliseconds.
+    latency: Vec<f64>,
+    /// Generated tokens per second of the burst's wall time, prompts
+    /// included.
+    end_to_end: f64,
+    /// Generated tokens per second of the wall time less the time spent
+    /// decoding prompts (llama-batched-bench's S_TG).
+    generation: f64,
+    /// Mean requests per decode step.
+    width: f64,
+}
+
+/// Sends `n` requests at once, decoded with `speculation`.
 async fn burst(
     engine: &LlamaEngine,
     id: ModelId,
     n: usize,
     tokens: u32,
-) -> anyhow::Result<(Vec<Vec<u32>>, Vec<f64>, f64)> {
+    speculation: Speculation,
+) -> anyhow::Result<Burst> {
     let started = Instant::now();
     let mut tasks = Vec::new();
     for i in 0..n {
         let engine = engine.clone();
+        let r = GenerateRequest {
+            speculation,
+            ..request(i, tokens)
+        };
         tasks.push(tokio::spawn(async move {
-            let g = engine.generate(id, request(i, tokens)).await;
+            let g = engine.generate(id, r).await;
             (g, started.elapsed().as_secs_f64() * 1e3)
         }));
     }
-    let (mut ids, mut latency, mut generated) = (Vec::new(), Vec::new(), 0u64);
+    let (mut ids, mut latency, mut generated, mut prompt_ms, mut width) =
+        (Vec::new(), Vec::new(), 0u64, 0.0, 0.0);
     for t in tasks {
         let (g, ms) = t.await?;
         let g = g?;
         generated += g.completion_tokens as u64;
+        prompt_ms += g.prompt_ms;
+        width += g.batch_width / n as f64;
         ids.push(g.token_ids);
         latency.push(ms);
     }
     let wall = started.elapsed().as_secs_f64();
-    Ok((ids, latency, generated as f64 / wall))
+    Ok(Burst {
+        ids,
+        latency,
+        end_to_end: generated as f64 / wall,
+        generation: generated as f64 / (wall - prompt_ms / 1e3).max(1e-9),
+        width,
+    })
 }
 
 /// The short request's latency alone, then behind a long one that has
@@ -185,28 +238,50 @@ pub async fn concurrency_bench(o: &ConcurrencyOptions) -> anyhow::Result<Concurr
         .load(load(&o.model, o.threads, o.tokens, n as u32))
         .await?
         .id;
+    let draft = match &o.draft {
+        Some((path, speculation)) => {
+            let id = engine.load(load(path, o.threads, o.tokens, 1)).await?.id;
+            Some((id, with_draft(*speculation, id)))
+        }
+        None => None,
+    };
+    let off = Speculation::Off;
     // Warm-up: page the weights in.
-    burst(&engine, batched, n, 8).await?;
+    burst(&engine, batched, n, 8, off).await?;
+    burst(&engine, single, 1, 8, off).await?;
     let (mut seq_tps, mut bat_tps, mut base_tps) = (Vec::new(), Vec::new(), Vec::new());
     let (mut seq_lat, mut bat_lat) = (Vec::new(), Vec::new());
+    let (mut seq_e2e, mut bat_e2e, mut widths) = (Vec::new(), Vec::new(), Vec::new());
+    let mut spec_tps = Vec::new();
     let (mut alone, mut behind) = (Vec::new(), Vec::new());
     let mut identical = true;
     for _ in 0..o.rounds.max(1) {
         base_tps.push(run_batched_process(
             &o.model, o.threads, n, o.prompt, o.tokens,
         )?);
-        let (a, la, tps) = burst(&engine, single, n, o.tokens).await?;
-        seq_tps.push(tps);
-        seq_lat.extend(la);
-        let (b, lb, tps) = burst(&engine, batched, n, o.tokens).await?;
-        bat_tps.push(tps);
-        bat_lat.extend(lb);
-        identical &= a == b;
+        let a = burst(&engine, single, n, o.tokens, off).await?;
+        if let Some((_, speculation)) = draft {
+            let d = burst(&engine, single, n, o.tokens, speculation).await?;
+            spec_tps.push(d.generation);
+            identical &= d.ids == a.ids;
+        }
+        seq_tps.push(a.generation);
+        seq_e2e.push(a.end_to_end);
+        seq_lat.extend(a.latency);
+        let b = burst(&engine, batched, n, o.tokens, off).await?;
+        bat_tps.push(b.generation);
+        bat_e2e.push(b.end_to_end);
+        bat_lat.extend(b.latency);
+        widths.push(b.width);
+        identical &= a.ids == b.ids;
         let (s, l) = short_behind_long(&engine, batched, o.tokens).await?;
         alone.push(s);
         behind.push(l);
     }
     engine.unload(single).await;
+    if let Some((id, _)) = draft {
+        engine.unload(id).await;
+    }
     engine.unload(batched).await;
     let (s, b, l) = (median(&seq_tps), median(&bat_tps), median(&base_tps));
     let (alone_p90, behind_p90) = (percentile(&alone, 0.9), percentile(&behind, 0.9));
@@ -226,6 +301,10 @@ pub async fn concurrency_bench(o: &ConcurrencyOptions) -> anyhow::Result<Concurr
         llama_cpp: base_tps,
         one_at_a_time_median: s,
         batched_median: b,
+        one_at_a_time_end_to_end: median(&seq_e2e),
+        batched_end_to_end: median(&bat_e2e),
+        batch_width: median(&widths),
+        speculative_one_at_a_time: (!spec_tps.is_empty()).then(|| median(&spec_tps)),
         llama_cpp_median: l,
         speedup: ratio(b, s),
         vs_llama_cpp: ratio(b, l),
@@ -249,12 +328,12 @@ fn percentile(v: &[f64], q: f64) -> f64 {
 pub fn render(r: &ConcurrencyBench) -> String {
     format!(
         "{} ({}), {} concurrent requests x {} tokens, {} threads, median of {} interleaved rounds\n\
-         {:<28}{:>12}{:>12}{:>12}\n\
-         {:<28}{:>12.1}{:>12.1}{:>12}\n\
-         {:<28}{:>12.1}{:>12.1}{:>12}\n\
+         {:<28}{:>12}{:>12}{:>12}{:>12}\n\
+         {:<28}{:>12.1}{:>12.1}{:>12.1}{:>12.1}\n\
+         {:<28}{:>12.1}{:>12.1}{:>12.1}{:>12.1}\n\
          {:<28}{:>12.1}\n\
-         batched / one at a time {:.2}x, batched / llama.cpp {:.2}x, identical answers: {}\n\
-         a short request behind a long one: p90 {:.0} ms against {:.0} ms alone ({:.2}x)\n",
+         batched / one at a time {:.2}x, batched / llama.cpp {:.2}x, identical answers: {}, mean batch width {:.1}\n\
+         a short request behind a long one: p90 {:.0} ms against {:.0} ms alone ({:.2}x)\n{}",
         r.tier,
         Path::new(&r.model)
             .file_name()
@@ -265,25 +344,35 @@ pub fn render(r: &ConcurrencyBench) -> String {
         r.threads,
         r.rounds,
         "",
-        "tokens/s",
+        "gen tok/s",
+        "e2e tok/s",
         "p50 ms",
         "p90 ms",
         "one at a time",
         r.one_at_a_time_median,
+        r.one_at_a_time_end_to_end,
         r.one_at_a_time_p50_ms,
-        format!("{:.1}", r.one_at_a_time_p90_ms),
+        r.one_at_a_time_p90_ms,
         "batched",
         r.batched_median,
+        r.batched_end_to_end,
         r.batched_p50_ms,
-        format!("{:.1}", r.batched_p90_ms),
+        r.batched_p90_ms,
         "llama.cpp batched decode",
         r.llama_cpp_median,
         r.speedup,
         r.vs_llama_cpp,
         if r.identical { "yes" } else { "NO" },
+        r.batch_width,
         r.short_behind_long_p90_ms,
         r.short_alone_p90_ms,
         r.short_slowdown,
+        r.speculative_one_at_a_time
+            .map(|t| format!(
+                "one at a time with the tier's draft (speculative): {t:.1} gen tok/s; batched / speculative {:.2}x\n",
+                ratio(r.batched_median, t)
+            ))
+            .unwrap_or_default(),
     )
 }
 

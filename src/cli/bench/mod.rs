@@ -372,8 +372,8 @@ pub fn run(config_path: &Path, cmd: BenchCmd) -> anyhow::Result<()> {
             threads,
             json,
         } => {
-            let (tier, model, tier_threads) = match model {
-                Some(m) => ("(model file)".to_string(), m, None),
+            let (tier, model, tier_threads, draft) = match model {
+                Some(m) => ("(model file)".to_string(), m, None, None),
                 None => {
                     let config = load_config(config_path)?;
                     let t = match &tier {
@@ -390,7 +390,11 @@ pub fn run(config_path: &Path, cmd: BenchCmd) -> anyhow::Result<()> {
                     if t.remote {
                         bail!("tier {} is remote: its workers serve it", t.name);
                     }
-                    (t.name.clone(), t.model.clone(), Some(t.threads))
+                    let draft = t.draft.map(|d| {
+                        let speculation = t.speculation(Some(0));
+                        (config.tiers[d].model.clone(), speculation)
+                    });
+                    (t.name.clone(), t.model.clone(), Some(t.threads), draft)
                 }
             };
             if clients == 0 {
@@ -398,6 +402,7 @@ pub fn run(config_path: &Path, cmd: BenchCmd) -> anyhow::Result<()> {
             }
             let opts = concurrency::ConcurrencyOptions {
                 model,
+                draft,
                 tier,
                 clients,
                 threads: threads.or(tier_threads).unwrap_or_else(cores),

@@ -29,10 +29,10 @@
 //!   logits are the same alone or inside a verification batch:
 //!   - [`f32`]: F32 batches of two or more columns whose length ggml's loop
 //!     covers with no scalar leftovers;
-//!   - [`quant`]: Q4_1 x Q8_1 and Q8_0 x Q8_0 products of up to
-//!     [`quant::MAX_COLUMNS`] columns (a quantized draft's decoding);
-//!   - everything else (single F32 columns, F16 weights, long quantized
-//!     batches, other formats) is declined.
+//!   - [`quant`]: Q4_1 x Q8_1 and Q8_0 x Q8_0 products of any width (a
+//!     quantized draft's decoding, requests decoded together);
+//!   - everything else (single F32 columns, F16 weights, other formats)
+//!     is declined.
 //!
 //! The rule that tells the two apart is the engine's, not the shape's: it
 //! decodes a request's prompt tokens in prompt passes and every token it
@@ -404,12 +404,12 @@ unsafe fn compute(
         return false;
     };
     if let Some(format) = quant::Format::of(a_type, b_type) {
-        let Some(qk) = quant_kernel().filter(|_| s.n <= quant::MAX_COLUMNS) else {
+        let Some(qk) = quant_kernel() else {
             return false;
         };
         // SAFETY: `qk` came from quant_kernel() (VNNI only where the CPU
-        // has it), 1 <= n <= MAX_COLUMNS, and the buffers hold `s` in
-        // `format` (the caller's contract).
+        // has it), 1 <= n, and the buffers hold `s` in `format` (the
+        // caller's contract).
         unsafe { quant::gemm(qk, format, ith, nth, s, a.cast(), b.cast(), c.cast()) };
         return true;
     }

@@ -75,6 +75,7 @@ struct Running {
     /// Tokens in the sequence's KV cache.
     n_past: usize,
     admitted: Instant,
+    /// Time spent decoding its prompt batches (not waiting between them).
     prompt_ms: f64,
     generating: Option<Instant>,
     /// Sum of the step widths this request took part in, and the steps.
@@ -183,14 +184,9 @@ impl Batcher {
             let generate_ms = r
                 .generating
                 .map_or(0.0, |t| t.elapsed().as_secs_f64() * 1e3);
-            let prompt_ms = if r.prefill.is_some() {
-                r.admitted.elapsed().as_secs_f64() * 1e3
-            } else {
-                r.prompt_ms
-            };
             let mut generation =
                 r.out
-                    .into_generation(&r.prep, r.prompt_kept, prompt_ms, generate_ms);
+                    .into_generation(&r.prep, r.prompt_kept, r.prompt_ms, generate_ms);
             if r.steps > 0 {
                 generation.batch_width = r.width_sum as f64 / r.steps as f64;
             }
@@ -293,6 +289,7 @@ fn prompt_pass(
     let plan = r.prefill.as_ref().expect("found by its prefill");
     let range = plan.batches[r.next_batch].clone();
     let seq = caches[r.slot].seq();
+    let started = Instant::now();
     feed(
         ctx,
         batch,
@@ -301,13 +298,13 @@ fn prompt_pass(
         seq,
         Pass::Prompt,
     )?;
+    r.prompt_ms += started.elapsed().as_secs_f64() * 1e3;
     r.next_batch += 1;
     if r.next_batch < plan.batches.len() {
         return Ok(());
     }
     let plan = r.prefill.take().expect("checked above");
     caches[r.slot].finish(&r.prep, plan);
-    r.prompt_ms = r.admitted.elapsed().as_secs_f64() * 1e3;
     r.generating = Some(Instant::now());
     r.n_past = r.prep.tokens.len();
     let first = r.sampler.pick(ctx.get_logits_ith(batch.n_tokens() - 1));
@@ -326,20 +323,18 @@ fn decode_step(
     batch: &mut LlamaBatch,
 ) -> Result<(), EngineError> {
     batch.clear();
-    let mut members = Vec::with_capacity(running.len());
-    for (i, r) in running.iter().enumerate() {
-        let Some(last) = r.last.filter(|_| r.out.finish.is_none()) else {
-            continue;
-        };
+    // In sequence order: llama.cpp puts only consecutive sequences in one
+    // micro-batch.
+    let mut members: Vec<usize> = (0..running.len())
+        .filter(|&i| running[i].last.is_some() && running[i].out.finish.is_none())
+        .collect();
+    members.sort_by_key(|&i| running[i].slot);
+    for &i in &members {
+        let r = &running[i];
+        let last = r.last.expect("filtered above");
         batch
-            .add(
-                LlamaToken(last as i32),
-                r.n_past as i32,
-                &[r.slot as i32],
-                true,
-            )
+            .add(LlamaToken(last as i32), r.n_past as i32, &[r.slot as i32], true)
             .map_err(decode_err)?;
-        members.push(i);
     }
     if members.is_empty() {
         return Ok(());

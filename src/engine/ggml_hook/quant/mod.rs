@@ -31,9 +31,13 @@
 //! prefetched, which is most of the gain while the weights stream from
 //! memory. Every product is still ggml's to the bit.
 //!
-//! Only products of up to [`MAX_COLUMNS`] columns (decoding, a draft's
-//! catch-up) are taken; longer batches (prompt processing) keep ggml's
-//! cache-tiled loop. Other formats are left to ggml.
+//! A kernel takes up to [`MAX_COLUMNS`] columns at once; a wider product
+//! of a generated pass (a batch of requests decoded together, a long
+//! verification) is computed in blocks of [`ROW_BLOCK`] rows, each against
+//! every group of up to [`MAX_COLUMNS`] columns in turn, so a block's
+//! weights are still in cache for the next group. Each output is computed
+//! alone, so the grouping never changes a bit. Prompt passes go to
+//! llama.cpp's kernels. Other formats are left to ggml.
 
 use super::types::{Q4_1, Q8_0, Q8_1};
 use super::{QuantKernel, Shape};
@@ -43,8 +47,13 @@ mod avx2;
 mod common;
 mod vnni;
 
-/// The widest product taken: columns share one unpacking of each row block.
+/// The most columns one kernel call takes: they share one unpacking of
+/// each row block.
 pub const MAX_COLUMNS: usize = 4;
+
+/// Rows computed against every column group before the next rows, in a
+/// product wider than [`MAX_COLUMNS`].
+pub const ROW_BLOCK: usize = 64;
 
 /// The weight format of a product, with its columns' format implied.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,14 +89,14 @@ pub fn has_vnni() -> bool {
     vnni::available()
 }
 
-/// Thread `ith` of `nth` computes its share of the rows of `C` for up to
-/// [`MAX_COLUMNS`] columns. The shape counts blocks (`k`, `lda`, `ldb`) and
-/// floats (`ldc`), as ggml passes them to `llamafile_sgemm`.
+/// Thread `ith` of `nth` computes its share of the rows of `C`. The shape
+/// counts blocks (`k`, `lda`, `ldb`) and floats (`ldc`), as ggml passes
+/// them to `llamafile_sgemm`.
 ///
 /// # Safety
 ///
-/// For `Avx512Vnni`, [`has_vnni`]; `1 <= s.n <= MAX_COLUMNS`; and `a`, `b`,
-/// `c` are valid for the shape's rows, columns and strides in `format`.
+/// For `Avx512Vnni`, [`has_vnni`]; `1 <= s.n`; and `a`, `b`, `c` are
+/// valid for the shape's rows, columns and strides in `format`.
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn gemm(
     kernel: QuantKernel,
@@ -99,16 +108,37 @@ pub unsafe fn gemm(
     b: *const u8,
     c: *mut f32,
 ) {
-    debug_assert!((1..=MAX_COLUMNS).contains(&s.n));
+    debug_assert!(s.n >= 1);
     let rows = (s.m * ith / nth, s.m * (ith + 1) / nth);
     if rows.0 >= rows.1 {
         return;
     }
-    // SAFETY: the caller's guarantees are the kernels' own.
-    unsafe {
-        match kernel {
-            QuantKernel::Avx512Vnni => vnni::gemm(format, s, rows, a, b, c),
-            QuantKernel::Avx2 => avx2::gemm(format, s, rows, a, b, c),
+    let run = |s: Shape, rows, b, c| {
+        // SAFETY: the caller's guarantees are the kernels' own, for the
+        // columns `b` and `c` start at (within the caller's product).
+        unsafe {
+            match kernel {
+                QuantKernel::Avx512Vnni => vnni::gemm(format, s, rows, a, b, c),
+                QuantKernel::Avx2 => avx2::gemm(format, s, rows, a, b, c),
+            }
+        }
+    };
+    if s.n <= MAX_COLUMNS {
+        run(s, rows, b, c);
+        return;
+    }
+    let (_, column_bytes) = format.block_bytes();
+    for first in (rows.0..rows.1).step_by(ROW_BLOCK) {
+        let block = (first, (first + ROW_BLOCK).min(rows.1));
+        for j in (0..s.n).step_by(MAX_COLUMNS) {
+            let group = Shape {
+                n: MAX_COLUMNS.min(s.n - j),
+                ..s
+            };
+            // SAFETY: column j < n starts `j` column strides into `b` and
+            // `c`, inside the caller's buffers.
+            let (b, c) = unsafe { (b.add(j * s.ldb * column_bytes), c.add(j * s.ldc)) };
+            run(group, block, b, c);
         }
     }
 }
@@ -218,8 +248,10 @@ mod tests {
         let mut checked = 0;
         for format in [Format::Q4_1, Format::Q8_0] {
             for &k in &[1, 2, 18, 48] {
-                for &m in &[1, 2, 3, 5, 8, 33] {
-                    for n in 1..=MAX_COLUMNS {
+                for &m in &[1, 2, 3, 5, 8, 33, ROW_BLOCK + 7] {
+                    // Wider than one kernel call too: row blocks against
+                    // column groups.
+                    for n in (1..=MAX_COLUMNS).chain([MAX_COLUMNS + 1, 2 * MAX_COLUMNS, 11]) {
                         // Padded strides, as ggml's views may have.
                         let s = Shape {
                             m,
@@ -297,10 +329,10 @@ mod tests {
     }
 
     #[test]
-    fn wide_batches_and_other_formats_are_left_to_ggml() {
+    fn wide_batches_are_taken_and_other_formats_left_to_ggml() {
         let s = Shape {
             m: 4,
-            n: MAX_COLUMNS + 1,
+            n: 2 * MAX_COLUMNS + 1,
             k: 2,
             lda: 2,
             ldb: 2,
@@ -308,10 +340,10 @@ mod tests {
         };
         let a = blocks(Format::Q4_1, false, 8, 3);
         let b = blocks(Format::Q4_1, true, 2 * s.n, 4);
-        assert!(
-            hooked(Format::Q4_1, s, &a, &b, 2).is_none(),
-            "prompt-sized batch"
-        );
+        let got = hooked(Format::Q4_1, s, &a, &b, 2).expect("a batch of requests");
+        let want = reference(Format::Q4_1, s, &a, &b);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&got), bits(&want));
         assert_eq!(
             Format::of(Q4_1, F32),
             None,
