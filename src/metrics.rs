@@ -50,6 +50,11 @@ pub struct Metrics {
     accepted: Family<TierLabel, Counter>,
     corrections: Family<SourceLabel, Counter>,
     routes_changed: Counter,
+    batch_width: Family<TierLabel, Histogram, fn() -> Histogram>,
+}
+
+fn width_histogram() -> Histogram {
+    Histogram::new([1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 32.0, 64.0].into_iter())
 }
 
 impl Default for Metrics {
@@ -69,6 +74,7 @@ impl Default for Metrics {
             accepted: Family::default(),
             corrections: Family::default(),
             routes_changed: Counter::default(),
+            batch_width: Family::new_with_constructor(width_histogram),
         }
     }
 }
@@ -88,6 +94,8 @@ pub struct AttemptRecord<'a> {
     pub cached_tokens: u32,
     pub drafted: u64,
     pub accepted: u64,
+    /// Mean requests decoded together during the attempt (0: none generated).
+    pub batch_width: f64,
 }
 
 impl Metrics {
@@ -107,6 +115,9 @@ impl Metrics {
             .inc_by(a.generate_seconds);
         if a.escalated {
             self.escalations.get_or_create(&t).inc();
+        }
+        if a.batch_width > 0.0 {
+            self.batch_width.get_or_create(&t).observe(a.batch_width);
         }
         if a.drafted > 0 {
             self.drafted.get_or_create(&t).inc_by(a.drafted);
@@ -215,6 +226,11 @@ impl Metrics {
             "Queries that started at another tier than the bank alone gives, because of learned corrections",
             self.routes_changed.clone(),
         );
+        r.register(
+            "batch_width",
+            "Mean requests decoded together during each attempt (1 = alone; at most server.max_batch)",
+            self.batch_width.clone(),
+        );
         r.register_collector(Box::new(live));
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &r)
@@ -236,6 +252,8 @@ pub struct LiveTier {
     pub tokens_per_second: f64,
     /// Accepted / drafted over its speculative attempts, if any.
     pub acceptance: Option<f64>,
+    /// Requests running on it now.
+    pub running: usize,
 }
 
 /// Figures read at scrape time.
@@ -245,7 +263,7 @@ pub struct Live {
     pub resident_bytes: u64,
     pub process_rss: u64,
     pub queue_waiting: usize,
-    pub queue_running: bool,
+    pub queue_running: usize,
     pub queue_depth: usize,
     pub rejected: u64,
     /// With remote tiers: whether Redis answers, and healthy workers.
@@ -290,6 +308,13 @@ impl prometheus_client::collector::Collector for Live {
             "Models evicted to make room, per tier",
             true,
             &|t| t.evictions,
+        )?;
+        per_tier(
+            &mut e,
+            "running_requests",
+            "Requests being answered on the tier now (decoded together, at most server.max_batch)",
+            false,
+            &|t| t.running as u64,
         )?;
         per_tier(
             &mut e,
@@ -356,8 +381,8 @@ impl prometheus_client::collector::Collector for Live {
         gauge(
             &mut e,
             "queue_running",
-            "1 while a request is being answered",
-            i64::from(self.queue_running),
+            "Requests being answered now (all tiers)",
+            self.queue_running as i64,
         )?;
         gauge(
             &mut e,
@@ -469,6 +494,7 @@ mod tests {
             cached_tokens: 640,
             drafted: 8,
             accepted: 6,
+            batch_width: 3.5,
         });
         m.request("answered", Some("drafter"), 1.5);
         m.request("busy", None, 0.0);
@@ -483,7 +509,9 @@ mod tests {
                 estimated_bytes: 1 << 20,
                 tokens_per_second: 50.5,
                 acceptance: Some(0.75),
+                running: 3,
             }],
+            queue_running: 4,
             resident_bytes: 1 << 20,
             queue_depth: 16,
             rejected: 1,
@@ -506,6 +534,10 @@ mod tests {
         for line in [
             "xnai_prompt_tokens_cached_total{tier=\"router\"} 640",
             "xnai_kv_store_hits_total 2",
+            "xnai_running_requests{tier=\"router\"} 3",
+            "xnai_queue_running 4",
+            "xnai_batch_width_bucket{le=\"4.0\",tier=\"router\"} 1",
+            "xnai_batch_width_bucket{le=\"3.0\",tier=\"router\"} 0",
             "xnai_kv_store_restored_tokens_total 1500",
             "xnai_kv_store_bytes 4096",
             "xnai_model_probes_total 3",

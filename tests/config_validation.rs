@@ -375,7 +375,7 @@ fn placement_decides_what_is_local() {
         other => panic!("{other:?}"),
     }
     // A worker without --tiers serves what is here and says what it skips.
-    let (c, served, skipped) = Config::load_for_worker(&path, &[]).unwrap();
+    let (c, served, skipped) = Config::load_for_worker(&path, &[], None).unwrap();
     let names: Vec<&str> = served.iter().map(|&i| c.tiers[i].name.as_str()).collect();
     assert_eq!(names, ["a", "b"]);
     assert_eq!(skipped.len(), 1);

@@ -99,11 +99,25 @@ struct WorkerProc {
 }
 
 impl WorkerProc {
+    /// A worker that takes one job at a time (what the takeover and
+    /// sharing tests count on).
     fn start(dir: &Path, config: &Path, url: &str, id: &str, tiers: &str) -> Self {
+        Self::start_with(dir, config, url, id, tiers, &["--max-batch", "1"])
+    }
+
+    fn start_with(
+        dir: &Path,
+        config: &Path,
+        url: &str,
+        id: &str,
+        tiers: &str,
+        extra: &[&str],
+    ) -> Self {
         let log = dir.join(format!("{id}.log"));
         let child = Command::new(BIN)
             .env("XDG_DATA_HOME", common::fresh_data_home())
             .args(["worker", "--redis", url, "--tiers", tiers, "--id", id])
+            .args(extra)
             // Two workers share this machine's cores.
             .args(["--threads", "1"])
             .arg("--config")
@@ -354,6 +368,59 @@ fn signal(child: &Child, sig: &str) {
         .unwrap()
         .success();
     assert!(ok, "kill {sig}");
+}
+
+#[tokio::test]
+async fn one_worker_answers_several_remote_attempts_at_once() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = ladder(dir.path());
+    let redis = RedisServer::start();
+    let worker = WorkerProc::start_with(
+        dir.path(),
+        &config,
+        &redis.url(),
+        "big",
+        "drafter",
+        &["--max-batch", "4"],
+    );
+    let (client, _) = front_end(&config, &redis.url()).await;
+    wait_for_workers(&client, &["big"]).await;
+    let status = ok(&call(&client, "get_tier_status", json!({})).await);
+    let listed = status["remote"]["workers"][0].to_string();
+    assert!(listed.contains("\"max_batch\":4"), "{listed}");
+    let questions = [
+        "Count from one to ten.",
+        "Name four colours.",
+        "List three animals.",
+        "Name two rivers.",
+    ];
+    let calls = questions.iter().map(|q| {
+        call(
+            &client,
+            "route_query",
+            json!({"query": q, "preferred_tier": "drafter", "max_tokens": 40}),
+        )
+    });
+    let answers: Vec<Value> = futures::future::join_all(calls)
+        .await
+        .iter()
+        .map(ok)
+        .collect();
+    let widths: Vec<f64> = answers
+        .iter()
+        .map(|a| {
+            assert_eq!(a["attempts"][0]["worker"], "big", "{a}");
+            a["attempts"][0]["batch_width"].as_f64().unwrap()
+        })
+        .collect();
+    assert!(
+        widths.iter().any(|&w| w > 1.0),
+        "the worker decoded its jobs one at a time: {widths:?}\n{}",
+        worker.log()
+    );
+    let mut con = redis.con().await;
+    assert_eq!(pending(&mut con, "drafter").await, 0);
 }
 
 #[tokio::test]
@@ -758,6 +825,8 @@ async fn a_job_trimmed_from_a_backlog_is_reported_lost() {
         estimated_bytes: 0,
         process_rss: 0,
         busy: None,
+        jobs_in_hand: 0,
+        max_batch: 1,
         jobs_done: 0,
         started_unix_ms: 0,
         heartbeat_unix_ms: unix_ms(),

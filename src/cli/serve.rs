@@ -64,6 +64,11 @@ pub struct WorkerArgs {
     /// (with several workers on one machine, split its cores).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     threads: Option<u32>,
+    /// Jobs worked on at once, decoded together per tier (overrides the
+    /// config's server.max_batch; each adds a KV sequence to the tiers'
+    /// memory estimate).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=64))]
+    max_batch: Option<u32>,
 }
 
 /// `serve`: the MCP tools over stdio or HTTP until the client leaves or a
@@ -175,7 +180,7 @@ fn read_token(file: Option<&Path>) -> anyhow::Result<Option<String>> {
 /// the job in hand.
 pub fn worker(config_path: &Path, a: WorkerArgs) -> anyhow::Result<()> {
     let (mut config, served, skipped) =
-        Config::load_for_worker(config_path, &a.tiers).map_err(config_hint)?;
+        Config::load_for_worker(config_path, &a.tiers, a.max_batch).map_err(config_hint)?;
     if let Some(n) = a.threads {
         config.tiers.iter_mut().for_each(|t| t.threads = n);
     }
@@ -189,6 +194,7 @@ pub fn worker(config_path: &Path, a: WorkerArgs) -> anyhow::Result<()> {
             .unwrap_or_else(xnai_model_router::remote::worker::default_id),
         tiers: served,
         settings: config.redis.clone(),
+        max_batch: config.server.max_batch as usize,
     };
     let engine = super::engine(&config)?;
     runtime()?.block_on(async {

@@ -219,6 +219,7 @@ impl Config {
     /// those drafting for them) are local, the rest remote. With `serve`
     /// empty, every tier whose model is present and fits this machine's
     /// budget is served; the others are returned as skipped problems.
+    /// `max_batch` overrides `server.max_batch` (`worker --max-batch`).
     ///
     /// # Errors
     ///
@@ -226,6 +227,7 @@ impl Config {
     pub fn load_for_worker(
         path: &Path,
         serve: &[String],
+        max_batch: Option<u32>,
     ) -> Result<(Config, Vec<usize>, Vec<Problem>), ConfigError> {
         let index = |c: &Config, names: &[String]| -> Vec<usize> {
             names
@@ -234,7 +236,10 @@ impl Config {
                 .collect()
         };
         // Read and parse once; each placement below only validates.
-        let raw = Self::read_raw(path)?;
+        let mut raw = Self::read_raw(path)?;
+        if let Some(n) = max_batch {
+            raw.server.max_batch = n;
+        }
         let place = |p: &Placement| validate::validate_placed(raw.clone(), path, p);
         if !serve.is_empty() {
             let c = place(&Placement::Only(serve.to_vec()))?;

@@ -224,12 +224,22 @@ pub struct WorkerInfo {
     /// Sum of the resident models' estimates.
     pub estimated_bytes: u64,
     pub process_rss: u64,
-    /// The tier it is generating for now, if any.
+    /// The tier it is generating for now, if any (the oldest job in hand).
     pub busy: Option<String>,
+    /// Jobs it is working on now.
+    #[serde(default)]
+    pub jobs_in_hand: usize,
+    /// Jobs it works on at once (`worker --max-batch`).
+    #[serde(default = "one")]
+    pub max_batch: usize,
     pub jobs_done: u64,
     pub started_unix_ms: u64,
     pub heartbeat_unix_ms: u64,
     pub heartbeat_secs: u64,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// Milliseconds since the Unix epoch.

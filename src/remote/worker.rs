@@ -1,6 +1,8 @@
 //! The worker: takes jobs for its tiers from their streams (consumer group
-//! `workers`), runs each through its local [`TierPool`], streams progress
-//! back, stores the result once and only then acknowledges the entry.
+//! `workers`), runs each through its local [`TierPool`] (up to
+//! `max_batch` at once, which the engine decodes together), streams
+//! progress back, stores the result once and only then acknowledges the
+//! entry.
 //! Entries left pending by a worker that died or hung are taken over after
 //! `redis.claim_idle_ms`; a job being worked on is renewed well before that.
 //! Malformed entries go to the dead-letter stream, acknowledged.
@@ -21,6 +23,7 @@ use redis::streams::{
 use redis::AsyncCommands;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 /// How often a running job checks for cancellation and reports tokens.
@@ -33,6 +36,9 @@ pub struct WorkerOptions {
     /// Tier indices it takes jobs for.
     pub tiers: Vec<usize>,
     pub settings: RedisSettings,
+    /// Jobs it works on at once (`worker --max-batch`, else the config's
+    /// `server.max_batch`); at least 1.
+    pub max_batch: usize,
 }
 
 /// A default worker id: host name and process id.
@@ -43,7 +49,8 @@ pub fn default_id() -> String {
 
 #[derive(Debug, Default)]
 struct Shared {
-    busy: Option<String>,
+    /// The tier of each job in hand.
+    busy: Vec<String>,
     jobs_done: u64,
 }
 
@@ -74,7 +81,7 @@ impl<E: Engine> Worker<E> {
         }
     }
 
-    /// Serves until `shutdown`; the job in hand is finished first. Never
+    /// Serves until `shutdown`; the jobs in hand are finished first. Never
     /// gives up on Redis: reconnects with backoff.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let heartbeat = {
@@ -104,8 +111,39 @@ impl<E: Engine> Worker<E> {
     }
 
     /// One connection's lifetime: reads and reclaims jobs until shutdown
-    /// (`Ok`) or a connection error (`Err`).
-    async fn session(&self, shutdown: &CancellationToken) -> redis::RedisResult<()> {
+    /// (`Ok`) or a connection error (`Err`); the jobs in hand are finished
+    /// either way.
+    async fn session(self: &Arc<Self>, shutdown: &CancellationToken) -> redis::RedisResult<()> {
+        let mut jobs = JoinSet::new();
+        let ended = self.serve_jobs(&mut jobs, shutdown).await;
+        while let Some(done) = jobs.join_next().await {
+            if let Ok(Err(e)) = done {
+                tracing::warn!(error = %e, "a job in hand lost Redis; it will be reclaimed");
+            }
+        }
+        ended
+    }
+
+    /// Starts `entry` of tier `which` on a task of its own.
+    fn start(
+        self: &Arc<Self>,
+        jobs: &mut JoinSet<redis::RedisResult<()>>,
+        con: &MultiplexedConnection,
+        which: usize,
+        entry: StreamId,
+    ) {
+        let me = self.clone();
+        let mut con = con.clone();
+        jobs.spawn(async move { me.handle(&mut con, which, entry).await });
+    }
+
+    /// [`Worker::session`]'s loop: keeps up to `max_batch` jobs in hand.
+    async fn serve_jobs(
+        self: &Arc<Self>,
+        jobs: &mut JoinSet<redis::RedisResult<()>>,
+        shutdown: &CancellationToken,
+    ) -> redis::RedisResult<()> {
+        let max = self.opts.max_batch.max(1);
         let mut con = self.redis.connect().await?;
         // Blocking reads get their own connection: they would hold up every
         // other command on a shared one.
@@ -120,8 +158,21 @@ impl<E: Engine> Worker<E> {
             if shutdown.is_cancelled() {
                 return Ok(());
             }
+            while let Some(done) = jobs.try_join_next() {
+                finished(done)?;
+            }
+            if jobs.len() >= max {
+                tokio::select! {
+                    Some(done) = jobs.join_next() => finished(done)?,
+                    _ = shutdown.cancelled() => return Ok(()),
+                }
+                continue;
+            }
             if Instant::now() >= next_claim {
                 for (i, key) in keys.iter().enumerate() {
+                    if jobs.len() >= max {
+                        break;
+                    }
                     for entry in self.reclaim(&mut con, key).await? {
                         let times = deliveries(&mut con, key, &entry.id).await?;
                         if times > self.opts.settings.max_deliveries {
@@ -129,14 +180,14 @@ impl<E: Engine> Worker<E> {
                             continue;
                         }
                         tracing::warn!(stream = %key, entry = %entry.id, times, "took over a job left by a stopped worker");
-                        self.handle(&mut con, i, entry).await?;
+                        self.start(jobs, &con, i, entry);
                     }
                 }
                 next_claim = Instant::now() + claim_every;
             }
             let opts = StreamReadOptions::default()
                 .group(GROUP, &self.opts.id)
-                .count(1)
+                .count(max.saturating_sub(jobs.len()).max(1))
                 .block(block);
             let ids = vec![">"; keys.len()];
             let read = tokio::select! {
@@ -157,7 +208,7 @@ impl<E: Engine> Worker<E> {
                     continue;
                 };
                 for entry in k.ids {
-                    self.handle(&mut con, i, entry).await?;
+                    self.start(jobs, &con, i, entry);
                 }
             }
         }
@@ -241,11 +292,15 @@ impl<E: Engine> Worker<E> {
         let (outcome, load_ms) = if cancelled {
             (JobOutcome::Cancelled, 0.0)
         } else {
-            self.shared.lock().unwrap().busy = Some(tier_name.clone());
+            self.shared.lock().unwrap().busy.push(tier_name.clone());
             let r = self
                 .generate(con, self.opts.tiers[which], &job, &key, &entry.id)
                 .await;
-            self.shared.lock().unwrap().busy = None;
+            let mut shared = self.shared.lock().unwrap();
+            if let Some(at) = shared.busy.iter().position(|t| t == tier_name) {
+                shared.busy.remove(at);
+            }
+            drop(shared);
             r
         };
         let result = JobResult {
@@ -502,7 +557,9 @@ impl<E: Engine> Worker<E> {
             resident: status.resident.iter().map(|r| r.tier.clone()).collect(),
             estimated_bytes: status.estimated_bytes,
             process_rss: status.process_rss,
-            busy: shared.busy.clone(),
+            busy: shared.busy.first().cloned(),
+            jobs_in_hand: shared.busy.len(),
+            max_batch: self.opts.max_batch,
             jobs_done: shared.jobs_done,
             started_unix_ms: self.started_unix_ms,
             heartbeat_unix_ms: unix_ms(),
@@ -512,6 +569,20 @@ impl<E: Engine> Worker<E> {
 }
 
 /// How many times `id` of `key` has been delivered (0 if not pending).
+/// A finished job task's outcome: its Redis error ends the session (a
+/// panic is logged; the job will be reclaimed).
+fn finished(
+    done: Result<redis::RedisResult<()>, tokio::task::JoinError>,
+) -> redis::RedisResult<()> {
+    match done {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "a job task failed; its job will be reclaimed");
+            Ok(())
+        }
+    }
+}
+
 async fn deliveries(
     con: &mut MultiplexedConnection,
     key: &str,

@@ -366,6 +366,7 @@ impl<E: Engine> Router<E> {
             escalated: spent.escalated,
             prompt_tokens: spent.prompt_tokens,
             cached_tokens: spent.cached_tokens,
+            batch_width: spent.batch_width,
             drafted: spent.speculative.map_or(0, |s| u64::from(s.drafted)),
             accepted: spent.speculative.map_or(0, |s| u64::from(s.accepted)),
         });
@@ -386,6 +387,7 @@ impl<E: Engine> Router<E> {
                 estimated_bytes: self.config.tiers[i].cost.total,
                 tokens_per_second: t.tokens_per_second,
                 acceptance: t.speculative.as_ref().map(|s| s.acceptance_rate),
+                running: t.running,
             })
             .collect();
         self.metrics.render(Live {
@@ -393,7 +395,7 @@ impl<E: Engine> Router<E> {
             resident_bytes: status.memory.estimated_in_use,
             process_rss: status.memory.process_rss,
             queue_waiting: self.queue.queued(),
-            queue_running: self.queue.running(),
+            queue_running: self.queue.running_total(),
             queue_depth: self.queue.depth(),
             rejected: self.queue.rejected(),
             redis: status
@@ -434,6 +436,9 @@ impl<E: Engine> Router<E> {
                     threshold: t.threshold,
                     loaded: resident.is_some(),
                     in_use: resident.map_or(0, |r| r.in_use),
+                    running: self.queue.running_on(i),
+                    max_batch: t.sequences,
+                    mean_batch_width: s.mean_batch_width(),
                     estimated_bytes: t.cost.total,
                     rss_after_load: (counters.rss_after_load > 0)
                         .then_some(counters.rss_after_load),

@@ -45,6 +45,10 @@ pub struct Attempt {
     /// Drafting and acceptance, when this attempt was decoded speculatively.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub speculative: Option<SpecStats>,
+    /// Mean requests decoded together while this one generated (1 = alone;
+    /// at most `server.max_batch`).
+    #[serde(default)]
+    pub batch_width: f64,
     /// The worker that answered, when the tier is remote (served through Redis).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker: Option<String>,
@@ -72,6 +76,7 @@ impl Attempt {
             prompt_format: None,
             error: None,
             speculative: None,
+            batch_width: 0.0,
             worker: None,
         }
     }
@@ -139,6 +144,14 @@ pub struct TierStatus {
     pub loaded: bool,
     /// Requests using it right now.
     pub in_use: usize,
+    /// Requests the queue runs on it right now (at most `max_batch`, which
+    /// it decodes together).
+    pub running: usize,
+    /// Requests it decodes together at most (`server.max_batch`; 1 for a
+    /// remote tier, whose workers have their own).
+    pub max_batch: u32,
+    /// Mean requests decoded together during its attempts (1 = alone).
+    pub mean_batch_width: f64,
     pub estimated_bytes: u64,
     /// Process RSS measured right after its latest load; null if never loaded.
     pub rss_after_load: Option<u64>,

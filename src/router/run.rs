@@ -160,6 +160,7 @@ impl<E: Engine> Router<E> {
             escalated,
             prompt_tokens: g.prompt_tokens,
             cached_tokens: g.cached_tokens,
+            batch_width: g.batch_width,
         };
         if g.finish == FinishReason::Cancelled {
             self.stats(tier, &spent(false));
@@ -202,6 +203,7 @@ impl<E: Engine> Router<E> {
             finish: Some(g.finish),
             prompt_format: Some(g.prompt_format),
             speculative: g.speculative.clone(),
+            batch_width: g.batch_width,
             worker: ran.worker.clone(),
             ..Attempt::on(t, max_tokens)
         });

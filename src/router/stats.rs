@@ -18,6 +18,8 @@ pub struct Spent<'a> {
     /// Prompt tokens, and those reused from a cache instead of computed.
     pub prompt_tokens: u32,
     pub cached_tokens: u32,
+    /// Mean requests decoded together with it (0 when nothing was generated).
+    pub batch_width: f64,
 }
 
 impl Spent<'_> {
@@ -43,6 +45,8 @@ pub struct TierStats {
     pub prompt_tokens: u64,
     /// Prompt tokens reused (prompt cache, saved KV state).
     pub cached_tokens: u64,
+    width_sum: f64,
+    width_attempts: u64,
 }
 
 impl TierStats {
@@ -56,6 +60,10 @@ impl TierStats {
         self.cached_tokens += u64::from(s.cached_tokens);
         if s.escalated {
             self.escalations_out += 1;
+        }
+        if s.batch_width > 0.0 {
+            self.width_sum += s.batch_width;
+            self.width_attempts += 1;
         }
         if let Some(sp) = s.speculative {
             self.spec.mode = sp.mode.clone();
@@ -72,6 +80,15 @@ impl TierStats {
     pub fn mean_latency_ms(&self) -> f64 {
         if self.attempts > 0 {
             self.latency_ms_sum / self.attempts as f64
+        } else {
+            0.0
+        }
+    }
+
+    /// Mean requests decoded together per attempt (0 before any).
+    pub fn mean_batch_width(&self) -> f64 {
+        if self.width_attempts > 0 {
+            self.width_sum / self.width_attempts as f64
         } else {
             0.0
         }

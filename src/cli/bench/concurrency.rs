@@ -405,9 +405,14 @@ fn run_batched_process(
 /// # Errors
 ///
 /// The model or context fails to load, or a decode fails.
-pub fn batched_loop(model: &Path, threads: u32, width: usize, prompt: u32, tokens: u32) -> anyhow::Result<f64> {
-    let model =
-        LlamaModel::load_from_file(backend(), model, &LlamaModelParams::default())?;
+pub fn batched_loop(
+    model: &Path,
+    threads: u32,
+    width: usize,
+    prompt: u32,
+    tokens: u32,
+) -> anyhow::Result<f64> {
+    let model = LlamaModel::load_from_file(backend(), model, &LlamaModelParams::default())?;
     let t = threads as i32;
     let n_ctx = width as u32 * (prompt + tokens) + 256;
     let params = LlamaContextParams::default()

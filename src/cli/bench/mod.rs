@@ -420,7 +420,8 @@ pub fn run(config_path: &Path, cmd: BenchCmd) -> anyhow::Result<()> {
             prompt,
             tokens,
         } => {
-            let tps = concurrency::batched_loop(&model, threads, width.max(1), prompt.max(1), tokens)?;
+            let tps =
+                concurrency::batched_loop(&model, threads, width.max(1), prompt.max(1), tokens)?;
             println!("{tps}");
         }
         BenchCmd::Engine {

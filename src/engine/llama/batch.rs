@@ -333,7 +333,12 @@ fn decode_step(
         let r = &running[i];
         let last = r.last.expect("filtered above");
         batch
-            .add(LlamaToken(last as i32), r.n_past as i32, &[r.slot as i32], true)
+            .add(
+                LlamaToken(last as i32),
+                r.n_past as i32,
+                &[r.slot as i32],
+                true,
+            )
             .map_err(decode_err)?;
     }
     if members.is_empty() {
