@@ -13,7 +13,8 @@
 //!   over hashed n-grams and the lexical cue-word signals; example files; its evaluation.
 //! - [`confidence`]: an answer's confidence from its token probabilities.
 //! - [`engine`]: the inference trait; llama.cpp on its own thread (a model and its
-//!   context owned together); speculative decoding; `engine::ggml_hook`, ggml's matrix
+//!   context owned together), where the requests on one model are decoded together
+//!   (continuous batching); speculative decoding; `engine::ggml_hook`, ggml's matrix
 //!   product hook with exact F32 and quantized kernels; a scripted fake.
 //! - [`pool`]: lazy loading, LRU eviction inside a byte budget, RAII leases, and
 //!   [`pool::TierPool::run`], the one way to run a request on a tier.

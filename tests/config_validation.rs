@@ -415,3 +415,40 @@ fn learning_settings_are_checked_and_the_store_defaults_to_the_data_folder() {
     let home = std::path::PathBuf::from(std::env::var_os("HOME").unwrap());
     assert_eq!(c.routing.learning.store, home.join("corrections.db"));
 }
+
+#[test]
+fn max_batch_is_bounded_and_each_request_decoded_together_costs_its_kv_cache() {
+    let dir = dir_with_models();
+    let p = problems(dir.path(), &format!("server: {{ max_batch: 0 }}\n{GOOD}"));
+    assert_has(&p, &["server.max_batch", "between 1 and 64", "got 0"]);
+    let p = problems(dir.path(), &format!("server: {{ max_batch: 65 }}\n{GOOD}"));
+    assert_has(&p, &["server.max_batch", "got 65"]);
+    let one_tier = |max_batch: u32, budget: &str| {
+        format!(
+            "memory: {{ budget: {budget}, reserve: 1MB }}\nserver: {{ max_batch: {max_batch} }}\ntiers:\n  - {{ name: small, role: router, model: a.gguf, threshold: 0.5, max_tokens: 64, context: 8192 }}\n"
+        )
+    };
+    let path = dir.path().join("tiers.yaml");
+    let cost = |n: u32| {
+        std::fs::write(&path, one_tier(n, "1GB")).unwrap();
+        let c = Config::load(&path).unwrap();
+        assert_eq!(c.tiers[0].sequences, n);
+        c.tiers[0].cost
+    };
+    let (one, four) = (cost(1), cost(4));
+    assert!(one.kv_cache > 0);
+    assert_eq!(four.kv_cache, 4 * one.kv_cache);
+    assert_eq!(four.total - one.total, 3 * one.kv_cache);
+    // A budget that holds the tier with two sequences but not with 16.
+    let budget = format!("{}MB", (one.total + one.kv_cache).div_ceil(MIB) + 1);
+    assert!(problems(dir.path(), &one_tier(2, &budget)).is_empty());
+    let p = problems(dir.path(), &one_tier(16, &budget));
+    assert_has(
+        &p,
+        &[
+            "tiers[0].model",
+            "server.max_batch = 16 sequences of 8192 tokens",
+            "lower server.max_batch",
+        ],
+    );
+}

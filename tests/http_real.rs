@@ -630,7 +630,7 @@ async fn cancelled_generations_stop_early_and_the_next_call_succeeds() {
 async fn a_burst_beyond_the_queue_gets_busy_errors_and_the_rest_complete() {
     let _serial = ONE_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().unwrap();
-    let config = yaml_with_server(dir.path(), "  queue_depth: 1");
+    let config = yaml_with_server(dir.path(), "  queue_depth: 1\n  max_batch: 2");
     let server = Server::start(&config, &[], &[]).await;
     let client = Arc::new(streamable(&server.base, None).await);
     // Warm the router tier so the burst is all generation.
@@ -641,7 +641,8 @@ async fn a_burst_beyond_the_queue_gets_busy_errors_and_the_rest_complete() {
     )
     .await);
 
-    let burst: Vec<_> = (0..4)
+    // Two run together, one waits, three are refused.
+    let burst: Vec<_> = (0..6)
         .map(|_| {
             let client = client.clone();
             tokio::spawn(async move {
@@ -654,18 +655,23 @@ async fn a_burst_beyond_the_queue_gets_busy_errors_and_the_rest_complete() {
             })
         })
         .collect();
-    let mut answered = 0;
+    let mut answered = Vec::new();
     let mut busy = Vec::new();
     for t in burst {
         let r = t.await.unwrap();
         if r.is_error == Some(true) {
             busy.push(r.content[0].as_text().unwrap().text.clone());
         } else {
-            answered += 1;
+            answered.push(ok(&r));
         }
     }
-    assert_eq!(answered, 2, "busy: {busy:?}");
-    assert_eq!(busy.len(), 2);
+    assert_eq!(answered.len(), 3, "busy: {busy:?}");
+    assert_eq!(busy.len(), 3);
+    let widest = answered
+        .iter()
+        .map(|a| a["attempts"][0]["batch_width"].as_f64().unwrap())
+        .fold(0.0, f64::max);
+    assert!(widest > 1.0, "nothing was decoded together: {answered:?}");
     for b in &busy {
         assert!(
             b.contains("server busy: 1 requests are queued and the queue holds 1"),
@@ -673,9 +679,21 @@ async fn a_burst_beyond_the_queue_gets_busy_errors_and_the_rest_complete() {
         );
     }
     let m = server.metrics().await;
-    assert_eq!(metric(&m, "xnai_rejected_requests_total"), 2.0);
-    assert_eq!(metric(&m, "xnai_requests_total{outcome=\"busy\"}"), 2.0);
+    assert_eq!(metric(&m, "xnai_rejected_requests_total"), 3.0);
+    assert_eq!(metric(&m, "xnai_requests_total{outcome=\"busy\"}"), 3.0);
     assert_eq!(metric(&m, "xnai_queue_waiting"), 0.0);
+    assert_eq!(metric(&m, "xnai_requests_total{outcome=\"answered\"}"), 4.0);
+    assert!(m.contains("xnai_batch_width_bucket"), "{m}");
+    // The process stays within the resident tier's estimate (which counts
+    // a KV sequence per request decoded together), give or take the
+    // process itself.
+    let st = ok(&call(&client, "get_tier_status", json!({})).await);
+    let rss = st["memory"]["process_rss"].as_u64().unwrap();
+    let estimate = st["memory"]["estimated_in_use"].as_u64().unwrap();
+    assert!(
+        rss < estimate + (128 << 20),
+        "RSS {rss} over the estimate {estimate}: {st}"
+    );
 }
 
 #[tokio::test]

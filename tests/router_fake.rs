@@ -241,7 +241,7 @@ fn slow(ms: u64) -> Script {
 #[tokio::test]
 async fn the_queue_serves_a_resident_tier_first() {
     let (_d, r) = router(
-        "{}\nserver: { queue_depth: 4, max_bypass: 2 }",
+        "{}\nserver: { queue_depth: 4, max_bypass: 2, max_batch: 1 }",
         &[("a", slow(300)), ("c", slow(50))],
     );
     let r = std::sync::Arc::new(r);
@@ -267,8 +267,46 @@ async fn the_queue_serves_a_resident_tier_first() {
 }
 
 #[tokio::test]
+async fn with_max_batch_requests_on_one_tier_run_together_and_only_the_waiting_are_refused() {
+    let (_d, r) = router(
+        "{}\nserver: { queue_depth: 1, max_batch: 2 }",
+        &[("a", slow(300))],
+    );
+    let r = std::sync::Arc::new(r);
+    r.route(at("a", "warm"), &Call::default()).await.unwrap();
+    let started = std::time::Instant::now();
+    let spawn = |q: &'static str| {
+        let r = r.clone();
+        tokio::spawn(async move { r.route(at("a", q), &Call::default()).await })
+    };
+    let (one, two) = (spawn("one"), spawn("two"));
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let st = r.tier_status();
+    assert_eq!((st.tiers[0].running, st.tiers[0].max_batch), (2, 2));
+    assert_eq!(r.queue().queued(), 0, "both run, none waits");
+    let three = spawn("three");
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    assert_eq!(r.queue().queued(), 1);
+    let busy = r.route(at("a", "four"), &Call::default()).await.unwrap_err();
+    assert!(
+        busy.to_string()
+            .contains("1 requests are queued and the queue holds 1"),
+        "{busy}"
+    );
+    one.await.unwrap().unwrap();
+    two.await.unwrap().unwrap();
+    // The two ran side by side: done in about one request's time.
+    assert!(started.elapsed() < std::time::Duration::from_millis(550));
+    three.await.unwrap().unwrap();
+    assert!(!r.queue().running());
+}
+
+#[tokio::test]
 async fn a_request_cancelled_in_the_queue_frees_its_place() {
-    let (_d, r) = router("{}\nserver: { queue_depth: 1 }", &[("a", slow(400))]);
+    let (_d, r) = router(
+        "{}\nserver: { queue_depth: 1, max_batch: 1 }",
+        &[("a", slow(400))],
+    );
     let r = std::sync::Arc::new(r);
     let running = {
         let r = r.clone();

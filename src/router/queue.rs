@@ -441,4 +441,80 @@ mod tests {
         // max_bypass and goes before 3.
         assert_eq!(*order.lock().unwrap(), vec![2, 1, 3]);
     }
+
+    #[tokio::test]
+    async fn with_max_batch_several_run_on_a_resident_tier_and_busy_counts_the_waiting() {
+        let s = Scheduler::new(1, 4, 2);
+        let resident = || vec![0usize];
+        let a = s.admit(0, &resident).await.unwrap();
+        let b = s.admit(0, &resident).await.unwrap();
+        assert_eq!((s.running_on(0), s.running_total(), s.queued()), (2, 2, 0));
+        // Tier 0 is full: the third waits, the fourth is refused.
+        let mut third = Box::pin(s.admit(0, &resident));
+        assert!(futures_poll(&mut third).await.is_none());
+        assert_eq!(s.queued(), 1);
+        let busy = s.admit(0, &resident).await.err().unwrap();
+        assert_eq!(busy.queued, 1);
+        drop(a);
+        let c = third.await.unwrap();
+        assert_eq!((s.running_on(0), s.queued()), (2, 0));
+        drop((b, c));
+        assert!(!s.running());
+    }
+
+    #[tokio::test]
+    async fn a_tier_that_is_not_resident_waits_for_the_running_ones() {
+        let s = Scheduler::new(4, 4, 4);
+        let resident = || vec![0usize];
+        let a = s.admit(0, &resident).await.unwrap();
+        let mut other = Box::pin(s.admit(1, &resident));
+        assert!(futures_poll(&mut other).await.is_none(), "tier 1 would load");
+        // A request for the running tier still starts (it is not starved
+        // out yet: max_bypass is 4).
+        let b = s.admit(0, &resident).await.unwrap();
+        drop(a);
+        assert!(futures_poll(&mut other).await.is_none());
+        drop(b);
+        let t = other.await.unwrap();
+        assert_eq!((t.tier(), s.running_on(1)), (1, 1));
+    }
+
+    #[tokio::test]
+    async fn a_climbing_cascade_moves_its_place_and_frees_the_old_one() {
+        let s = Scheduler::new(4, 4, 1);
+        let resident = || vec![0usize, 1];
+        let mut climbing = s.admit(0, &resident).await.unwrap();
+        let mut waiting = Box::pin(s.admit(0, &resident));
+        assert!(futures_poll(&mut waiting).await.is_none());
+        // With max_batch 1 one request runs at a time, whatever its tier.
+        climbing.move_to(1);
+        assert_eq!((s.running_on(0), s.running_on(1)), (0, 1));
+        assert!(futures_poll(&mut waiting).await.is_none());
+        drop(climbing);
+        let next = waiting.await.unwrap();
+        assert_eq!((next.tier(), s.running_total()), (0, 1));
+    }
+
+    #[tokio::test]
+    async fn a_starved_request_holds_the_others_back_until_it_can_start() {
+        let s = Scheduler::new(8, 1, 4);
+        let resident = || vec![0usize];
+        let a = s.admit(0, &resident).await.unwrap();
+        let mut starved = Box::pin(s.admit(1, &resident));
+        assert!(futures_poll(&mut starved).await.is_none());
+        // A request for the running tier overtakes it, once (max_bypass 1).
+        let b = s.admit(0, &resident).await.unwrap();
+        // Now nothing overtakes it, even where there is room.
+        let mut blocked = Box::pin(s.admit(0, &resident));
+        assert!(futures_poll(&mut blocked).await.is_none());
+        drop(a);
+        assert!(futures_poll(&mut starved).await.is_none());
+        assert!(futures_poll(&mut blocked).await.is_none());
+        drop(b);
+        let t1 = starved.await.unwrap();
+        assert_eq!(t1.tier(), 1);
+        // Then the resident tier's request starts beside it.
+        let t0 = blocked.await.unwrap();
+        assert_eq!((t0.tier(), s.running_total()), (0, 2));
+    }
 }

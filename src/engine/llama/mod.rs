@@ -4,7 +4,10 @@
 //! the inference thread; async callers send [`Command`]s over a channel, each
 //! carrying a oneshot for the reply. One thread is also the right amount of
 //! parallelism: llama.cpp already spreads one decode over all its threads, and
-//! two decodes at once on the same cores only slow each other down.
+//! two decodes at once on the same cores only slow each other down. Several
+//! requests on one model share that thread's decodes instead: a model
+//! loaded with several sequences steps all of its requests together
+//! ([`batch`]), and the thread takes new commands between steps.
 //!
 //! Before a file is loaded, `check_file` runs the Rust GGUF checks and,
 //! with a [`Prober`] (the binary's engines have one), the child-process
