@@ -54,7 +54,7 @@ pub struct Metrics {
 }
 
 fn width_histogram() -> Histogram {
-    Histogram::new([1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 32.0, 64.0].into_iter())
+    Histogram::new([1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 32.0, 64.0])
 }
 
 impl Default for Metrics {

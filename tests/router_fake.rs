@@ -287,7 +287,10 @@ async fn with_max_batch_requests_on_one_tier_run_together_and_only_the_waiting_a
     let three = spawn("three");
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     assert_eq!(r.queue().queued(), 1);
-    let busy = r.route(at("a", "four"), &Call::default()).await.unwrap_err();
+    let busy = r
+        .route(at("a", "four"), &Call::default())
+        .await
+        .unwrap_err();
     assert!(
         busy.to_string()
             .contains("1 requests are queued and the queue holds 1"),

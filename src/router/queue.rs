@@ -468,7 +468,10 @@ mod tests {
         let resident = || vec![0usize];
         let a = s.admit(0, &resident).await.unwrap();
         let mut other = Box::pin(s.admit(1, &resident));
-        assert!(futures_poll(&mut other).await.is_none(), "tier 1 would load");
+        assert!(
+            futures_poll(&mut other).await.is_none(),
+            "tier 1 would load"
+        );
         // A request for the running tier still starts (it is not starved
         // out yet: max_bypass is 4).
         let b = s.admit(0, &resident).await.unwrap();
