@@ -114,14 +114,21 @@ impl Batcher {
         self.waiting.is_empty() && self.running.is_empty()
     }
 
-    /// Answers every request with an error made by `err` and forgets them
-    /// (a failed step, the model unloaded, a panic).
+    /// Answers every request, running or waiting, with an error made by
+    /// `err` and forgets them (the model is being unloaded).
     pub fn fail_all(&mut self, err: impl Fn() -> EngineError) {
-        for r in self.running.drain(..) {
-            let _ = r.job.reply.send(Err(err()));
-        }
+        self.fail_running(&err);
         for j in self.waiting.drain(..) {
             let _ = j.reply.send(Err(err()));
+        }
+    }
+
+    /// Answers the running requests with an error made by `err` and
+    /// forgets them (a step that failed or panicked); the waiting ones
+    /// stay for the next step.
+    pub fn fail_running(&mut self, err: impl Fn() -> EngineError) {
+        for r in self.running.drain(..) {
+            let _ = r.job.reply.send(Err(err()));
         }
     }
 

@@ -285,8 +285,8 @@ fn joins_batch(
 }
 
 /// One step of every model with requests in flight. A step that fails
-/// (or panics) fails the requests in that model's batch, whose caches are
-/// then forgotten.
+/// (or panics) fails the requests running in that model's batch, whose
+/// caches are then forgotten; the waiting ones go on.
 fn step_all(
     models: &mut HashMap<ModelId, Resident>,
     batches: &mut HashMap<ModelId, Batcher>,
@@ -304,7 +304,7 @@ fn step_all(
         if let Err(e) = stepped {
             let message = e.to_string();
             tracing::error!(tier = %r.name, error = %message, "a batched decode step failed; its requests fail");
-            b.fail_all(|| match &e {
+            b.fail_running(|| match &e {
                 EngineError::Panicked(p) => EngineError::Panicked(p.clone()),
                 _ => EngineError::Decode(message.clone()),
             });
