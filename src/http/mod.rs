@@ -192,10 +192,6 @@ async fn metrics<E: Engine>(State(app): State<Arc<AppState<E>>>) -> Response {
         .into_response()
 }
 
-/// How long the drain lets answers already made reach their streams
-/// before closing the sessions.
-const FLUSH: Duration = Duration::from_millis(300);
-
 /// Serves until `shutdown` resolves, then drains and returns.
 ///
 /// # Errors
@@ -290,10 +286,8 @@ pub async fn serve<E: Engine>(
             hangup.cancel();
             // Let cancelled calls answer before the streams close.
             router.wait_idle(Duration::from_secs(5)).await;
-            // A request leaves the queue as its answer is made, a moment
-            // before the answer is written to its stream: let it be
-            // written (closing the sessions now would lose it).
-            tokio::time::sleep(FLUSH).await;
+            // Closing the sessions now could lose an answer just made.
+            tokio::time::sleep(Router::<E>::ANSWER_FLUSH).await;
             sessions_ct.cancel();
         }
     };

@@ -79,6 +79,7 @@ where
     }
     hangup.cancel();
     router.wait_idle(CANCELLED_ANSWER_WITHIN).await;
+    tokio::time::sleep(Router::<E>::ANSWER_FLUSH).await;
     // Cancelling the service drains the responses handlers have produced
     // before it closes the transport.
     stop.cancel();

@@ -115,6 +115,11 @@ impl<E: Engine> Router<E> {
         self
     }
 
+    /// How long a shutdown drain lets answers already made reach their
+    /// transport after [`Router::wait_idle`]: a request leaves the queue as
+    /// its answer is made, a moment before the answer is written.
+    pub const ANSWER_FLUSH: std::time::Duration = std::time::Duration::from_millis(300);
+
     /// Waits up to `within` until no request runs or waits, locally or on
     /// a remote worker; false when time ran out.
     pub async fn wait_idle(&self, within: std::time::Duration) -> bool {
