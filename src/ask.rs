@@ -64,8 +64,10 @@ pub struct AskResult {
     pub completion_tokens: u32,
     /// Generated tokens per second of generation time.
     pub tokens_per_second: f64,
-    /// The answer's confidence (see [`crate::confidence`]).
+    /// The answer's calibrated confidence (see [`crate::confidence`]).
     pub confidence: f64,
+    /// What the confidence was computed from.
+    pub features: crate::confidence::Features,
     /// Geometric mean of the generated tokens' probabilities.
     pub mean_token_prob: f64,
     pub min_token_prob: f64,
@@ -128,6 +130,7 @@ pub async fn ask<E: Engine>(
         .iter()
         .find(|r| r.tier == t.name)
         .map_or(0, |r| r.rss_after_load);
+    let features = crate::confidence::Features::of_generation(&g);
     let n = g.token_probs.len().max(1) as f64;
     let mean_log: f64 = g.token_probs.iter().map(|&p| (p as f64).ln()).sum::<f64>() / n;
     Ok(AskResult {
@@ -140,7 +143,8 @@ pub async fn ask<E: Engine>(
         cached_tokens: g.cached_tokens,
         completion_tokens: g.completion_tokens,
         tokens_per_second: g.tokens_per_second,
-        confidence: crate::confidence::confidence(&g.token_probs),
+        confidence: t.calibration.confidence(&features),
+        features,
         mean_token_prob: if g.token_probs.is_empty() {
             0.0
         } else {

@@ -39,6 +39,7 @@
 
 pub mod activity;
 pub mod ask;
+pub mod calibrate;
 pub mod cascade;
 pub mod classify;
 pub mod confidence;

@@ -7,7 +7,9 @@ mod common;
 use common::synthetic_ladder;
 use xnai_model_router::activity::Call;
 use xnai_model_router::cascade::{Outcome, RoutedBy};
+use xnai_model_router::confidence::Features;
 use xnai_model_router::engine::fake::{FakeEngine, Script};
+use xnai_model_router::engine::FinishReason;
 use xnai_model_router::router::{RouteRequest, Router};
 use xnai_model_router::Error;
 
@@ -61,7 +63,16 @@ async fn escalates_until_a_tier_is_confident() {
         ]
     );
     assert_eq!(res.tier, "b");
-    assert!((res.confidence - 0.8).abs() < 1e-6);
+    // The confidence is tier b's calibration of its tokens' features.
+    let tokens = [0.8f32; 4];
+    let features = Features::of(&tokens, &[0.0; 4], FinishReason::EndOfText);
+    let want = r.config().tiers[1].calibration.confidence(&features);
+    assert!(
+        (res.confidence - want).abs() < 1e-9,
+        "{} vs {want}",
+        res.confidence
+    );
+    assert_eq!(res.attempts[1].features, Some(features));
 }
 
 #[tokio::test]

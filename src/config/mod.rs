@@ -1,6 +1,7 @@
 //! tiers.yaml: the raw form ([`raw`]), byte sizes ([`size`]), validation into
 //! the resolved [`Config`] ([`validate`]), and the JSON Schema for editors.
 
+pub mod calibration_file;
 pub mod raw;
 pub mod size;
 pub mod validate;
@@ -101,6 +102,8 @@ pub struct Tier {
     pub role: Role,
     pub model: PathBuf,
     pub threshold: f64,
+    /// Turns an answer's features into its confidence.
+    pub calibration: crate::confidence::Calibration,
     pub max_tokens: u32,
     /// Index of the tier that drafts for this one.
     pub draft: Option<usize>,
@@ -209,10 +212,12 @@ impl Config {
             path: path.to_path_buf(),
             reason,
         })?;
-        yaml_serde::from_str(&text).map_err(|e| ConfigError::Parse {
+        let mut raw = yaml_serde::from_str(&text).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
             message: e.to_string(),
-        })
+        })?;
+        calibration_file::apply(&mut raw, path)?;
+        Ok(raw)
     }
 
     /// A worker's view of the config at `path`: the tiers in `serve` (and
@@ -304,10 +309,11 @@ impl Config {
     ///
     /// As [`Config::load`], without the read.
     pub fn from_yaml(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let raw: RawConfig = yaml_serde::from_str(text).map_err(|e| ConfigError::Parse {
+        let mut raw: RawConfig = yaml_serde::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
             message: e.to_string(),
         })?;
+        calibration_file::apply(&mut raw, path)?;
         validate::validate(raw, path)
     }
 
@@ -333,6 +339,7 @@ impl Config {
             redis: RedisSettings::default(),
             cache: raw::CacheSettings::default(),
             probe: raw::ProbeSettings::default(),
+            calibration: None,
             tiers: vec![raw::RawTier {
                 name,
                 role: Role::Router,
@@ -345,6 +352,7 @@ impl Config {
                 mlock: false,
                 speculative: raw::RawSpeculative::default(),
                 remote: false,
+                calibration: None,
             }],
         };
         validate::validate(

@@ -29,6 +29,12 @@ pub struct RawConfig {
     /// Scale-out over Redis Streams (`serve --redis`, `worker`).
     #[serde(default)]
     pub redis: RedisSettings,
+    /// A calibration file (written by `xnai-model-router calibrate
+    /// --write`) that sets the threshold and calibration of the tiers it
+    /// lists, over what the tiers below say. Relative paths resolve against
+    /// this file's folder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<String>,
     /// The ladder, smallest and fastest first; later tiers are larger.
     pub tiers: Vec<RawTier>,
 }
@@ -426,7 +432,9 @@ pub struct RawTier {
     /// `${XNAI_MODELS_DIR}` (and any `${VAR}`) expands from the environment.
     pub model: String,
     /// Minimum answer confidence in [0,1] to stop at this tier; below it the
-    /// request escalates. Must increase up the ladder.
+    /// request escalates. The confidence is the calibrated probability that
+    /// the answer is right, so the threshold is the precision this tier's
+    /// accepted answers should keep (`calibrate` fits it).
     pub threshold: f64,
     /// Most tokens this tier generates for one answer.
     pub max_tokens: u32,
@@ -452,6 +460,11 @@ pub struct RawTier {
     /// machine. Default: false.
     #[serde(default)]
     pub remote: bool,
+    /// How this tier's answer features become its confidence (a logistic
+    /// model; `calibrate` fits it). Default: the built-in calibration
+    /// fitted on the default ladder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<crate::confidence::Calibration>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]

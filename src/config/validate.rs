@@ -163,15 +163,10 @@ pub fn validate_placed(
                 format!("{} is outside [0, 1]", t.threshold),
             );
         }
-        if i > 0 && t.threshold <= raw.tiers[i - 1].threshold {
+        if t.calibration.is_some_and(|c| !c.is_finite()) {
             bad(
-                at("threshold"),
-                format!(
-                    "{} must be greater than the tier below ({:?} has {}): thresholds increase up the ladder",
-                    t.threshold,
-                    raw.tiers[i - 1].name,
-                    raw.tiers[i - 1].threshold
-                ),
+                at("calibration"),
+                "every coefficient must be a finite number".into(),
             );
         }
         if t.max_tokens == 0 {
@@ -549,6 +544,7 @@ fn remote_tier(t: &RawTier, index: usize) -> Tier {
         role: t.role,
         model: PathBuf::from(&t.model),
         threshold: t.threshold,
+        calibration: t.calibration.unwrap_or_default(),
         max_tokens: t.max_tokens,
         draft: None,
         context: t.context.unwrap_or(DEFAULT_CONTEXT),
@@ -604,6 +600,7 @@ fn resolve_tier(
         role: t.role,
         model,
         threshold: t.threshold,
+        calibration: t.calibration.unwrap_or_default(),
         max_tokens: t.max_tokens,
         draft: None,
         context,

@@ -130,6 +130,7 @@ impl Engine for FakeEngine {
             text,
             token_ids: (0..n as u32).collect(),
             token_probs: vec![script.prob; n],
+            token_entropies: vec![0.0; n],
             prompt_tokens: request
                 .messages
                 .iter()

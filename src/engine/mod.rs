@@ -235,6 +235,9 @@ pub struct Generation {
     pub token_ids: Vec<u32>,
     /// Probability of every generated token under the model, each in (0, 1].
     pub token_probs: Vec<f32>,
+    /// Entropy (nats) of the next-token distribution each token came from.
+    #[serde(default)]
+    pub token_entropies: Vec<f32>,
     pub prompt_tokens: u32,
     /// Leading prompt tokens whose KV state was reused (prompt cache or a
     /// restored state) instead of computed.

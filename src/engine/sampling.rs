@@ -139,11 +139,55 @@ pub struct Sampler {
     scratch: Vec<(f32, u32)>,
 }
 
-/// One chosen token and its probability under the untempered distribution.
+/// One chosen token, its probability under the untempered distribution,
+/// and that distribution's entropy (nats).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Pick {
     pub token: u32,
     pub prob: f32,
+    pub entropy: f32,
+}
+
+/// `sum(exp(x - max))` and `sum(exp(x - max) * (x - max))` over the row, in
+/// one pass: the softmax's normaliser and what its entropy needs.
+fn sum_exp_moment(logits: &[f32], max: f32) -> (f32, f32) {
+    let mut acc = [0f32; LANES];
+    let mut mom = [0f32; LANES];
+    let chunks = logits.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for chunk in chunks {
+        for l in 0..LANES {
+            let d = chunk[l] - max;
+            let e = fast_exp(d);
+            acc[l] += e;
+            mom[l] += e * d;
+        }
+    }
+    let (mut z, mut m) = (acc.iter().sum::<f32>(), mom.iter().sum::<f32>());
+    for &x in tail {
+        let d = x - max;
+        let e = fast_exp(d);
+        z += e;
+        m += e * d;
+    }
+    (z, m)
+}
+
+/// `token` scored under softmax(`logits`) (temperature 1): its probability
+/// and the distribution's entropy, ln z - E[x - max].
+pub fn scored(logits: &[f32], token: usize) -> Pick {
+    let (_, max) = argmax(logits);
+    pick_of(logits, token, max)
+}
+
+/// The [`Pick`] of `token` given the row's largest logit `max`.
+fn pick_of(logits: &[f32], token: usize, max: f32) -> Pick {
+    let (z, m) = sum_exp_moment(logits, max);
+    Pick {
+        token: token as u32,
+        prob: (fast_exp(logits[token] - max) / z).clamp(f32::MIN_POSITIVE, 1.0),
+        entropy: (z.ln() - m / z).max(0.0),
+    }
 }
 
 /// Probability of `token` under softmax(`logits`) (temperature 1).
@@ -219,11 +263,7 @@ impl Sampler {
             return self.pick(logits);
         }
         let p = self.distribution(logits);
-        let token = draw(&p, &mut self.rng);
-        Pick {
-            token: token as u32,
-            prob: raw_prob(logits, token),
-        }
+        scored(logits, draw(&p, &mut self.rng))
     }
 
     /// The distribution this sampler draws from: softmax at the temperature,
@@ -283,7 +323,6 @@ impl Sampler {
     /// Picks the next token from `logits`.
     pub fn pick(&mut self, logits: &[f32]) -> Pick {
         let (best, max) = argmax(logits);
-        let z = sum_exp(logits, max, 1.0);
         let token = match self.sampling {
             Sampling::Greedy => best,
             Sampling::Random {
@@ -296,10 +335,7 @@ impl Sampler {
                 }
             }
         };
-        Pick {
-            token: token as u32,
-            prob: (fast_exp(logits[token] - max) / z).clamp(f32::MIN_POSITIVE, 1.0),
-        }
+        pick_of(logits, token, max)
     }
 
     /// Draws from softmax(logits * scale) restricted to the top-p nucleus.
@@ -369,6 +405,23 @@ mod tests {
             x += 0.0137;
         }
         assert!(fast_exp(-1000.0) >= 0.0);
+    }
+
+    #[test]
+    fn entropy_is_that_of_the_softmax() {
+        let uniform = vec![0.25f32; 37];
+        let p = scored(&uniform, 3);
+        assert!((p.entropy - 37f32.ln()).abs() < 1e-4, "{}", p.entropy);
+        assert!((p.prob - 1.0 / 37.0).abs() < 1e-6);
+        let mut sharp = vec![-50.0f32; 20];
+        sharp[7] = 50.0;
+        let p = scored(&sharp, 7);
+        assert!(p.entropy < 1e-4 && p.prob > 0.999, "{p:?}");
+        // Two equal logits: ln 2, and pick() agrees with scored().
+        let two = [1.0f32, 1.0, -90.0];
+        let p = Sampler::new(Sampling::Greedy).pick(&two);
+        assert!((p.entropy - 2f32.ln()).abs() < 1e-5);
+        assert_eq!(p, scored(&two, 0));
     }
 
     #[test]

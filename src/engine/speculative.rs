@@ -15,7 +15,7 @@
 use super::ggml_hook::Pass;
 use super::llama::{decode, decode_err, feed, Output, Prepared, Slot};
 use super::ngram;
-use super::sampling::{accept_or_resample, argmax, draw, raw_prob, Sampler};
+use super::sampling::{accept_or_resample, argmax, draw, raw_prob, scored, Pick, Sampler};
 use super::{EngineError, GenerateRequest, SpecParams, SpecStats, Speculation};
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_batch::LlamaBatch;
@@ -114,7 +114,7 @@ pub(super) fn run<'t>(
     let report = |stats: SpecStats| (mode != Mode::Plain).then_some(stats);
     let mut draft_ms = 0.0;
     let first = sampler.pick(target.get_logits_ith(first_logits));
-    if !out.push(model, first.token, first.prob) {
+    if !out.push(model, first) {
         let stats = SpecStats {
             mode: mode.name().to_string(),
             ..SpecStats::default()
@@ -284,8 +284,9 @@ impl<'a, 't, 'd> Decoder<'a, 't, 'd> {
     fn accept(&mut self, sampler: &mut Sampler, out: &mut Output) -> (usize, bool) {
         let mut m = 0;
         for i in 0..=self.drafts.len() {
-            let (tok, prob, accepted) = self.judge(i, sampler);
-            if !out.push(self.model, tok, prob) {
+            let (pick, accepted) = self.judge(i, sampler);
+            let tok = pick.token;
+            if !out.push(self.model, pick) {
                 return (m, true);
             }
             if self.mode == Mode::Ngram {
@@ -300,17 +301,16 @@ impl<'a, 't, 'd> Decoder<'a, 't, 'd> {
         (m, false)
     }
 
-    /// The target's token at verification position `i`, its probability,
-    /// and whether it keeps draft `i`.
-    fn judge(&self, i: usize, sampler: &mut Sampler) -> (u32, f32, bool) {
+    /// The target's token at verification position `i`, scored, and
+    /// whether it keeps draft `i`.
+    fn judge(&self, i: usize, sampler: &mut Sampler) -> (Pick, bool) {
         let logits = self.target.get_logits_ith(i as i32);
         if self.greedy {
             let p = sampler.pick(logits);
-            return (p.token, p.prob, self.drafts.get(i) == Some(&p.token));
+            return (p, self.drafts.get(i) == Some(&p.token));
         }
         let Some(&x) = self.drafts.get(i) else {
-            let p = sampler.next(logits);
-            return (p.token, p.prob, false);
+            return (sampler.next(logits), false);
         };
         let p = sampler.distribution(logits);
         let (tok, acc) = if self.draft.as_ref().is_some_and(|d| d.active) {
@@ -325,7 +325,7 @@ impl<'a, 't, 'd> Decoder<'a, 't, 'd> {
             rest[x as usize] = 0.0;
             (draw(&rest, sampler.rng()) as u32, false)
         };
-        (tok, raw_prob(logits, tok as usize), acc)
+        (scored(logits, tok as usize), acc)
     }
 
     /// Step 4: rolls both caches back to what was accepted (`m` drafts

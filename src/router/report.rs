@@ -4,6 +4,7 @@
 
 use crate::cascade::{Outcome, RoutedBy};
 use crate::classify::Complexity;
+use crate::confidence::Features;
 use crate::config::Tier;
 use crate::engine::{FinishReason, PromptFormat, SpecStats};
 use crate::memory::MemoryView;
@@ -17,9 +18,13 @@ pub struct Attempt {
     pub tier: String,
     pub role: String,
     pub model: String,
-    /// In [0, 1]; 0 when the attempt failed.
+    /// The calibrated probability that this answer is right, in [0, 1];
+    /// 0 when the attempt failed.
     pub confidence: f64,
     pub threshold: f64,
+    /// What the confidence was computed from (absent when the attempt failed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub features: Option<Features>,
     /// What happened after it: confidence_met, escalated, top_tier_reached,
     /// escalation_limit, budget, or failed.
     pub outcome: Outcome,
@@ -63,6 +68,7 @@ impl Attempt {
             model: t.model.display().to_string(),
             confidence: 0.0,
             threshold: t.threshold,
+            features: None,
             outcome: Outcome::Failed,
             prompt_tokens: 0,
             cached_tokens: 0,

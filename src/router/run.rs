@@ -10,7 +10,7 @@ use super::{Record, Router};
 use crate::activity::Call;
 use crate::cascade::{self, Draft, Outcome, Position, RoutedBy};
 use crate::classify::Complexity;
-use crate::confidence::confidence;
+use crate::confidence::Features;
 use crate::engine::sampling::DEFAULT_TOP_P;
 use crate::engine::{Engine, EngineError, FinishReason, Sampling};
 use crate::error::{Error, ErrorKind, Result};
@@ -171,7 +171,8 @@ impl<E: Engine> Router<E> {
                 )),
             });
         }
-        let conf = confidence(&g.token_probs);
+        let features = Features::of_generation(g);
+        let conf = t.calibration.confidence(&features);
         books.tokens_used += g.completion_tokens;
         books.timings.load_ms += ran.load_ms;
         books.timings.queue_ms += ran.queue_ms;
@@ -192,6 +193,7 @@ impl<E: Engine> Router<E> {
         self.stats(tier, &spent(outcome == Outcome::Escalated));
         books.attempts.push(Attempt {
             confidence: conf,
+            features: Some(features),
             outcome,
             prompt_tokens: g.prompt_tokens,
             cached_tokens: g.cached_tokens,

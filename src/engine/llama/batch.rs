@@ -315,7 +315,7 @@ fn prompt_pass(
     r.generating = Some(Instant::now());
     r.n_past = r.prep.tokens.len();
     let first = r.sampler.pick(ctx.get_logits_ith(batch.n_tokens() - 1));
-    if r.out.push(model, first.token, first.prob) {
+    if r.out.push(model, first) {
         r.last = Some(first.token);
     }
     Ok(())
@@ -359,10 +359,7 @@ fn decode_step(
         r.n_past += 1;
         r.width_sum += width;
         r.steps += 1;
-        r.last = r
-            .out
-            .push(model, pick.token, pick.prob)
-            .then_some(pick.token);
+        r.last = r.out.push(model, pick).then_some(pick.token);
     }
     Ok(())
 }
@@ -373,6 +370,7 @@ fn cancelled_before_start() -> Generation {
         text: String::new(),
         token_ids: Vec::new(),
         token_probs: Vec::new(),
+        token_entropies: Vec::new(),
         prompt_tokens: 0,
         cached_tokens: 0,
         completion_tokens: 0,

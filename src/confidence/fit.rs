@@ -1,0 +1,258 @@
+//! Fitting a calibration, and judging one: logistic regression by Newton's
+//! method, AUROC, and the threshold that keeps a precision.
+
+use super::calibration::Calibration;
+use super::features::N_FEATURES;
+
+/// L2 penalty on the standardised weights: keeps a fit on a few hundred
+/// answers, or on features that barely vary, from running off.
+pub const L2: f64 = 1.0;
+/// Newton steps at most; a fit converges in well under ten.
+const MAX_STEPS: usize = 50;
+
+/// Fits a logistic calibration to feature vectors `xs` labelled right
+/// (`true`) or wrong; None without both kinds of label.
+///
+/// Features are standardised before fitting, so the penalty weighs them
+/// alike, and the weights are mapped back to raw features after.
+pub fn fit(xs: &[[f64; N_FEATURES]], ys: &[bool]) -> Option<Calibration> {
+    assert_eq!(xs.len(), ys.len(), "one label per feature vector");
+    let positives = ys.iter().filter(|&&y| y).count();
+    if positives == 0 || positives == ys.len() {
+        return None;
+    }
+    let (mean, scale) = standardisation(xs);
+    let rows: Vec<[f64; N_FEATURES + 1]> = xs
+        .iter()
+        .map(|x| {
+            let mut r = [1.0; N_FEATURES + 1];
+            for j in 0..N_FEATURES {
+                r[j + 1] = (x[j] - mean[j]) / scale[j];
+            }
+            r
+        })
+        .collect();
+    let mut beta = [0.0; N_FEATURES + 1];
+    // Start at the base rate.
+    let rate = positives as f64 / ys.len() as f64;
+    beta[0] = (rate / (1.0 - rate)).ln();
+    for _ in 0..MAX_STEPS {
+        let step = newton_step(&rows, ys, &beta)?;
+        let mut moved: f64 = 0.0;
+        for (b, s) in beta.iter_mut().zip(step) {
+            *b -= s;
+            moved = moved.max(s.abs());
+        }
+        if moved < 1e-9 {
+            break;
+        }
+    }
+    // Back to raw features: w_j = beta_j / scale_j, bias absorbs the means.
+    let mut w = [0.0; N_FEATURES];
+    let mut bias = beta[0];
+    for j in 0..N_FEATURES {
+        w[j] = beta[j + 1] / scale[j];
+        bias -= w[j] * mean[j];
+    }
+    let c = Calibration::from_weights(bias, w);
+    c.is_finite().then_some(c)
+}
+
+/// Each feature's mean and spread (1 where it does not vary).
+fn standardisation(xs: &[[f64; N_FEATURES]]) -> ([f64; N_FEATURES], [f64; N_FEATURES]) {
+    let n = xs.len().max(1) as f64;
+    let mut mean = [0.0; N_FEATURES];
+    let mut scale = [0.0; N_FEATURES];
+    for x in xs {
+        for j in 0..N_FEATURES {
+            mean[j] += x[j] / n;
+        }
+    }
+    for x in xs {
+        for j in 0..N_FEATURES {
+            scale[j] += (x[j] - mean[j]).powi(2) / n;
+        }
+    }
+    for s in &mut scale {
+        *s = if *s > 1e-12 { s.sqrt() } else { 1.0 };
+    }
+    (mean, scale)
+}
+
+/// The Newton step H^-1 g of the penalised negative log-likelihood at
+/// `beta` (the intercept unpenalised); None if H is singular.
+fn newton_step(
+    rows: &[[f64; N_FEATURES + 1]],
+    ys: &[bool],
+    beta: &[f64; N_FEATURES + 1],
+) -> Option<[f64; N_FEATURES + 1]> {
+    const D: usize = N_FEATURES + 1;
+    let mut g = [0.0; D];
+    let mut h = [[0.0; D]; D];
+    for (r, &y) in rows.iter().zip(ys) {
+        let z: f64 = r.iter().zip(beta).map(|(a, b)| a * b).sum();
+        let p = super::calibration::sigmoid(z);
+        let err = p - if y { 1.0 } else { 0.0 };
+        let w = (p * (1.0 - p)).max(1e-12);
+        for i in 0..D {
+            g[i] += err * r[i];
+            for j in 0..D {
+                h[i][j] += w * r[i] * r[j];
+            }
+        }
+    }
+    for i in 1..D {
+        g[i] += L2 * beta[i];
+        h[i][i] += L2;
+    }
+    solve(h, g)
+}
+
+/// Solves `a x = b` by Gaussian elimination with partial pivoting.
+fn solve<const D: usize>(mut a: [[f64; D]; D], mut b: [f64; D]) -> Option<[f64; D]> {
+    for col in 0..D {
+        let pivot = (col..D).max_by(|&i, &j| a[i][col].abs().total_cmp(&a[j][col].abs()))?;
+        if a[pivot][col].abs() < 1e-12 {
+            return None;
+        }
+        a.swap(col, pivot);
+        b.swap(col, pivot);
+        for row in col + 1..D {
+            let f = a[row][col] / a[col][col];
+            let (upper, lower) = a.split_at_mut(row);
+            for (x, p) in lower[0][col..].iter_mut().zip(&upper[col][col..]) {
+                *x -= f * p;
+            }
+            b[row] -= f * b[col];
+        }
+    }
+    let mut x = [0.0; D];
+    for row in (0..D).rev() {
+        let s: f64 = (row + 1..D).map(|k| a[row][k] * x[k]).sum();
+        x[row] = (b[row] - s) / a[row][row];
+    }
+    Some(x)
+}
+
+/// Area under the ROC curve of `scores` for telling right (`true`) from
+/// wrong answers: the chance a random right answer outscores a random wrong
+/// one, ties counting half. None without both kinds.
+pub fn auroc(scores: &[f64], labels: &[bool]) -> Option<f64> {
+    let mut pairs: Vec<(f64, bool)> = scores.iter().copied().zip(labels.iter().copied()).collect();
+    pairs.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let pos = pairs.iter().filter(|p| p.1).count() as f64;
+    let neg = pairs.len() as f64 - pos;
+    if pos == 0.0 || neg == 0.0 {
+        return None;
+    }
+    // Mann-Whitney U over average ranks.
+    let mut rank_sum = 0.0;
+    let mut i = 0;
+    while i < pairs.len() {
+        let mut j = i;
+        while j < pairs.len() && pairs[j].0 == pairs[i].0 {
+            j += 1;
+        }
+        let avg_rank = (i + j + 1) as f64 / 2.0;
+        rank_sum += avg_rank * pairs[i..j].iter().filter(|p| p.1).count() as f64;
+        i = j;
+    }
+    Some((rank_sum - pos * (pos + 1.0) / 2.0) / (pos * neg))
+}
+
+/// The lowest threshold at which the answers scoring at or above it are
+/// right at least `precision` of the time (most answers kept at that
+/// precision); None when no threshold reaches it.
+pub fn threshold_for_precision(scores: &[f64], labels: &[bool], precision: f64) -> Option<f64> {
+    let mut pairs: Vec<(f64, bool)> = scores.iter().copied().zip(labels.iter().copied()).collect();
+    pairs.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let (mut right, mut best) = (0usize, None);
+    let mut i = 0;
+    while i < pairs.len() {
+        // Answers tied on a score are accepted or refused together.
+        let mut j = i;
+        while j < pairs.len() && pairs[j].0 == pairs[i].0 {
+            right += pairs[j].1 as usize;
+            j += 1;
+        }
+        if right as f64 >= precision * j as f64 {
+            best = Some(pairs[i].0);
+        }
+        i = j;
+    }
+    best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A deterministic spread of feature vectors where the first feature
+    /// decides rightness with some overlap.
+    fn data() -> (Vec<[f64; N_FEATURES]>, Vec<bool>) {
+        let mut xs = Vec::new();
+        let mut ys = Vec::new();
+        for i in 0..200 {
+            let v = (i as f64 * 0.618_034).fract();
+            let noise = ((i * 37 % 101) as f64 / 101.0 - 0.5) * 0.4;
+            let mut x = [0.0; N_FEATURES];
+            x[0] = v;
+            x[3] = -3.0 * (1.0 - v) + noise;
+            x[5] = (i % 7) as f64;
+            xs.push(x);
+            ys.push(v + noise > 0.5);
+        }
+        (xs, ys)
+    }
+
+    #[test]
+    fn a_fit_separates_what_its_features_separate() {
+        let (xs, ys) = data();
+        let c = fit(&xs, &ys).expect("both labels present");
+        let scores: Vec<f64> = xs.iter().map(|x| c.score(x)).collect();
+        let a = auroc(&scores, &ys).unwrap();
+        assert!(a > 0.9, "auroc {a}");
+        assert!(c.min_prob > 0.0, "{c:?}");
+    }
+
+    #[test]
+    fn one_kind_of_label_cannot_be_fitted() {
+        let (xs, _) = data();
+        assert!(fit(&xs, &vec![true; xs.len()]).is_none());
+        assert!(fit(&[], &[]).is_none());
+    }
+
+    #[test]
+    fn auroc_counts_pairs_and_ties() {
+        assert_eq!(
+            auroc(&[0.1, 0.2, 0.8, 0.9], &[false, false, true, true]),
+            Some(1.0)
+        );
+        assert_eq!(
+            auroc(&[0.9, 0.8, 0.2, 0.1], &[false, false, true, true]),
+            Some(0.0)
+        );
+        assert_eq!(auroc(&[0.5, 0.5], &[true, false]), Some(0.5));
+        // One right answer above one of two wrong ones.
+        assert_eq!(auroc(&[0.3, 0.1, 0.5], &[true, false, false]), Some(0.5));
+        assert_eq!(auroc(&[0.3], &[true]), None);
+    }
+
+    #[test]
+    fn the_threshold_keeps_the_asked_precision() {
+        let scores = [0.9, 0.8, 0.7, 0.6, 0.5, 0.4];
+        let labels = [true, true, false, true, false, false];
+        // Top 2: 100%; top 4: 75%; top 5: 60%.
+        assert_eq!(threshold_for_precision(&scores, &labels, 1.0), Some(0.8));
+        assert_eq!(threshold_for_precision(&scores, &labels, 0.75), Some(0.6));
+        assert_eq!(threshold_for_precision(&scores, &labels, 0.5), Some(0.4));
+        assert_eq!(threshold_for_precision(&[0.9], &[false], 0.5), None);
+    }
+
+    #[test]
+    fn solve_inverts_a_small_system() {
+        let x = solve([[2.0, 1.0], [1.0, 3.0]], [3.0, 5.0]).unwrap();
+        assert!((x[0] - 0.8).abs() < 1e-12 && (x[1] - 1.4).abs() < 1e-12);
+        assert!(solve([[1.0, 2.0], [2.0, 4.0]], [1.0, 2.0]).is_none());
+    }
+}
