@@ -103,6 +103,18 @@ pub fn role_tokens(role: Role, token_budget: u32) -> u32 {
     (share as u32).max(1)
 }
 
+/// How the next tier uses a lower tier's answer (`routing.handoff`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum HandoffMode {
+    /// Score it as the next tier's own continuation in one pass, keep the
+    /// agreeing prefix, go on from the first disagreement.
+    #[default]
+    Verify,
+    /// Put it in the next tier's prompt as a draft to rewrite.
+    Refine,
+}
+
 /// A lower tier's answer, handed to the next tier.
 #[derive(Debug, Clone)]
 pub struct Draft {
@@ -138,6 +150,23 @@ Draft:\n\"\"\"\n{}\n\"\"\"",
     };
     out.push(Message::new("user", user));
     out
+}
+
+/// The refine framing's marks (see [`messages`]) removed from an answer:
+/// a model that copies its prompt's `Draft:` header or triple quotes
+/// must not hand them to the caller.
+pub fn strip_framing(answer: &str) -> String {
+    let unquoted = answer.replace("\"\"\"", "");
+    let mut out = Vec::new();
+    for line in unquoted.lines() {
+        let t = line.trim_start();
+        let rest = t
+            .get(..6)
+            .filter(|head| head.eq_ignore_ascii_case("draft:"))
+            .map_or(line, |_| t[6..].trim_start());
+        out.push(rest);
+    }
+    out.join("\n").trim().to_string()
 }
 
 #[cfg(test)]
@@ -207,6 +236,7 @@ mod tests {
                 domains: Default::default(),
                 max_escalations: 2,
                 hand_over_draft: true,
+                handoff: HandoffMode::Verify,
                 token_budget: 4096,
                 history: 8,
                 learning: crate::config::LearnConfig {
@@ -247,6 +277,22 @@ mod tests {
         assert_eq!(role_tokens(Role::Expert, 4096), 3072);
         assert_eq!(role_tokens(Role::Router, 100_000), 512);
         assert_eq!(role_tokens(Role::Router, 5), 1);
+    }
+
+    #[test]
+    fn framing_marks_never_reach_the_answer() {
+        assert_eq!(
+            strip_framing("Draft:\n\"\"\"\nA hash map chains colliding keys.\n\"\"\""),
+            "A hash map chains colliding keys."
+        );
+        assert_eq!(strip_framing("draft: Paris."), "Paris.");
+        assert_eq!(
+            strip_framing("\"\"\"Paris\"\"\" is the capital."),
+            "Paris is the capital."
+        );
+        // Text without the marks is left alone, inner lines included.
+        let plain = "Line one.\n  indented: drafted plans";
+        assert_eq!(strip_framing(plain), plain);
     }
 
     #[test]

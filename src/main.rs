@@ -61,7 +61,10 @@ enum Cmd {
         #[command(subcommand)]
         command: cli::bench::BenchCmd,
     },
-    /// Measure the routing classifier on a labeled file.
+    /// Fit each tier's confidence to its answers on a set of questions with
+    /// accepted answers, and the thresholds that keep a precision.
+    Calibrate(cli::calibrate::CalibrateArgs),
+    /// Measure the routing classifier, or the whole cascade, on a labeled file.
     Eval {
         #[command(subcommand)]
         command: cli::eval::EvalCmd,
@@ -119,7 +122,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{}", serde_json::to_string_pretty(&q)?);
         }
         Cmd::Bench { command } => cli::bench::run(config, command)?,
-        Cmd::Eval { command } => cli::eval::run(command)?,
+        Cmd::Calibrate(args) => cli::calibrate::run(config, args)?,
+        Cmd::Eval { command } => cli::eval::run(config, command)?,
         Cmd::FuzzModels(args) => cli::fuzz::run(config, args)?,
         Cmd::ProbeModel { model, threads } => cli::probe::child(&model, threads)?,
     }

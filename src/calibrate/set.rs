@@ -72,7 +72,7 @@ impl Rule {
             Rule::Contains(words) => words.iter().any(|w| w.is_match(answer)),
             Rule::Exact(options) => {
                 let a = normalise(answer);
-                options.iter().any(|o| *o == a)
+                options.contains(&a)
             }
             Rule::Regex(re) => re.is_match(answer),
         }
@@ -93,7 +93,11 @@ fn whole_word(word: &str) -> Result<Regex, String> {
     }
     let word_char = |c: char| c.is_alphanumeric() || c == '_';
     let start = if w.starts_with(word_char) { r"\b" } else { "" };
-    let end = if w.ends_with(word_char) { r"(?:e?s)?\b" } else { "" };
+    let end = if w.ends_with(word_char) {
+        r"(?:e?s)?\b"
+    } else {
+        ""
+    };
     Regex::new(&format!("(?i){start}{}{end}", regex::escape(w))).map_err(|e| e.to_string())
 }
 
@@ -207,9 +211,15 @@ mod tests {
         assert_eq!(parse(text).unwrap_err().0, 4);
         for (line, want) in [
             (r#"{"question": "q"}"#, "no accepted answer"),
-            (r#"{"question": " ", "contains": ["a"]}"#, "question is empty"),
+            (
+                r#"{"question": " ", "contains": ["a"]}"#,
+                "question is empty",
+            ),
             (r#"{"question": "q", "contains": []}"#, "contains is empty"),
-            (r#"{"question": "q", "contains": ["a"], "exact": ["a"]}"#, "only one"),
+            (
+                r#"{"question": "q", "contains": ["a"], "exact": ["a"]}"#,
+                "only one",
+            ),
             (r#"{"question": "q", "regex": "("}"#, "does not compile"),
             (r#"{"question": "q", "answer": "a"}"#, "unknown field"),
         ] {
@@ -225,8 +235,13 @@ mod tests {
         let p = dir.path().join("empty.jsonl");
         std::fs::write(&p, "# nothing\n\n").unwrap();
         let e = load(&p).unwrap_err().to_string();
-        assert!(e.contains("empty.jsonl") && e.contains("no questions"), "{e}");
-        let missing = load(&dir.path().join("none.jsonl")).unwrap_err().to_string();
+        assert!(
+            e.contains("empty.jsonl") && e.contains("no questions"),
+            "{e}"
+        );
+        let missing = load(&dir.path().join("none.jsonl"))
+            .unwrap_err()
+            .to_string();
         assert!(missing.contains("none.jsonl"), "{missing}");
     }
 

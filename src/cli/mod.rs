@@ -4,6 +4,7 @@
 
 pub mod ask;
 pub mod bench;
+pub mod calibrate;
 pub mod config;
 pub mod eval;
 pub mod fuzz;

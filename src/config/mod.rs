@@ -68,6 +68,7 @@ pub struct Routing {
     pub domains: std::collections::BTreeMap<crate::classify::Domain, (usize, Option<usize>)>,
     pub max_escalations: u32,
     pub hand_over_draft: bool,
+    pub handoff: crate::cascade::HandoffMode,
     pub token_budget: u32,
     pub history: usize,
     pub learning: LearnConfig,

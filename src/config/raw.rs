@@ -53,10 +53,17 @@ pub struct RawRouting {
     /// Most escalations after the first attempt. Default: 2.
     #[serde(default = "default_max_escalations")]
     pub max_escalations: u32,
-    /// Hand the lower tier's answer to the next tier as a draft to refine.
-    /// Default: true.
+    /// Hand the lower tier's answer to the next tier when a request
+    /// escalates (how: `handoff`). Default: true.
     #[serde(default = "default_true")]
     pub hand_over_draft: bool,
+    /// How the next tier uses the lower answer. `verify` (the default): it
+    /// scores the answer as its own continuation of the conversation in one
+    /// pass, keeps what it agrees with and goes on from the first
+    /// disagreement, so a greedy answer is exactly its own. `refine`: the
+    /// answer is put in its prompt as a draft to rewrite.
+    #[serde(default)]
+    pub handoff: crate::cascade::HandoffMode,
     /// Total token budget of a request; each tier's share follows its role
     /// (router 10% up to 512, draft 25% up to 1024, refine 50% up to 2048,
     /// expert 75%), capped by the tier's max_tokens. Default: 4096.
@@ -92,6 +99,7 @@ pub struct RawRouting {
 impl Default for RawRouting {
     fn default() -> Self {
         RawRouting {
+            handoff: Default::default(),
             levels: BTreeMap::new(),
             domains: BTreeMap::new(),
             max_escalations: default_max_escalations(),

@@ -384,6 +384,7 @@ fn resolve_routing(raw: &RawConfig, bad: &mut impl FnMut(String, String)) -> Rou
         domains,
         max_escalations: r.max_escalations,
         hand_over_draft: r.hand_over_draft,
+        handoff: r.handoff,
         token_budget: r.token_budget,
         history: r.history,
         learning,

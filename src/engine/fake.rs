@@ -150,6 +150,7 @@ impl Engine for FakeEngine {
             generate_ms: script.delay.as_secs_f64() * 1e3,
             tokens_per_second: 0.0,
             batch_width: 1.0,
+            verified: None,
             speculative: None,
         })
     }

@@ -174,6 +174,13 @@ pub struct GenerateRequest {
     /// Reuse the tier's cached prompt prefix (the default); false computes
     /// the whole prompt, as a cold run (benchmarks, comparisons).
     pub cache_prompt: bool,
+    /// A lower tier's answer to this same conversation, to verify first: it
+    /// is tokenised in this model's vocabulary and scored as this model's
+    /// own continuation in one pass; the agreeing prefix is kept and
+    /// decoding goes on from the first disagreement, with the rest of the
+    /// answer as a lookup draft (see [`speculative`]). The output is what
+    /// this model would generate without it.
+    pub verify: Option<String>,
 }
 
 impl GenerateRequest {
@@ -195,6 +202,7 @@ impl GenerateRequest {
             progress: Progress::default(),
             speculation: Speculation::Off,
             cache_prompt: true,
+            verify: None,
         }
     }
 }
@@ -258,6 +266,22 @@ pub struct Generation {
     /// answer's tokens (1 when it was decoded on its own).
     #[serde(default = "one")]
     pub batch_width: f64,
+    /// What became of a lower tier's answer given to verify.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified: Option<VerifyStats>,
+}
+
+/// A verified handoff, as the engine saw it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize, schemars::JsonSchema)]
+pub struct VerifyStats {
+    /// The lower answer's tokens in this model's vocabulary.
+    pub offered: u32,
+    /// Leading tokens of it this model kept as its own.
+    pub accepted: u32,
+    /// The output is the lower answer, whole (the same text).
+    pub whole: bool,
+    /// Time of the pass that scored the lower answer.
+    pub verify_ms: f64,
 }
 
 fn one() -> f64 {

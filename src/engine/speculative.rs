@@ -16,7 +16,7 @@ use super::ggml_hook::Pass;
 use super::llama::{decode, decode_err, feed, Output, Prepared, Slot};
 use super::ngram;
 use super::sampling::{accept_or_resample, argmax, draw, raw_prob, scored, Pick, Sampler};
-use super::{EngineError, GenerateRequest, SpecParams, SpecStats, Speculation};
+use super::{EngineError, GenerateRequest, SpecParams, SpecStats, Speculation, VerifyStats};
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::LlamaModel;
@@ -29,6 +29,9 @@ enum Mode {
     Plain,
     DraftModel,
     Ngram,
+    /// A lower tier's answer, verified whole in the first pass; after the
+    /// first disagreement its rest drafts by n-gram lookup.
+    Handoff,
 }
 
 impl Mode {
@@ -37,8 +40,23 @@ impl Mode {
             Mode::Plain => "plain",
             Mode::DraftModel => "draft_model",
             Mode::Ngram => "ngram",
+            Mode::Handoff => "handoff",
         }
     }
+
+    /// Whether drafts come from looking up the history.
+    fn looks_up(self) -> bool {
+        matches!(self, Mode::Ngram | Mode::Handoff)
+    }
+}
+
+/// The lower tier's answer being verified.
+struct Handoff {
+    /// Its tokens not yet checked; emptied at the first disagreement.
+    pending: Vec<u32>,
+    /// Whether this round's drafts are the lower answer's.
+    this_round: bool,
+    stats: VerifyStats,
 }
 
 /// The draft model's side of the loop: its context and batch, the tokens
@@ -77,49 +95,95 @@ struct Decoder<'a, 't, 'd> {
     drafts: Vec<u32>,
     /// The draft model's distribution of each draft (sampling only).
     qdists: Vec<Vec<f32>>,
+    handoff: Option<Handoff>,
 }
 
+/// What one generation's loop reports: its speculative counters (None for
+/// plain decoding) and what became of a lower answer given to verify.
+pub(super) type Report = (Option<SpecStats>, Option<VerifyStats>);
+
 /// Generates into `out`, starting from the prompt's logits at index
-/// `first_logits` of the target's last batch. Returns the speculative
-/// counters (None for plain decoding).
+/// `first_logits` of the target's last batch.
 ///
 /// # Errors
 ///
 /// A llama.cpp decode failure.
+///
+/// `exact` says whether the target's tokens get the same logits decoded
+/// together as alone; when not, it decodes plainly whatever it was asked
+/// (a lower answer to verify is then only compared with the output).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn run<'t>(
     model: &'t LlamaModel,
-    (target, n_ctx): (&mut LlamaContext<'t>, usize),
+    (target, n_ctx, exact): (&mut LlamaContext<'t>, usize, bool),
     draft: Option<Slot<'_, '_>>,
     req: &GenerateRequest,
     prompt: &Prepared,
     first_logits: i32,
     sampler: &mut Sampler,
     out: &mut Output,
-) -> Result<Option<SpecStats>, EngineError> {
+) -> Result<Report, EngineError> {
+    let lower_text = req.verify.as_deref().unwrap_or_default();
+    let lower = req.verify.as_deref().map(|text| {
+        let tokens = model.vocab().tokenize(text.trim().as_bytes(), false, false);
+        tokens.iter().map(|t| t.0 as u32).collect::<Vec<u32>>()
+    });
+    let plain = SpecParams {
+        draft_max: 0,
+        ..SpecParams::default()
+    };
     let (params, mode) = match req.speculation {
-        Speculation::Off => (
+        _ if !exact => (plain, Mode::Plain),
+        _ if lower.as_ref().is_some_and(|l| !l.is_empty()) => (
             SpecParams {
-                draft_max: 0,
+                draft_max: LOOKUP_DRAFTS,
                 ..SpecParams::default()
             },
-            Mode::Plain,
+            Mode::Handoff,
         ),
+        Speculation::Off => (plain, Mode::Plain),
         Speculation::Draft { params, .. } if draft.is_some() => (params, Mode::DraftModel),
         Speculation::Draft { .. } => {
             return Err(EngineError::Decode("the draft model is not loaded".into()))
         }
         Speculation::Ngram { params } => (params, Mode::Ngram),
     };
-    let report = |stats: SpecStats| (mode != Mode::Plain).then_some(stats);
+    let mut lower = lower.unwrap_or_default();
     let mut draft_ms = 0.0;
     let first = sampler.pick(target.get_logits_ith(first_logits));
-    if !out.push(model, first) {
+    let going = out.push(model, first);
+    if lower.first() != Some(&first.token) {
+        lower = lead_like(model, first.token, lower_text).unwrap_or(lower);
+    }
+    // What the loop reports once it ends.
+    let report = |stats: SpecStats, handoff: Option<Handoff>, out: &Output| {
+        let verified = req.verify.as_ref().map(|_| {
+            let mut v = handoff.map(|h| h.stats).unwrap_or_else(|| VerifyStats {
+                // Decoded plainly: the prefix it shares with the output.
+                accepted: out
+                    .ids
+                    .iter()
+                    .zip(&lower)
+                    .take_while(|(a, b)| a == b)
+                    .count() as u32,
+                ..VerifyStats::default()
+            });
+            v.offered = lower.len() as u32;
+            // The answer stands as the lower one: the same text (the
+            // tokens may split differently).
+            let text = String::from_utf8_lossy(&out.text);
+            v.whole = !lower.is_empty() && text.trim() == lower_text.trim();
+            v
+        });
+        ((mode != Mode::Plain).then_some(stats), verified)
+    };
+    if !going {
         let stats = SpecStats {
             mode: mode.name().to_string(),
             ..SpecStats::default()
         };
-        return Ok(report(stats));
+        let handoff = (mode == Mode::Handoff).then(|| Handoff::after_first(&lower, first.token));
+        return Ok(report(stats, handoff, out));
     }
     let draft = match draft {
         Some((ctx, cache)) if mode == Mode::DraftModel => {
@@ -137,14 +201,14 @@ pub(super) fn run<'t>(
         params,
         mode,
         sampler.is_greedy(),
-        &prompt.tokens,
+        (&prompt.tokens, &lower),
         first.token,
     );
     dec.stats.draft_ms = draft_ms;
     loop {
         // At most as many drafts as can still be emitted, and as fit.
         let k_eff = dec
-            .k
+            .drafts_wanted()
             .min(out.left().saturating_sub(1))
             .min(dec.n_ctx.saturating_sub(dec.n_past + 2));
         let n_past_old = dec.n_past;
@@ -152,7 +216,9 @@ pub(super) fn run<'t>(
         let t = Instant::now();
         dec.verify()?;
         let (m, stopped) = dec.accept(sampler, out);
-        dec.stats.verify_ms += t.elapsed().as_secs_f64() * 1e3;
+        let verify_ms = t.elapsed().as_secs_f64() * 1e3;
+        dec.stats.verify_ms += verify_ms;
+        dec.note_handoff(m, verify_ms);
         if mode != Mode::Plain {
             dec.stats.passes += 1;
             dec.stats.drafted += dec.drafts.len() as u32;
@@ -164,14 +230,58 @@ pub(super) fn run<'t>(
         dec.roll_back(n_past_old, m)?;
         dec.adapt(m);
     }
-    let mut stats = dec.stats;
+    let mut stats = std::mem::take(&mut dec.stats);
     if stats.drafted > 0 {
         stats.acceptance_rate = stats.accepted as f64 / stats.drafted as f64;
     }
     if stats.passes > 0 {
         stats.mean_accepted_per_pass = out.ids.len() as f64 / stats.passes as f64;
     }
-    Ok(report(stats))
+    let handoff = dec.handoff.take();
+    Ok(report(stats, handoff, out))
+}
+
+/// The lower answer `text` tokenised after the whitespace the target's
+/// `first` token starts with (a newline, a space), as a model that opens
+/// its answer that way would continue it; None when `first` starts with
+/// none or `text` already does.
+fn lead_like(model: &LlamaModel, first: u32, text: &str) -> Option<Vec<u32>> {
+    let mut piece = Vec::new();
+    model
+        .vocab()
+        .token_to_piece_into(LlamaToken(first as i32), &mut piece, false, None);
+    let piece = String::from_utf8_lossy(&piece);
+    let lead = &piece[..piece.len() - piece.trim_start().len()];
+    let text = text.trim();
+    if lead.is_empty() || text.is_empty() {
+        return None;
+    }
+    let tokens = model
+        .vocab()
+        .tokenize(format!("{lead}{text}").as_bytes(), false, false);
+    Some(tokens.iter().map(|t| t.0 as u32).collect())
+}
+
+/// Lookup drafts per pass after a handoff's first disagreement.
+const LOOKUP_DRAFTS: u32 = 8;
+
+impl Handoff {
+    /// The handoff once the target's own first token is known.
+    fn after_first(lower: &[u32], first: u32) -> Self {
+        let agrees = lower.first() == Some(&first);
+        Handoff {
+            pending: if agrees {
+                lower[1..].to_vec()
+            } else {
+                Vec::new()
+            },
+            this_round: false,
+            stats: VerifyStats {
+                accepted: agrees as u32,
+                ..VerifyStats::default()
+            },
+        }
+    }
 }
 
 impl<'a, 't, 'd> Decoder<'a, 't, 'd> {
@@ -184,14 +294,24 @@ impl<'a, 't, 'd> Decoder<'a, 't, 'd> {
         params: SpecParams,
         mode: Mode,
         greedy: bool,
-        prompt: &[LlamaToken],
+        (prompt, lower): (&[LlamaToken], &[u32]),
         first: u32,
     ) -> Self {
         let mut history = Vec::new();
-        if mode == Mode::Ngram {
+        if mode.looks_up() {
+            // The lower answer sits between the prompt and the output, so
+            // lookups find its continuations.
             history.extend(prompt.iter().map(|t| t.0 as u32));
+            history.extend_from_slice(lower);
             history.push(first);
         }
+        let handoff = (mode == Mode::Handoff).then(|| Handoff::after_first(lower, first));
+        // A handoff's first pass holds the whole lower answer (up to what
+        // one batch takes).
+        let width = match &handoff {
+            Some(h) => h.pending.len().min(target.n_batch() as usize - 1),
+            None => 0,
+        };
         // The draft model's cache holds the prompt (prefill_draft).
         let draft = draft.map(|(ctx, n_ctx)| DraftModel {
             batch: LlamaBatch::new(ctx.n_batch() as usize, 1),
@@ -217,10 +337,40 @@ impl<'a, 't, 'd> Decoder<'a, 't, 'd> {
             id_last: first,
             n_past: prompt.len(),
             history,
-            tbatch: LlamaBatch::new(k + 1, 1),
+            tbatch: LlamaBatch::new(k.max(width) + 1, 1),
             k,
-            drafts: Vec::with_capacity(k),
+            drafts: Vec::with_capacity(k.max(width)),
             qdists: Vec::new(),
+            handoff,
+        }
+    }
+
+    /// Drafts this round would like: the rest of a lower answer being
+    /// verified (as many as one batch takes), else the usual k.
+    fn drafts_wanted(&self) -> usize {
+        match &self.handoff {
+            Some(h) if !h.pending.is_empty() => h.pending.len().min(self.tbatch_room()),
+            _ => self.k,
+        }
+    }
+
+    /// Drafts one target batch can take after the last token.
+    fn tbatch_room(&self) -> usize {
+        (self.target.n_batch() as usize).saturating_sub(1)
+    }
+
+    /// Books a round of a handoff: `m` of its drafts kept, in `ms`.
+    fn note_handoff(&mut self, m: usize, ms: f64) {
+        let Some(h) = self.handoff.as_mut().filter(|h| h.this_round) else {
+            return;
+        };
+        h.this_round = false;
+        h.stats.accepted += m as u32;
+        h.stats.verify_ms += ms;
+        if m == self.drafts.len() {
+            h.pending.drain(..m);
+        } else {
+            h.pending.clear();
         }
     }
 
@@ -247,7 +397,13 @@ impl<'a, 't, 'd> Decoder<'a, 't, 'd> {
                 )?;
                 self.stats.draft_ms += t.elapsed().as_secs_f64() * 1e3;
             }
-            None if self.mode == Mode::Ngram => {
+            None if self.handoff.as_ref().is_some_and(|h| !h.pending.is_empty()) => {
+                let h = self.handoff.as_mut().expect("checked above");
+                self.drafts
+                    .extend_from_slice(&h.pending[..k_eff.min(h.pending.len())]);
+                h.this_round = !self.drafts.is_empty();
+            }
+            None if self.mode.looks_up() => {
                 self.drafts.extend(ngram::draft(&self.history, k_eff));
             }
             None => {}
@@ -289,7 +445,7 @@ impl<'a, 't, 'd> Decoder<'a, 't, 'd> {
             if !out.push(self.model, pick) {
                 return (m, true);
             }
-            if self.mode == Mode::Ngram {
+            if self.mode.looks_up() {
                 self.history.push(tok);
             }
             self.id_last = tok;

@@ -398,7 +398,7 @@ impl Watch<'_> {
         })?;
         match r.outcome {
             JobOutcome::Answered { generation } => Ok(Served {
-                generation,
+                generation: *generation,
                 worker: r.worker,
                 load_ms: r.load_ms,
                 wait_ms: r.wait_ms,

@@ -71,6 +71,10 @@ pub struct Handoff {
     pub from_tier: String,
     pub confidence: f64,
     pub draft: String,
+    /// The worker verifies `draft` (routing.handoff: verify) rather than
+    /// finding it framed in the messages.
+    #[serde(default)]
+    pub verify: bool,
 }
 
 impl Job {
@@ -202,7 +206,7 @@ pub struct JobResult {
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum JobOutcome {
     /// Generated (possibly cut short by a cancellation: see its finish).
-    Answered { generation: Generation },
+    Answered { generation: Box<Generation> },
     /// The prompt does not fit the tier's context on the worker.
     PromptTooLong { tokens: usize, context: u32 },
     /// Cancelled before it started.
@@ -266,6 +270,7 @@ mod tests {
                 seed: 3,
             },
             handoff: Some(Handoff {
+                verify: true,
                 from_tier: "router".into(),
                 confidence: 0.4,
                 draft: "hello".into(),

@@ -447,15 +447,17 @@ impl<E: Engine> Worker<E> {
                         },
                     )
                     .await;
+                let verify = job.handoff.as_ref().filter(|h| h.verify);
                 let request = GenerateRequest {
                     sampling: job.sampling,
+                    verify: verify.map(|h| h.draft.clone()),
                     cancel,
                     progress,
                     ..GenerateRequest::new(job.messages.clone(), job.max_tokens)
                 };
                 let outcome = match ready.run(request).await {
                     Ok(served) => JobOutcome::Answered {
-                        generation: served.generation,
+                        generation: Box::new(served.generation),
                     },
                     Err(EngineError::PromptTooLong { tokens, context }) => {
                         JobOutcome::PromptTooLong { tokens, context }

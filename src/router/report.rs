@@ -57,6 +57,50 @@ pub struct Attempt {
     /// The worker that answered, when the tier is remote (served through Redis).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker: Option<String>,
+    /// How this attempt verified the lower tier's answer (routing.handoff: verify).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handoff: Option<HandoffReport>,
+}
+
+/// Whether a verified handoff kept the lower answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum HandoffOutcome {
+    /// This tier agreed with the lower answer token for token: it stands.
+    Verified,
+    /// This tier kept a prefix (maybe none) and wrote the rest itself.
+    Corrected,
+}
+
+/// A lower tier's answer, as the next tier verified it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct HandoffReport {
+    /// The tier whose answer was verified.
+    pub from_tier: String,
+    pub outcome: HandoffOutcome,
+    /// The lower answer's tokens in this tier's vocabulary.
+    pub offered_tokens: u32,
+    /// Leading tokens of it this tier kept.
+    pub accepted_tokens: u32,
+    /// Time of the pass that scored the lower answer.
+    pub verify_ms: f64,
+}
+
+impl HandoffReport {
+    /// The report of `stats` for an answer handed up from `from_tier`.
+    pub fn of(from_tier: &str, stats: &crate::engine::VerifyStats) -> Self {
+        HandoffReport {
+            from_tier: from_tier.to_string(),
+            outcome: if stats.whole {
+                HandoffOutcome::Verified
+            } else {
+                HandoffOutcome::Corrected
+            },
+            offered_tokens: stats.offered,
+            accepted_tokens: stats.accepted,
+            verify_ms: stats.verify_ms,
+        }
+    }
 }
 
 impl Attempt {
@@ -84,6 +128,7 @@ impl Attempt {
             speculative: None,
             batch_width: 0.0,
             worker: None,
+            handoff: None,
         }
     }
 }

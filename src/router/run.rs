@@ -2,13 +2,13 @@
 //! it falls short. The decisions themselves are plain functions in
 //! [`crate::cascade`]; this loop applies them and keeps the books.
 
-use super::report::{Attempt, RouteResult, Timings, TokenCounts};
+use super::report::{Attempt, HandoffReport, RouteResult, Timings, TokenCounts};
 use super::stats::Spent;
 use super::tiers::{Ran, Tiers, Work};
 use super::validate::ValidRequest;
 use super::{Record, Router};
 use crate::activity::Call;
-use crate::cascade::{self, Draft, Outcome, Position, RoutedBy};
+use crate::cascade::{self, Draft, HandoffMode, Outcome, Position, RoutedBy};
 use crate::classify::Complexity;
 use crate::confidence::Features;
 use crate::engine::sampling::DEFAULT_TOP_P;
@@ -74,7 +74,10 @@ impl<E: Engine> Router<E> {
             let max_tokens = work.max_tokens;
             let ran = tiers.run(tier, work, call).await;
             next = match ran.map_err(|e| self.prompt_too_long(e, tier)) {
-                Ok(ran) => self.judge(tier, ran, max_tokens, &mut books)?,
+                Ok(ran) => {
+                    let from = draft.as_ref().map(|d| d.tier.as_str());
+                    self.judge(tier, ran, max_tokens, from, &mut books)?
+                }
                 Err(e) if !matches!(e.kind(), ErrorKind::Failed) => return Err(e),
                 Err(e) => {
                     self.stats(tier, &Spent::nothing());
@@ -113,14 +116,19 @@ impl<E: Engine> Router<E> {
         }
     }
 
-    /// The conversation, token allowance and sampling for `tier`.
+    /// The conversation, token allowance and sampling for `tier`; a lower
+    /// answer goes in as one to verify, or framed into the prompt to refine
+    /// (`routing.handoff`).
     fn work<'a>(&self, req: &ValidRequest, tier: usize, draft: Option<&'a Draft>) -> Work<'a> {
         let t = &self.config.tiers[tier];
         let routing = &self.config.routing;
         let handoff = draft.filter(|_| routing.hand_over_draft);
+        let verify = routing.handoff == HandoffMode::Verify;
+        let framed = handoff.filter(|_| !verify);
         let seed = self.state.lock().unwrap().counter;
         Work {
-            messages: cascade::messages(req.system.as_deref(), &req.history, &req.query, handoff),
+            messages: cascade::messages(req.system.as_deref(), &req.history, &req.query, framed),
+            verify,
             max_tokens: req.max_tokens.unwrap_or_else(|| {
                 cascade::role_tokens(t.role, routing.token_budget).min(t.max_tokens)
             }),
@@ -143,14 +151,28 @@ impl<E: Engine> Router<E> {
         }
     }
 
-    /// Books an attempt that generated, and decides whether to go up.
+    /// Books an attempt that generated (handed an answer from the tier
+    /// `from`, if any), and decides whether to go up.
     ///
     /// # Errors
     ///
     /// [`Error::Cancelled`] when the call was cancelled mid-generation.
-    fn judge(&self, tier: usize, ran: Ran, max_tokens: u32, books: &mut Books) -> Result<Next> {
+    fn judge(
+        &self,
+        tier: usize,
+        ran: Ran,
+        max_tokens: u32,
+        from: Option<&str>,
+        books: &mut Books,
+    ) -> Result<Next> {
         let t = &self.config.tiers[tier];
         let g = &ran.generation;
+        let refined = from.is_some() && self.config.routing.handoff == HandoffMode::Refine;
+        let text = if refined {
+            cascade::strip_framing(&g.text)
+        } else {
+            g.text.clone()
+        };
         let generate_ms = g.prompt_ms + g.generate_ms;
         let spent = |escalated| Spent {
             latency_ms: ran.load_ms + ran.queue_ms + generate_ms,
@@ -207,11 +229,14 @@ impl<E: Engine> Router<E> {
             speculative: g.speculative.clone(),
             batch_width: g.batch_width,
             worker: ran.worker.clone(),
+            handoff: from
+                .zip(g.verified.as_ref())
+                .map(|(f, v)| HandoffReport::of(f, v)),
             ..Attempt::on(t, max_tokens)
         });
         books.answer = Some(Answer {
             tier,
-            text: g.text.clone(),
+            text: text.clone(),
             confidence: conf,
             prompt_tokens: g.prompt_tokens,
             per_second: g.tokens_per_second,
@@ -224,7 +249,7 @@ impl<E: Engine> Router<E> {
             tier + 1,
             Some(Draft {
                 tier: t.name.clone(),
-                answer: ran.generation.text,
+                answer: text,
                 confidence: conf,
             }),
         ))

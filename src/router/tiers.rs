@@ -19,9 +19,19 @@ pub struct Work<'a> {
     pub messages: Vec<Message>,
     pub max_tokens: u32,
     pub sampling: Sampling,
-    /// The lower tier's answer, already framed into `messages`; remote
-    /// workers also receive it as data.
+    /// The lower tier's answer: to verify when `verify`, else already
+    /// framed into `messages` (remote workers also receive it as data).
     pub handoff: Option<&'a Draft>,
+    pub verify: bool,
+}
+
+impl Work<'_> {
+    /// The lower answer this attempt verifies, if it verifies one.
+    pub fn to_verify(&self) -> Option<String> {
+        self.handoff
+            .filter(|_| self.verify)
+            .map(|d| d.answer.clone())
+    }
 }
 
 /// An attempt's generation and what it cost.
@@ -94,6 +104,7 @@ impl<E: Engine> Tiers<'_, E> {
         let ready = self.pool.ready(tier).await?;
         let request = GenerateRequest {
             sampling: work.sampling,
+            verify: work.to_verify(),
             cancel: call.cancel.clone(),
             progress: call.activity.generating(name, work.max_tokens, None),
             ..GenerateRequest::new(work.messages, work.max_tokens)
@@ -117,6 +128,7 @@ impl<E: Engine> Tiers<'_, E> {
             from_tier: d.tier.clone(),
             confidence: d.confidence,
             draft: d.answer.clone(),
+            verify: work.verify,
         });
         let job = Job::new(name, work.messages, work.max_tokens, work.sampling, handoff);
         let served = remote.run(job, call).await?;

@@ -381,5 +381,6 @@ fn cancelled_before_start() -> Generation {
         tokens_per_second: 0.0,
         speculative: None,
         batch_width: 1.0,
+        verified: None,
     }
 }

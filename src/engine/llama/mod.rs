@@ -17,6 +17,7 @@
 //! goes on serving.
 
 mod batch;
+mod exactness;
 mod prefix;
 mod probe;
 mod prompt;
@@ -275,6 +276,10 @@ fn joins_batch(
         return false;
     }
     let idle = |m: &ModelId| batches.get(m).is_none_or(Batcher::is_idle);
+    if request.verify.is_some() {
+        // Verifying a lower answer takes a pass of its own.
+        return false;
+    }
     match request.speculation {
         super::Speculation::Off => true,
         super::Speculation::Ngram { .. } => !idle(&id),
@@ -452,6 +457,15 @@ fn load_batched(spec: &LoadSpec, batch: u32) -> Result<(Resident, f64, u32), Eng
                 reason: e.to_string(),
             })
     })?;
+    let mut resident = resident;
+    resident.multi_token_exact = !resident.has_window()
+        && resident.with(|model, ctx, _| exactness::multi_token_exact(model, ctx))?;
+    if !resident.multi_token_exact {
+        tracing::info!(
+            tier = %spec.name,
+            "tokens decoded together get other logits than alone on this model: it drafts and verifies nothing, to stay exact"
+        );
+    }
     let context = resident.room();
     tracing::info!(tier = %spec.name, path = %spec.path.display(), context, "model loaded");
     Ok((resident, started.elapsed().as_secs_f64() * 1e3, context))
@@ -534,8 +548,13 @@ fn generate(
 ) -> Result<Generation, EngineError> {
     let saved = store.zip(r.identity.clone()).filter(|_| req.cache_prompt);
     let saved = saved.as_ref().map(|(s, id)| (*s, id));
-    match draft {
-        None => r.with(|model, ctx, cache| generate_with(model, (ctx, cache), None, req, saved)),
+    // A model whose tokens decode differently together than alone drafts
+    // and verifies nothing (see `exactness`).
+    let exact = r.multi_token_exact;
+    match draft.filter(|_| exact) {
+        None => {
+            r.with(|model, ctx, cache| generate_with(model, (ctx, cache), None, req, saved, exact))
+        }
         Some(d) => r.with(|model, ctx, cache| {
             d.with(|_, draft_ctx, draft_cache| {
                 generate_with(
@@ -544,6 +563,7 @@ fn generate(
                     Some((draft_ctx, draft_cache)),
                     req,
                     saved,
+                    exact,
                 )
             })
         }),
@@ -559,6 +579,7 @@ fn generate_with<'m>(
     draft: Option<Slot<'_, '_>>,
     req: &GenerateRequest,
     saved: Option<(&StateStore, &store::ModelIdentity)>,
+    multi_token_exact: bool,
 ) -> Result<Generation, EngineError> {
     let mut prep = prepare(model, cache.n_ctx(), req)?;
     let started = Instant::now();
@@ -574,9 +595,9 @@ fn generate_with<'m>(
     let mut sampler = Sampler::new(req.sampling);
     let last_logits = batch.n_tokens() - 1;
     let target = (ctx, cache.n_ctx() as usize);
-    let speculative = speculative::run(
+    let (speculative, verified) = speculative::run(
         model,
-        target,
+        (target.0, target.1, multi_token_exact),
         draft,
         req,
         &prep,
@@ -587,6 +608,7 @@ fn generate_with<'m>(
     let generate_ms = gen_started.elapsed().as_secs_f64() * 1e3;
     let mut generation = out.into_generation(&prep, cached_tokens, prompt_ms, generate_ms);
     generation.speculative = speculative;
+    generation.verified = verified;
     Ok(generation)
 }
 
@@ -657,6 +679,7 @@ impl Output {
             },
             speculative: None,
             batch_width: 1.0,
+            verified: None,
         }
     }
 

@@ -39,6 +39,10 @@ pub struct Resident {
     pub identity: Option<ModelIdentity>,
     /// The sliding attention window, for models that have one.
     window: Option<usize>,
+    /// Its generated tokens get the same logits decoded together as alone
+    /// (see [`super::exactness`]); when false every generated token is
+    /// decoded on its own.
+    pub multi_token_exact: bool,
 }
 
 impl Resident {
@@ -66,7 +70,13 @@ impl Resident {
             name,
             identity: None,
             window,
+            multi_token_exact: true,
         })
+    }
+
+    /// Whether the model has sliding-window attention layers.
+    pub fn has_window(&self) -> bool {
+        self.window.is_some()
     }
 
     /// Sequences the context holds.
