@@ -8,10 +8,14 @@
 //! - [`probe`]: loads each new model file in a child process first, so a file
 //!   llama.cpp aborts on fails its tier, not the server; verdicts kept by file identity.
 //! - [`estimate`]: a model's memory cost from its GGUF header.
-//! - [`cascade`]: start tier, escalation decisions, token shares, the draft handover.
+//! - [`cascade`]: start tier, escalation decisions, token shares, the handoff
+//!   modes (verify the lower answer, or refine it as a draft).
 //! - [`classify`]: the complexity classifier: a model learned from the example bank
 //!   over hashed n-grams and the lexical cue-word signals; example files; its evaluation.
-//! - [`confidence`]: an answer's confidence from its token probabilities.
+//! - [`confidence`]: an answer's confidence: features of its tokens, a per-tier
+//!   logistic calibration to the probability it is right, fitting and AUROC.
+//! - [`calibrate`]: a ladder measured on questions with accepted answers: every
+//!   tier swept, calibrations and thresholds fitted and saved, `eval cascade`.
 //! - [`engine`]: the inference trait; llama.cpp on its own thread (a model and its
 //!   context owned together), where the requests on one model are decoded together
 //!   (continuous batching); speculative decoding; `engine::ggml_hook`, ggml's matrix

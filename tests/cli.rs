@@ -206,3 +206,130 @@ fn eval_routing_measures_the_dev_split_and_names_a_bad_line() {
         "{err}"
     );
 }
+
+/// A two-tier ladder on the real SmolLM2 models in `dir`, with a comment
+/// that `calibrate --write` must keep.
+fn small_ladder(dir: &Path) -> std::path::PathBuf {
+    let config = dir.join("tiers.yaml");
+    let yaml = format!(
+        "# my ladder: keep this comment\nmemory: {{ budget: 6GB }}\ntiers:\n  - {{ name: small, role: router, model: {}, threshold: 0.5, max_tokens: 32, context: 512 }}\n  - {{ name: big, role: refine, model: {}, threshold: 0.6, max_tokens: 32, context: 512 }}\n",
+        real_model(SMOL_Q4).display(),
+        real_model(common::SMOL_F32).display()
+    );
+    std::fs::write(&config, yaml).unwrap();
+    config
+}
+
+#[test]
+fn calibrate_fits_every_tier_and_writes_a_file_the_config_then_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = small_ladder(dir.path());
+    let set = dir.path().join("set.jsonl");
+    // A dozen questions of the shipped training split: some right, some wrong.
+    let train = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("data/calibration/train.jsonl"),
+    )
+    .unwrap();
+    let lines: Vec<&str> = train.lines().step_by(20).take(14).collect();
+    std::fs::write(&set, lines.join("\n")).unwrap();
+    let out = bin()
+        .args([
+            "--config",
+            config.to_str().unwrap(),
+            "calibrate",
+            "--json",
+            "--write",
+        ])
+        .args(["--set", set.to_str().unwrap(), "--max-tokens", "24"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let fit: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(fit["questions"], 14);
+    let tiers = fit["tiers"].as_array().unwrap();
+    assert_eq!(tiers.len(), 2);
+    for t in tiers {
+        assert_eq!(t["answered"], 14, "{t}");
+        let acc = t["accuracy"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&acc));
+    }
+    // The config keeps its comment and now names the calibration file,
+    // which sets what was fitted.
+    let text_after = std::fs::read_to_string(&config).unwrap();
+    assert!(text_after.starts_with("# my ladder: keep this comment\n"));
+    assert!(text_after.contains("calibration: tiers.calibration.yaml"));
+    let loaded = xnai_model_router::config::Config::load(&config).unwrap();
+    for (i, t) in tiers.iter().enumerate() {
+        if let Some(th) = t["threshold"].as_f64() {
+            assert_eq!(loaded.tiers[i].threshold, th);
+            assert_eq!(
+                loaded.tiers[i].calibration.bias,
+                t["calibration"]["bias"].as_f64().unwrap()
+            );
+        }
+    }
+    // Through route_query on the same set: one table, every question routed.
+    let eval = bin()
+        .args([
+            "--config",
+            config.to_str().unwrap(),
+            "eval",
+            "cascade",
+            "--json",
+        ])
+        .args(["--set", set.to_str().unwrap(), "--max-tokens", "24"])
+        .output()
+        .unwrap();
+    assert!(eval.status.success(), "{}", text(&eval.stderr));
+    let e: serde_json::Value = serde_json::from_slice(&eval.stdout).unwrap();
+    assert_eq!(e["cascade"]["answered"], 14);
+    assert_eq!(e["tiers"].as_array().unwrap().len(), 2);
+    let served: f64 = e["tiers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["share"].as_f64().unwrap())
+        .sum();
+    assert!(
+        (served - 1.0).abs() < 1e-9,
+        "shares add up to all: {served}"
+    );
+}
+
+#[test]
+fn calibrate_names_a_bad_line_and_an_empty_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = small_ladder(dir.path());
+    let set = dir.path().join("bad.jsonl");
+    std::fs::write(
+        &set,
+        "{\"question\": \"ok?\", \"contains\": [\"yes\"]}\n{\"question\": \"no rule\"}\n",
+    )
+    .unwrap();
+    for cmd in [&["calibrate"][..], &["eval", "cascade"][..]] {
+        let out = bin()
+            .args(["--config", config.to_str().unwrap()])
+            .args(cmd)
+            .args(["--set", set.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = text(&out.stderr);
+        assert!(
+            err.contains("bad.jsonl:2") && err.contains("no accepted answer"),
+            "{err}"
+        );
+    }
+    std::fs::write(&set, "# only a comment\n").unwrap();
+    let out = bin()
+        .args(["--config", config.to_str().unwrap(), "calibrate"])
+        .args(["--set", set.to_str().unwrap(), "--write"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("no questions"));
+    // Nothing was written.
+    assert!(!dir.path().join("tiers.calibration.yaml").exists());
+    let bad_precision = run(&["calibrate", "--set", "x.jsonl", "--precision", "1.5"]);
+    assert!(text(&bad_precision.stderr).contains("outside (0, 1]"));
+}

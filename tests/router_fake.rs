@@ -65,7 +65,8 @@ async fn escalates_until_a_tier_is_confident() {
     assert_eq!(res.tier, "b");
     // The confidence is tier b's calibration of its tokens' features.
     let tokens = [0.8f32; 4];
-    let features = Features::of(&tokens, &[0.0; 4], FinishReason::EndOfText);
+    let features =
+        Features::of(&tokens, &[0.0; 4], FinishReason::EndOfText).for_query(&res.complexity);
     let want = r.config().tiers[1].calibration.confidence(&features);
     assert!(
         (res.confidence - want).abs() < 1e-9,

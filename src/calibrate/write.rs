@@ -116,7 +116,12 @@ mod tests {
                     accuracy: 0.5,
                     auroc_before: None,
                     auroc_after: None,
-                    calibration: th.map(|_| Calibration::from_weights(-1.0, [0.5; 7])),
+                    calibration: th.map(|_| {
+                        Calibration::from_weights(
+                            -1.0,
+                            [0.5; crate::confidence::features::N_FEATURES],
+                        )
+                    }),
                     threshold: *th,
                     share: 0.0,
                     warnings: Vec::new(),

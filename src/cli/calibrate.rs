@@ -28,6 +28,10 @@ pub struct CalibrateArgs {
     /// calibration file (named in the config if it names none).
     #[arg(long)]
     write: bool,
+    /// Also write every tier's answer to every question, scored, with its
+    /// features and confidence, to this JSONL file.
+    #[arg(long, value_name = "FILE")]
+    answers: Option<PathBuf>,
     #[arg(long)]
     json: bool,
 }
@@ -64,6 +68,10 @@ pub fn run(config_path: &Path, a: CalibrateArgs) -> anyhow::Result<()> {
             }
         },
     ));
+    if let Some(path) = &a.answers {
+        write_answers(path, &questions, &sweeps)
+            .with_context(|| format!("writing answers to {}", path.display()))?;
+    }
     let fit = fit_ladder(pool.config(), &questions, &sweeps, a.precision);
     if a.json {
         println!("{}", serde_json::to_string_pretty(&fit)?);
@@ -84,6 +92,33 @@ pub fn run(config_path: &Path, a: CalibrateArgs) -> anyhow::Result<()> {
             }
         );
     }
+    Ok(())
+}
+
+/// Every swept answer as one JSON line.
+fn write_answers(
+    path: &Path,
+    questions: &[set::Question],
+    sweeps: &[sweep::TierSweep],
+) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    for s in sweeps {
+        for (a, q) in s.scored.iter().zip(questions) {
+            let row = serde_json::json!({
+                "line": a.line,
+                "tier": s.name,
+                "question": q.question,
+                "answer": a.answer,
+                "right": a.right,
+                "confidence": a.confidence,
+                "features": a.features,
+                "ms": a.ms,
+            });
+            writeln!(out, "{row}")?;
+        }
+    }
+    out.flush()?;
     Ok(())
 }
 

@@ -34,6 +34,18 @@ pub struct Calibration {
     /// Weight of 1 when the model ended the answer itself, else 0.
     #[serde(default)]
     pub stopped: f64,
+    /// Weight of the question's level, 0 (trivial) to 4 (expert).
+    #[serde(default)]
+    pub level: f64,
+    /// Weights of the question's domain (general is the baseline).
+    #[serde(default)]
+    pub domain_code: f64,
+    #[serde(default)]
+    pub domain_math: f64,
+    #[serde(default)]
+    pub domain_creative: f64,
+    #[serde(default)]
+    pub domain_reasoning: f64,
 }
 
 impl Calibration {
@@ -51,6 +63,11 @@ impl Calibration {
         mean_entropy: -0.5,
         log_length: 0.0,
         stopped: 0.0,
+        level: 0.0,
+        domain_code: 0.0,
+        domain_math: 0.0,
+        domain_creative: 0.0,
+        domain_reasoning: 0.0,
     };
 
     /// The weights in [`Features::vector`]'s order.
@@ -63,6 +80,11 @@ impl Calibration {
             self.mean_entropy,
             self.log_length,
             self.stopped,
+            self.level,
+            self.domain_code,
+            self.domain_math,
+            self.domain_creative,
+            self.domain_reasoning,
         ]
     }
 
@@ -77,6 +99,11 @@ impl Calibration {
             mean_entropy: w[4],
             log_length: w[5],
             stopped: w[6],
+            level: w[7],
+            domain_code: w[8],
+            domain_math: w[9],
+            domain_creative: w[10],
+            domain_reasoning: w[11],
         }
     }
 
@@ -129,11 +156,12 @@ mod tests {
 
     #[test]
     fn weights_round_trip_in_feature_order() {
-        let w = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0];
+        let w: [f64; N_FEATURES] = std::array::from_fn(|i| i as f64 + 1.0);
         let c = Calibration::from_weights(-1.0, w);
         assert_eq!(c.weights(), w);
         assert_eq!(c.bias, -1.0);
         assert_eq!(c.log_length, 6.0);
+        assert_eq!(c.domain_reasoning, 12.0);
     }
 
     #[test]

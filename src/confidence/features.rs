@@ -1,5 +1,7 @@
-//! What an answer's tokens say about it: the confidence features.
+//! What an answer's tokens say about it, and what kind of question it
+//! answers: the confidence features.
 
+use crate::classify::{Complexity, Domain, Level};
 use crate::engine::{FinishReason, Generation};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -7,8 +9,10 @@ use serde::{Deserialize, Serialize};
 /// Floor for a token probability before its logarithm is taken.
 const PROB_FLOOR: f64 = 1e-9;
 
-/// An answer's confidence features, from its tokens' probabilities and the
-/// entropy of each next-token distribution.
+/// An answer's confidence features: from its tokens' probabilities and the
+/// entropy of each next-token distribution, and the classifier's verdict
+/// on the question (a small model's answers to arithmetic are wrong far
+/// more often than its answers to look-ups, however sure its tokens are).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Features {
     /// The least probable token's probability.
@@ -26,10 +30,13 @@ pub struct Features {
     /// The model ended the answer itself (end of text or a stop string),
     /// rather than running out of tokens or context.
     pub stopped: bool,
+    /// The question's complexity level and domain, as classified.
+    pub level: Level,
+    pub domain: Domain,
 }
 
 /// Entries in [`Features::vector`].
-pub const N_FEATURES: usize = 7;
+pub const N_FEATURES: usize = 12;
 
 /// The names of [`Features::vector`]'s entries, as the calibration's keys.
 pub const FEATURE_NAMES: [&str; N_FEATURES] = [
@@ -40,11 +47,18 @@ pub const FEATURE_NAMES: [&str; N_FEATURES] = [
     "mean_entropy",
     "log_length",
     "stopped",
+    "level",
+    "domain_code",
+    "domain_math",
+    "domain_creative",
+    "domain_reasoning",
 ];
 
 impl Features {
     /// The features of tokens with probabilities `probs` and next-token
-    /// entropies `entropies` (missing entropies count as 0), ended by `finish`.
+    /// entropies `entropies` (missing entropies count as 0), ended by
+    /// `finish`, for a question not yet classified (trivial, general: see
+    /// [`Features::for_query`]).
     pub fn of(probs: &[f32], entropies: &[f32], finish: FinishReason) -> Self {
         let stopped = matches!(finish, FinishReason::EndOfText | FinishReason::StopString);
         if probs.is_empty() {
@@ -56,6 +70,8 @@ impl Features {
                 mean_entropy: 0.0,
                 tokens: 0,
                 stopped,
+                level: Level::Trivial,
+                domain: Domain::General,
             };
         }
         let mut sorted: Vec<f64> = probs.iter().map(|&p| (p as f64).clamp(0.0, 1.0)).collect();
@@ -71,6 +87,17 @@ impl Features {
             mean_entropy,
             tokens: probs.len() as u32,
             stopped,
+            level: Level::Trivial,
+            domain: Domain::General,
+        }
+    }
+
+    /// The same answer's features for a question classified as `c`.
+    pub fn for_query(self, c: &Complexity) -> Self {
+        Features {
+            level: c.level,
+            domain: c.domain,
+            ..self
         }
     }
 
@@ -80,7 +107,9 @@ impl Features {
     }
 
     /// The values the calibration weighs, in [`FEATURE_NAMES`]' order: the
-    /// length enters as ln(1 + tokens), `stopped` as 0 or 1.
+    /// length enters as ln(1 + tokens), `stopped` as 0 or 1, the level as
+    /// 0 (trivial) to 4 (expert), the domain as one indicator per domain
+    /// but general.
     pub fn vector(&self) -> [f64; N_FEATURES] {
         [
             self.min_prob,
@@ -89,8 +118,21 @@ impl Features {
             self.mean_logprob,
             self.mean_entropy,
             (1.0 + self.tokens as f64).ln(),
-            if self.stopped { 1.0 } else { 0.0 },
+            indicator(self.stopped),
+            self.level.index() as f64,
+            indicator(self.domain == Domain::Code),
+            indicator(self.domain == Domain::Math),
+            indicator(self.domain == Domain::Creative),
+            indicator(self.domain == Domain::Reasoning),
         ]
+    }
+}
+
+fn indicator(b: bool) -> f64 {
+    if b {
+        1.0
+    } else {
+        0.0
     }
 }
 
@@ -146,5 +188,19 @@ mod tests {
         assert_eq!(f.min_prob, f.p10_prob);
         assert_eq!(f.p10_prob, f.p25_prob);
         assert_eq!(f.vector()[6], 0.0);
+    }
+
+    #[test]
+    fn the_question_enters_as_its_level_and_domain() {
+        let c = crate::classify::classify("What is 1234 times 5678? Show the steps.");
+        let f = Features::of(&[0.9], &[0.1], FinishReason::EndOfText).for_query(&c);
+        let v = f.vector();
+        assert_eq!(v[7], c.level.index() as f64);
+        let hot: Vec<usize> = (8..12).filter(|&i| v[i] == 1.0).collect();
+        match c.domain {
+            Domain::General => assert!(hot.is_empty()),
+            d => assert_eq!(hot.len(), 1, "{d:?}"),
+        }
+        assert_eq!(FEATURE_NAMES.len(), v.len());
     }
 }

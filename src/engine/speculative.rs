@@ -11,6 +11,14 @@
 //! accepted length; llama.cpp needs each sequence's positions to be
 //! consecutive, so a draft token the draft model has not seen yet (the last
 //! one, when all were accepted) is fed to it at the start of the next round.
+//!
+//! A verified handoff is one more source of drafts: a lower tier's answer,
+//! tokenised in the target's vocabulary (after the whitespace the target's
+//! first token opens with), is offered whole in the first round, so one
+//! batch scores all of it; after the first disagreement its rest sits in the
+//! lookup history between the prompt and the output, and n-gram lookup
+//! drafts from it. The output is the target's own, greedy or sampled, as
+//! for any draft.
 
 use super::ggml_hook::Pass;
 use super::llama::{decode, decode_err, feed, Output, Prepared, Slot};

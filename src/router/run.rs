@@ -76,7 +76,8 @@ impl<E: Engine> Router<E> {
             next = match ran.map_err(|e| self.prompt_too_long(e, tier)) {
                 Ok(ran) => {
                     let from = draft.as_ref().map(|d| d.tier.as_str());
-                    self.judge(tier, ran, max_tokens, from, &mut books)?
+                    let asked = (&plan.complexity, from);
+                    self.judge(tier, ran, max_tokens, asked, &mut books)?
                 }
                 Err(e) if !matches!(e.kind(), ErrorKind::Failed) => return Err(e),
                 Err(e) => {
@@ -151,8 +152,9 @@ impl<E: Engine> Router<E> {
         }
     }
 
-    /// Books an attempt that generated (handed an answer from the tier
-    /// `from`, if any), and decides whether to go up.
+    /// Books an attempt that generated, for a question classified as
+    /// `complexity` (handed an answer from the tier `from`, if any), and
+    /// decides whether to go up.
     ///
     /// # Errors
     ///
@@ -162,7 +164,7 @@ impl<E: Engine> Router<E> {
         tier: usize,
         ran: Ran,
         max_tokens: u32,
-        from: Option<&str>,
+        (complexity, from): (&Complexity, Option<&str>),
         books: &mut Books,
     ) -> Result<Next> {
         let t = &self.config.tiers[tier];
@@ -193,7 +195,7 @@ impl<E: Engine> Router<E> {
                 )),
             });
         }
-        let features = Features::of_generation(g);
+        let features = Features::of_generation(g).for_query(complexity);
         let conf = t.calibration.confidence(&features);
         books.tokens_used += g.completion_tokens;
         books.timings.load_ms += ran.load_ms;
