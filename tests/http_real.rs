@@ -109,8 +109,8 @@ fn default_yaml() -> PathBuf {
 /// and a `server:` section.
 fn yaml_with_server(dir: &Path, server: &str) -> PathBuf {
     let mut n = 0;
-    let text: String = std::fs::read_to_string(default_yaml())
-        .unwrap()
+    default_yaml();
+    let text: String = common::default_yaml_uncalibrated()
         .lines()
         .map(|line| match line.split_once("threshold:") {
             Some((indent, _)) => {

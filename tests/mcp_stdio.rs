@@ -41,8 +41,8 @@ fn default_yaml() -> std::path::PathBuf {
 /// so every query escalates to the top.
 fn escalating_yaml(dir: &Path) -> std::path::PathBuf {
     let mut n = 0;
-    let text: String = std::fs::read_to_string(default_yaml())
-        .unwrap()
+    default_yaml();
+    let text: String = common::default_yaml_uncalibrated()
         .lines()
         .map(|line| match line.split_once("threshold:") {
             Some((indent, _)) => {
@@ -198,6 +198,7 @@ async fn low_confidence_escalates_and_force_escalate_goes_up() {
     assert_eq!(attempts[0]["tier"], "router");
     assert_eq!(attempts[0]["outcome"], "escalated");
     assert_eq!(attempts[1]["tier"], "drafter");
+    assert_eq!(attempts[1]["handoff"]["from_tier"], "router", "{v}");
     let last = attempts.last().unwrap();
     assert!(
         [
@@ -274,11 +275,19 @@ async fn force_escalate_lands_on_a_higher_tier_with_the_draft() {
     assert_eq!(v["routed_by"], "force_escalate");
     assert_eq!(v["attempts"][0]["tier"], "refiner");
     assert_ne!(v["request_id"], id);
-    // The draft made the prompt longer than the plain question's.
-    assert!(
-        v["attempts"][0]["prompt_tokens"].as_u64().unwrap()
-            > first["attempts"][0]["prompt_tokens"].as_u64().unwrap() + 10
+    // The lower answer is verified (routing.handoff: verify), not put
+    // into the prompt: the same vocabulary reads the same prompt.
+    assert_eq!(
+        v["attempts"][0]["prompt_tokens"],
+        first["attempts"][0]["prompt_tokens"]
     );
+    let handoff = &v["attempts"][0]["handoff"];
+    assert_eq!(handoff["from_tier"], answered_at, "{v}");
+    assert!(handoff["offered_tokens"].as_u64().unwrap() > 0, "{handoff}");
+    assert!(["verified", "corrected"].contains(&handoff["outcome"].as_str().unwrap()));
+    if handoff["outcome"] == "verified" {
+        assert_eq!(v["answer"], first["answer"]);
+    }
     // Going down is refused.
     let id2 = v["request_id"].as_str().unwrap();
     let down = call(
@@ -423,6 +432,9 @@ async fn route_query_is_speculative_on_the_refiner_and_answers_as_without() {
         .replace("    draft: router\n", "");
     let plain_yaml = dir.path().join("tiers.yaml");
     std::fs::write(&plain_yaml, text).unwrap();
+    let calibration = "tiers.calibration.yaml";
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join(calibration);
+    std::fs::copy(shipped, dir.path().join(calibration)).unwrap();
     let client = start(&plain_yaml).await;
     let r = call(&client, "route_query", query).await.unwrap();
     let without = structured(&schemas, "route_query", &r);

@@ -146,8 +146,7 @@ fn quantile(xs: &[f64], q: f64) -> f64 {
     }
     let mut v = xs.to_vec();
     v.sort_by(f64::total_cmp);
-    let rank = (q * v.len() as f64).ceil() as usize;
-    v[rank.clamp(1, v.len()) - 1]
+    crate::confidence::features::percentile(&v, q)
 }
 
 fn summarise<E: Engine>(

@@ -137,7 +137,7 @@ fn indicator(b: bool) -> f64 {
 }
 
 /// The nearest-rank `q` quantile of ascending `sorted` (not empty).
-fn percentile(sorted: &[f64], q: f64) -> f64 {
+pub fn percentile(sorted: &[f64], q: f64) -> f64 {
     let rank = (q * sorted.len() as f64).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1]
 }

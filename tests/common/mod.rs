@@ -43,6 +43,23 @@ pub fn default_config() -> xnai_model_router::config::Config {
     config
 }
 
+/// The repository's tiers.yaml as text without the line naming its
+/// calibration file, so the thresholds a test writes into a copy are the
+/// ones in force (each tier then uses the built-in calibration).
+pub fn default_yaml_uncalibrated() -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tiers.yaml");
+    let text = std::fs::read_to_string(path).unwrap();
+    let kept: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with("calibration:"))
+        .collect();
+    assert!(
+        kept.len() < text.lines().count(),
+        "tiers.yaml names a calibration file"
+    );
+    kept.join("\n") + "\n"
+}
+
 /// A fresh folder for a spawned server's `XDG_DATA_HOME`, so its routing
 /// corrections store is its own, not the user's nor another test's.
 pub fn fresh_data_home() -> PathBuf {
