@@ -192,3 +192,45 @@ async fn a_verified_escalation_ends_on_the_upper_tiers_own_answer() {
     }
     assert!(!outcomes.is_empty());
 }
+
+#[tokio::test]
+async fn a_handoff_meeting_a_busy_batch_decodes_among_it_and_is_compared() {
+    let engine = LlamaEngine::new();
+    let spec = LoadSpec {
+        name: "batched".into(),
+        path: real_model(SMOL_Q4),
+        context: 512,
+        threads: 2,
+        mlock: false,
+        sequences: 4,
+    };
+    let m = engine.load(spec).await.unwrap().id;
+    let q = QUESTIONS[0];
+    let own = answer(&engine, m, q, None).await;
+    // A long request keeps the batch busy while the handoff arrives.
+    let busy = {
+        let engine = engine.clone();
+        tokio::spawn(async move {
+            let long = GenerateRequest {
+                ignore_eos: true,
+                ..GenerateRequest::greedy("Tell me a long story about a lighthouse.", 160)
+            };
+            engine.generate(m, long).await.unwrap()
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let got = answer(&engine, m, q, Some(&own.text)).await;
+    let long = busy.await.unwrap();
+    assert!(
+        got.batch_width > 1.0,
+        "it decoded among the batch: {}",
+        got.batch_width
+    );
+    assert!(long.batch_width > 1.0);
+    assert_eq!(got.token_ids, own.token_ids);
+    let v = got.verified.expect("compared, and reported");
+    assert!(v.whole && v.accepted > 0 && v.offered > 0, "{v:?}");
+    let wrong = answer(&engine, m, q, Some("Lyon, surely.")).await;
+    let v = wrong.verified.expect("reported");
+    assert!(!v.whole && v.accepted == 0, "{v:?}");
+}

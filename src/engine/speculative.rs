@@ -165,23 +165,16 @@ pub(super) fn run<'t>(
     }
     // What the loop reports once it ends.
     let report = |stats: SpecStats, handoff: Option<Handoff>, out: &Output| {
-        let verified = req.verify.as_ref().map(|_| {
-            let mut v = handoff.map(|h| h.stats).unwrap_or_else(|| VerifyStats {
-                // Decoded plainly: the prefix it shares with the output.
-                accepted: out
-                    .ids
-                    .iter()
-                    .zip(&lower)
-                    .take_while(|(a, b)| a == b)
-                    .count() as u32,
-                ..VerifyStats::default()
-            });
-            v.offered = lower.len() as u32;
-            // The answer stands as the lower one: the same text (the
-            // tokens may split differently).
-            let text = String::from_utf8_lossy(&out.text);
-            v.whole = !lower.is_empty() && text.trim() == lower_text.trim();
-            v
+        let verified = req.verify.as_ref().map(|text| match handoff {
+            Some(h) => VerifyStats {
+                offered: lower.len() as u32,
+                // The answer stands as the lower one: the same text (the
+                // tokens may split differently).
+                whole: !lower.is_empty()
+                    && String::from_utf8_lossy(&out.text).trim() == text.trim(),
+                ..h.stats
+            },
+            None => compared(model, text, out),
         });
         ((mode != Mode::Plain).then_some(stats), verified)
     };
@@ -268,6 +261,33 @@ fn lead_like(model: &LlamaModel, first: u32, text: &str) -> Option<Vec<u32>> {
         .vocab()
         .tokenize(format!("{lead}{text}").as_bytes(), false, false);
     Some(tokens.iter().map(|t| t.0 as u32).collect())
+}
+
+/// A lower answer `text` compared with an output decoded without verifying
+/// it (a model that is not multi-token exact, or a request decoded inside
+/// a batch): the prefix of its tokens the output shares, and whether the
+/// output is the same text.
+pub(super) fn compared(model: &LlamaModel, text: &str, out: &Output) -> VerifyStats {
+    let tokens = |t: &str| -> Vec<u32> {
+        let ids = model.vocab().tokenize(t.trim().as_bytes(), false, false);
+        ids.iter().map(|t| t.0 as u32).collect()
+    };
+    let mut lower = tokens(text);
+    if let Some(&first) = out.ids.first().filter(|&&f| lower.first() != Some(&f)) {
+        lower = lead_like(model, first, text).unwrap_or(lower);
+    }
+    let output = String::from_utf8_lossy(&out.text);
+    VerifyStats {
+        offered: lower.len() as u32,
+        accepted: out
+            .ids
+            .iter()
+            .zip(&lower)
+            .take_while(|(a, b)| a == b)
+            .count() as u32,
+        whole: !lower.is_empty() && output.trim() == text.trim(),
+        verify_ms: 0.0,
+    }
 }
 
 /// Lookup drafts per pass after a handoff's first disagreement.

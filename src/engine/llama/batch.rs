@@ -167,12 +167,17 @@ impl Batcher {
         }
         prompt_pass(&mut self.running, model, ctx, caches, prompt_batch)?;
         decode_step(&mut self.running, model, ctx, step_batch)?;
-        self.leave(ctx, caches);
+        self.leave(model, ctx, caches);
         Ok(())
     }
 
     /// Answers the finished requests and frees their sequences.
-    fn leave(&mut self, ctx: &mut LlamaContext<'_>, caches: &mut [PromptCache]) {
+    fn leave(
+        &mut self,
+        model: &LlamaModel,
+        ctx: &mut LlamaContext<'_>,
+        caches: &mut [PromptCache],
+    ) {
         let mut i = 0;
         while i < self.running.len() {
             if self.running[i].out.finish.is_none() {
@@ -191,9 +196,17 @@ impl Batcher {
             let generate_ms = r
                 .generating
                 .map_or(0.0, |t| t.elapsed().as_secs_f64() * 1e3);
+            // A lower answer to verify was not: it is compared instead.
+            let verified = r
+                .job
+                .request
+                .verify
+                .as_deref()
+                .map(|text| super::super::speculative::compared(model, text, &r.out));
             let mut generation =
                 r.out
                     .into_generation(&r.prep, r.prompt_kept, r.prompt_ms, generate_ms);
+            generation.verified = verified;
             if r.steps > 0 {
                 generation.batch_width = r.width_sum as f64 / r.steps as f64;
             }

@@ -277,8 +277,9 @@ fn joins_batch(
     }
     let idle = |m: &ModelId| batches.get(m).is_none_or(Batcher::is_idle);
     if request.verify.is_some() {
-        // Verifying a lower answer takes a pass of its own.
-        return false;
+        // Verifying a lower answer takes passes of its own, when the model
+        // is free; among others it decodes plainly, compared afterwards.
+        return !idle(&id);
     }
     match request.speculation {
         super::Speculation::Off => true,
