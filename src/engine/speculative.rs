@@ -160,7 +160,7 @@ pub(super) fn run<'t>(
     let mut draft_ms = 0.0;
     let first = sampler.pick(target.get_logits_ith(first_logits));
     let going = out.push(model, first);
-    if lower.first() != Some(&first.token) {
+    if mode == Mode::Handoff && lower.first() != Some(&first.token) {
         lower = lead_like(model, first.token, lower_text).unwrap_or(lower);
     }
     // What the loop reports once it ends.
