@@ -14,6 +14,16 @@ fn bin() -> Command {
     c
 }
 
+/// Held by the test that times the classifier and by the tests that keep
+/// both cores busy with models, so the timing is not theirs.
+static CORES: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn cores() -> std::sync::MutexGuard<'static, ()> {
+    CORES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn run(args: &[&str]) -> Output {
     bin().args(args).output().unwrap()
 }
@@ -168,6 +178,7 @@ fn the_committed_manifest_matches_the_code() {
 
 #[test]
 fn eval_routing_measures_the_dev_split_and_names_a_bad_line() {
+    let _cores = cores();
     let out = run(&[
         "eval",
         "routing",
@@ -222,6 +233,7 @@ fn small_ladder(dir: &Path) -> std::path::PathBuf {
 
 #[test]
 fn calibrate_fits_every_tier_and_writes_a_file_the_config_then_reads() {
+    let _cores = cores();
     let dir = tempfile::tempdir().unwrap();
     let config = small_ladder(dir.path());
     let set = dir.path().join("set.jsonl");

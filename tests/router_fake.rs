@@ -382,3 +382,49 @@ async fn cancelling_a_running_generation_stops_it_and_keeps_the_model() {
     assert_eq!(r.pool().resident_tiers(), vec![0]);
     r.route(at("a", "again"), &Call::default()).await.unwrap();
 }
+
+#[tokio::test]
+async fn calibrate_reports_a_failing_tier_and_fits_the_others() {
+    use xnai_model_router::calibrate::{fit_ladder, set, sweep::sweep};
+    use xnai_model_router::pool::TierPool;
+    let (dir, config) = synthetic_ladder("");
+    let engine = FakeEngine::new();
+    let broken = Script {
+        load_error: Some("tensor data is corrupt".into()),
+        ..Script::default()
+    };
+    engine.script("b", broken);
+    let file = dir.path().join("set.jsonl");
+    // The fake answers "fake answer": right to the first kind, wrong to the second.
+    let lines: Vec<String> = (0..6)
+        .map(|i| {
+            let word = if i % 2 == 0 { "fake" } else { "zebra" };
+            format!("{{\"question\": \"Question {i}?\", \"contains\": [\"{word}\"]}}")
+        })
+        .collect();
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let questions = set::load(&file).unwrap();
+    let pool = TierPool::new(engine, config.clone());
+    let sweeps = sweep(&pool, &questions, 8, |_, _| {}).await;
+    assert_eq!(sweeps.len(), 3);
+    assert!(sweeps[1]
+        .error
+        .as_deref()
+        .unwrap()
+        .contains("tensor data is corrupt"));
+    assert!(sweeps[0].complete(6) && sweeps[2].complete(6));
+    assert_eq!(sweeps[0].accuracy(), 0.5);
+    let fit = fit_ladder(&config, &questions, &sweeps, None);
+    assert!(fit.tiers[1].calibration.is_none());
+    assert!(
+        fit.tiers[1].warnings[0].contains("failed after 0 of 6"),
+        "{:?}",
+        fit.tiers[1].warnings
+    );
+    for t in [&fit.tiers[0], &fit.tiers[2]] {
+        assert!(t.calibration.is_some() && t.threshold.is_some(), "{t:?}");
+        assert_eq!(t.answered, 6);
+    }
+    let served: f64 = fit.tiers.iter().map(|t| t.share).sum();
+    assert!((served - 1.0).abs() < 1e-9);
+}
