@@ -168,10 +168,7 @@ pub(super) fn run<'t>(
         let verified = req.verify.as_ref().map(|text| match handoff {
             Some(h) => VerifyStats {
                 offered: lower.len() as u32,
-                // The answer stands as the lower one: the same text (the
-                // tokens may split differently).
-                whole: !lower.is_empty()
-                    && String::from_utf8_lossy(&out.text).trim() == text.trim(),
+                whole: !lower.is_empty() && same_text(out, text),
                 ..h.stats
             },
             None => compared(model, text, out),
@@ -276,7 +273,6 @@ pub(super) fn compared(model: &LlamaModel, text: &str, out: &Output) -> VerifySt
     if let Some(&first) = out.ids.first().filter(|&&f| lower.first() != Some(&f)) {
         lower = lead_like(model, first, text).unwrap_or(lower);
     }
-    let output = String::from_utf8_lossy(&out.text);
     VerifyStats {
         offered: lower.len() as u32,
         accepted: out
@@ -285,9 +281,15 @@ pub(super) fn compared(model: &LlamaModel, text: &str, out: &Output) -> VerifySt
             .zip(&lower)
             .take_while(|(a, b)| a == b)
             .count() as u32,
-        whole: !lower.is_empty() && output.trim() == text.trim(),
+        whole: !lower.is_empty() && same_text(out, text),
         verify_ms: 0.0,
     }
+}
+
+/// Whether the output is the lower answer `text`: the same text, however
+/// the tokens split it.
+fn same_text(out: &Output, text: &str) -> bool {
+    String::from_utf8_lossy(&out.text).trim() == text.trim()
 }
 
 /// Lookup drafts per pass after a handoff's first disagreement.

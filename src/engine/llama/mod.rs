@@ -450,7 +450,7 @@ fn load_batched(spec: &LoadSpec, batch: u32) -> Result<(Resident, f64, u32), Eng
         .with_flash_attention_policy(llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED)
         .with_n_threads(threads)
         .with_n_threads_batch(threads);
-    let resident = Resident::new(spec.name.clone(), model, sequences, |m| {
+    let mut resident = Resident::new(spec.name.clone(), model, sequences, |m| {
         m.new_context(backend, ctx_params)
             .map_err(|e| EngineError::ContextFailed {
                 tier: spec.name.clone(),
@@ -458,7 +458,6 @@ fn load_batched(spec: &LoadSpec, batch: u32) -> Result<(Resident, f64, u32), Eng
                 reason: e.to_string(),
             })
     })?;
-    let mut resident = resident;
     resident.multi_token_exact = !resident.has_window()
         && resident.with(|model, ctx, _| exactness::multi_token_exact(model, ctx))?;
     if !resident.multi_token_exact {
