@@ -33,6 +33,8 @@ fn main() {
     if std::env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux") {
         println!("cargo:rustc-link-arg=-Wl,--wrap=llamafile_sgemm");
         println!("cargo:rustc-link-arg=-Wl,--undefined=__wrap_llamafile_sgemm");
+        println!("cargo:rustc-link-arg=-Wl,--wrap=ggml_compute_forward_flash_attn_ext");
+        println!("cargo:rustc-link-arg=-Wl,--undefined=__wrap_ggml_compute_forward_flash_attn_ext");
         println!("cargo:rustc-cfg=sgemm_wrapped");
     }
 }

@@ -9,6 +9,7 @@
 mod common;
 
 use common::{real_model, GEMMA, SMOL_F32, SMOL_Q4};
+use xnai_model_router::engine::ggml_hook;
 use xnai_model_router::engine::llama::store::{self, StoreSettings};
 use xnai_model_router::engine::llama::LlamaEngine;
 use xnai_model_router::engine::{
@@ -207,6 +208,12 @@ async fn a_cached_speculative_answer_is_the_cold_plain_answer() {
         .await
         .unwrap();
     assert_same("speculative, second turn", &cold, &warm);
+    // Past 512 cells of KV, ggml's own flash attention would compute a lone
+    // token and a verification batch differently; the hook sent generated
+    // passes down its reference path.
+    if ggml_hook::EXACT_FLASH_ATTENTION {
+        assert!(ggml_hook::counts().reference_attention > 0);
+    }
 }
 
 /// A tier that is unloaded and loaded again restores its saved KV state for

@@ -44,6 +44,12 @@
 //! a cached run decodes every prompt position in the same batch a cold run
 //! does (see `engine::llama::prefix`, which also says why that is needed).
 //!
+//! Flash attention follows the same rule
+//! ([`__wrap_ggml_compute_forward_flash_attn_ext`]): a generated pass runs
+//! ggml's reference path, one chunk per query row over every KV cell, the
+//! same alone or in a batch; a prompt pass keeps ggml's split and tiled
+//! paths.
+//!
 //! ggml's threads read the pass from a process-wide flag, so every thread of
 //! a product makes the same choice; [`in_pass`] runs one decode at a time in
 //! the process to keep that flag true for the decode that reads it.
@@ -96,13 +102,19 @@ pub mod types {
     pub const Q8_1: c_int = llama_cpp_sys_2::GGML_TYPE_Q8_1 as c_int;
 }
 
-/// The head of ggml's `struct ggml_compute_params` (ggml-cpu-impl.h):
-/// this thread and the count. ggml passes a pointer to the whole struct;
-/// only these two leading fields are read.
+/// ggml's `struct ggml_compute_params` (ggml-cpu-impl.h), whole: the
+/// sgemm hook reads this thread and the count, the attention hook copies
+/// it with `use_ref` set (a unit test checks the declaration in the pinned
+/// source).
 #[repr(C)]
+#[derive(Clone, Copy)]
 pub struct ComputeParams {
     ith: c_int,
     nth: c_int,
+    wsize: usize,
+    wdata: *mut c_void,
+    threadpool: *mut c_void,
+    use_ref: bool,
 }
 
 /// Sizes and strides of one product: `C[j * ldc + i] = dot(A[i * lda
@@ -258,14 +270,16 @@ pub fn in_pass<R>(pass: Pass, decode: impl FnOnce() -> R) -> R {
     decode()
 }
 
-/// Products ggml offered the hook; those the exact kernels computed; and
-/// those passed on to llama.cpp's `llamafile_sgemm` (prompt passes), since
+/// Products ggml offered the hook; those the exact kernels computed; those
+/// passed on to llama.cpp's `llamafile_sgemm` (prompt passes); and flash
+/// attention ops of generated passes sent down ggml's reference path, since
 /// the process started (each counted once, not once per thread).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct HookCounts {
     pub offered: u64,
     pub taken: u64,
     pub forwarded: u64,
+    pub reference_attention: u64,
 }
 
 impl HookCounts {
@@ -275,6 +289,7 @@ impl HookCounts {
             offered: self.offered - before.offered,
             taken: self.taken - before.taken,
             forwarded: self.forwarded - before.forwarded,
+            reference_attention: self.reference_attention - before.reference_attention,
         }
     }
 }
@@ -282,6 +297,7 @@ impl HookCounts {
 static OFFERED: AtomicU64 = AtomicU64::new(0);
 static TAKEN: AtomicU64 = AtomicU64::new(0);
 static FORWARDED: AtomicU64 = AtomicU64::new(0);
+static REFERENCE_ATTENTION: AtomicU64 = AtomicU64::new(0);
 
 /// How many products the hook has been offered, taken and forwarded so far.
 pub fn counts() -> HookCounts {
@@ -289,6 +305,7 @@ pub fn counts() -> HookCounts {
         offered: OFFERED.load(Ordering::Relaxed),
         taken: TAKEN.load(Ordering::Relaxed),
         forwarded: FORWARDED.load(Ordering::Relaxed),
+        reference_attention: REFERENCE_ATTENTION.load(Ordering::Relaxed),
     }
 }
 
@@ -385,6 +402,54 @@ extern "C" {
     ) -> bool;
 }
 
+/// ggml-cpu's flash attention (`--wrap=ggml_compute_forward_flash_attn_ext`
+/// in `build.rs`). In a generated pass it runs ggml's reference path
+/// (`use_ref`): every query row in one chunk over every KV cell, the same
+/// arithmetic whether the token is decoded alone or inside a verification
+/// or request batch. Left alone, ggml splits a lone token's KV across the
+/// threads once it has 512 cells or more, and tiles a batch of many rows,
+/// each with other rounding. Prompt passes keep ggml's fast paths: a
+/// prompt's batches are the same in every run (see the module docs).
+///
+/// # Safety
+///
+/// Called by ggml with a live `ggml_compute_params` and its tensor.
+#[cfg(sgemm_wrapped)]
+#[no_mangle]
+pub unsafe extern "C" fn __wrap_ggml_compute_forward_flash_attn_ext(
+    params: *const ComputeParams,
+    dst: *mut c_void,
+) {
+    if !GENERATED.load(Ordering::SeqCst) {
+        // SAFETY: ggml's own arguments, passed on unchanged.
+        return unsafe { __real_ggml_compute_forward_flash_attn_ext(params, dst) };
+    }
+    // SAFETY: `params` points to a live, whole `ggml_compute_params` (the
+    // caller's contract; the layout is checked against the pinned header).
+    let reference = ComputeParams {
+        use_ref: true,
+        ..unsafe { *params }
+    };
+    if reference.ith == 0 {
+        REFERENCE_ATTENTION.fetch_add(1, Ordering::Relaxed);
+    }
+    // SAFETY: the same arguments but for the flag, on this thread's stack
+    // for the length of the call; every thread of the op sees the same
+    // pass, so they all take the same path.
+    unsafe { __real_ggml_compute_forward_flash_attn_ext(&reference, dst) }
+}
+
+#[cfg(sgemm_wrapped)]
+extern "C" {
+    /// ggml-cpu's own flash attention, as `--wrap` names it.
+    fn __real_ggml_compute_forward_flash_attn_ext(params: *const ComputeParams, dst: *mut c_void);
+}
+
+/// Whether flash attention keeps speculative and batched answers exact in
+/// this build: only where [`__wrap_ggml_compute_forward_flash_attn_ext`]
+/// is linked in. Elsewhere the engine turns flash attention off.
+pub const EXACT_FLASH_ATTENTION: bool = cfg!(sgemm_wrapped);
+
 /// Computes thread `ith` of `nth`'s share of a product this build's
 /// kernels take; false (and nothing written) for the rest.
 ///
@@ -451,7 +516,14 @@ pub(crate) fn run_hook<T>(
     let _end = EndPass;
     GENERATED.store(true, Ordering::SeqCst);
     for ith in 0..nth {
-        let params = ComputeParams { ith, nth };
+        let params = ComputeParams {
+            ith,
+            nth,
+            wsize: 0,
+            wdata: std::ptr::null_mut(),
+            threadpool: std::ptr::null_mut(),
+            use_ref: false,
+        };
         // SAFETY: `params` is live, and the callers' buffers hold the
         // shape's rows and columns in the types they name.
         let done = unsafe {

@@ -172,10 +172,32 @@ fn ggml_declares_what_the_hook_implements() {
         "llamafile_sgemm's prototype changed"
     );
     let params = squeeze(&read("ggml-cpu-impl.h"));
-    let head = squeeze("struct ggml_compute_params { // ith = thread index, nth = number of threads\n int ith, nth;");
+    // ComputeParams mirrors the whole struct (the attention hook copies it).
+    let whole = squeeze(
+        "struct ggml_compute_params { // ith = thread index, nth = number of threads
+         int ith, nth; // work buffer for all threads
+         size_t wsize; void * wdata; struct ggml_threadpool * threadpool;
+         // use reference implementation
+         bool use_ref; };",
+    );
     assert!(
-        params.contains(&head),
-        "ggml_compute_params no longer starts with ith, nth"
+        params.contains(&whole),
+        "ggml_compute_params changed: update ComputeParams"
+    );
+    let ops = squeeze(&read("ops.h"));
+    assert!(
+        ops.contains(&squeeze(
+            "void ggml_compute_forward_flash_attn_ext(const struct ggml_compute_params * params, struct ggml_tensor * dst);"
+        )),
+        "ggml_compute_forward_flash_attn_ext's prototype changed"
+    );
+    // The reference path is what the attention hook relies on.
+    let flash = squeeze(&read("ops.cpp"));
+    assert!(
+        flash.contains(&squeeze(
+            "const bool use_split_kv_path = !use_ref && (neq1 == 1 && neq3 == 1)"
+        )) && flash.contains(&squeeze("bool use_tiled = !use_ref &&")),
+        "flash attention's paths changed: re-check the attention hook"
     );
 }
 

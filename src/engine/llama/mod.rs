@@ -447,7 +447,13 @@ fn load_batched(spec: &LoadSpec, batch: u32) -> Result<(Resident, f64, u32), Eng
         // others: a cached prefix then meets the cache a cold run builds
         // (see `prefix`). The memory estimate already counts them in full.
         .with_swa_full(true)
-        .with_flash_attention_policy(llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED)
+        // Flash attention only where the hook keeps it exact in generated
+        // passes (see `ggml_hook`).
+        .with_flash_attention_policy(if ggml_hook::EXACT_FLASH_ATTENTION {
+            llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_ENABLED
+        } else {
+            llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED
+        })
         .with_n_threads(threads)
         .with_n_threads_batch(threads);
     let mut resident = Resident::new(spec.name.clone(), model, sequences, |m| {
