@@ -10,6 +10,13 @@
 //! that function from our library before it reads ggml's archive; the
 //! hook passes prompt batches on to llama.cpp's own `__real_llamafile_sgemm`
 //! (cfg `sgemm_wrapped`).
+//!
+//! The build is portable (x86-64-v3), so llama.cpp's tinyBLAS is compiled
+//! for AVX2. Where that is so, this script compiles a second copy of
+//! ggml's `llamafile/sgemm.cpp` from the same llama.cpp source with
+//! AVX-512 (F, BW, DQ, VL, VNNI) and its one external symbol renamed
+//! (cfg `sgemm_avx512`); the hook sends prompt batches to it when the CPU
+//! has those features, detected at run time.
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
@@ -36,5 +43,52 @@ fn main() {
         println!("cargo:rustc-link-arg=-Wl,--wrap=ggml_compute_forward_flash_attn_ext");
         println!("cargo:rustc-link-arg=-Wl,--undefined=__wrap_ggml_compute_forward_flash_attn_ext");
         println!("cargo:rustc-cfg=sgemm_wrapped");
+        if has("avx2") && !has("avx512f") {
+            sgemm_avx512();
+        }
     }
+}
+
+/// The AVX-512 copy of llama.cpp's tinyBLAS (see the crate docs). Its
+/// internals are in an anonymous namespace, so `llamafile_sgemm`, renamed
+/// `xnai_llamafile_sgemm_avx512`, is the only symbol it defines.
+fn sgemm_avx512() {
+    println!("cargo::rustc-check-cfg=cfg(sgemm_avx512)");
+    // llama-cpp-sys-2 (`links = "llama"`) names its ggml CMake package
+    // folder, OUT_DIR/lib/cmake; its CMake cache beside it names the source.
+    let Some(cmake) = std::env::var_os("DEP_LLAMA_GGML_CMAKE_DIR") else {
+        println!("cargo:warning=no DEP_LLAMA_GGML_CMAKE_DIR: prompts use the AVX2 tinyBLAS only");
+        return;
+    };
+    let out = std::path::Path::new(&cmake).join("../..");
+    let cache = std::fs::read_to_string(out.join("build/CMakeCache.txt")).unwrap_or_default();
+    let Some(src) = cache
+        .lines()
+        .find_map(|l| l.strip_prefix("CMAKE_HOME_DIRECTORY:INTERNAL="))
+    else {
+        println!("cargo:warning=llama.cpp's source not found: prompts use the AVX2 tinyBLAS only");
+        return;
+    };
+    let ggml = std::path::Path::new(src).join("ggml");
+    let file = ggml.join("src/ggml-cpu/llamafile/sgemm.cpp");
+    println!("cargo:rerun-if-changed={}", file.display());
+    cc::Build::new()
+        .cpp(true)
+        .std("gnu++17")
+        .file(file)
+        .include(ggml.join("src"))
+        .include(ggml.join("src/ggml-cpu"))
+        .include(ggml.join("include"))
+        .define("GGML_USE_LLAMAFILE", None)
+        .define("llamafile_sgemm", "xnai_llamafile_sgemm_avx512")
+        .opt_level(3)
+        .warnings(false)
+        .flag("-march=x86-64-v3")
+        .flag("-mavx512f")
+        .flag("-mavx512bw")
+        .flag("-mavx512dq")
+        .flag("-mavx512vl")
+        .flag("-mavx512vnni")
+        .compile("xnai_sgemm_avx512");
+    println!("cargo:rustc-cfg=sgemm_avx512");
 }

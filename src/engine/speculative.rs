@@ -592,9 +592,9 @@ impl DraftModel<'_, '_> {
             self.ctx,
             &mut self.batch,
             &self.pending,
-            self.past,
-            0,
+            (self.past, 0),
             Pass::Generated,
+            true,
         )?;
         self.past += self.pending.len();
         self.pending.clear();

@@ -39,6 +39,7 @@ use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
+use xnai_model_router::engine::ggml_hook;
 use xnai_model_router::engine::llama::{backend, LlamaEngine};
 use xnai_model_router::engine::{Engine, GenerateRequest, LoadSpec, ModelId, Speculation};
 
@@ -392,7 +393,9 @@ fn run_batched_process(
         .args(["--width", &width.to_string()])
         .args(["--prompt", &prompt.to_string()])
         .args(["--tokens", &tokens.to_string()])
-        .env("XNAI_LOG", "error");
+        .env("XNAI_LOG", "error")
+        // llama.cpp's own kernels only, none of ours.
+        .env(ggml_hook::PROMPT_GEMM_ENV, "llama");
     Ok(child_stdout(&mut cmd, "baseline process")?.trim().parse()?)
 }
 

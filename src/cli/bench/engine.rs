@@ -19,6 +19,7 @@ use serde::Serialize;
 use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
+use xnai_model_router::engine::ggml_hook;
 use xnai_model_router::engine::llama::{backend, LlamaEngine};
 use xnai_model_router::engine::{Engine, GenerateRequest, LoadSpec};
 
@@ -83,7 +84,9 @@ pub fn run_baseline_process(
             &tokens.to_string(),
         ])
         .args(["--context", &context.to_string()])
-        .env("XNAI_LOG", "error");
+        .env("XNAI_LOG", "error")
+        // llama.cpp's own kernels only, none of ours.
+        .env(ggml_hook::PROMPT_GEMM_ENV, "llama");
     Ok(child_stdout(&mut cmd, "baseline process")?.trim().parse()?)
 }
 
@@ -98,19 +101,35 @@ pub(super) fn child_stdout(cmd: &mut Command, what: &str) -> anyhow::Result<Stri
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Runs llama-bench once and returns its average tokens per second.
+/// Runs llama-bench's generation test (`tg`) once and returns its average
+/// tokens per second.
 fn run_llama_bench(bin: &Path, model: &Path, threads: u32, tokens: u32) -> anyhow::Result<f64> {
+    run_llama_bench_test(bin, model, threads, ("0", &tokens.to_string()))
+}
+
+/// Runs llama-bench's prompt test (`pp`) of `tokens` once and returns its
+/// average tokens per second.
+pub fn run_llama_bench_prompt(
+    bin: &Path,
+    model: &Path,
+    threads: u32,
+    tokens: u32,
+) -> anyhow::Result<f64> {
+    run_llama_bench_test(bin, model, threads, (&tokens.to_string(), "0"))
+}
+
+/// One llama-bench run of `-p prompt -n generated` at its own defaults
+/// otherwise (flash attention, repacking); its average tokens per second.
+fn run_llama_bench_test(
+    bin: &Path,
+    model: &Path,
+    threads: u32,
+    (prompt, generated): (&str, &str),
+) -> anyhow::Result<f64> {
     let mut cmd = Command::new(bin);
     cmd.arg("-m")
         .arg(model)
-        .args([
-            "-t",
-            &threads.to_string(),
-            "-p",
-            "0",
-            "-n",
-            &tokens.to_string(),
-        ])
+        .args(["-t", &threads.to_string(), "-p", prompt, "-n", generated])
         .args(["-r", "1", "-o", "json"]);
     let v: serde_json::Value = serde_json::from_str(&child_stdout(&mut cmd, "llama-bench")?)?;
     v[0]["avg_ts"]

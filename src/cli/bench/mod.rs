@@ -102,6 +102,11 @@ pub enum BenchCmd {
         tokens: u32,
         #[arg(long, default_value_t = 5)]
         rounds: usize,
+        /// Also run this llama-bench binary's prompt test (`pp`, same
+        /// tokens and threads) in every round, as a third column: for
+        /// instance a llama.cpp built for this CPU's AVX-512.
+        #[arg(long, env = "XNAI_LLAMA_BENCH")]
+        llama_bench: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -312,13 +317,23 @@ pub fn run(config_path: &Path, cmd: BenchCmd) -> anyhow::Result<()> {
             threads,
             tokens,
             rounds,
+            llama_bench,
             json,
         } => {
+            if let Some(bin) = llama_bench.as_ref().filter(|b| !b.exists()) {
+                bail!("llama-bench not found at {}", bin.display());
+            }
             let models = models_or_local(models)?;
             let threads = threads.unwrap_or_else(cores);
             let rt = runtime()?;
             for m in models {
-                let r = rt.block_on(prefill::prefill_bench(&m, threads, tokens, rounds.max(1)))?;
+                let r = rt.block_on(prefill::prefill_bench(
+                    &m,
+                    threads,
+                    tokens,
+                    rounds.max(1),
+                    llama_bench.as_deref(),
+                ))?;
                 show(&r, json, prefill::render)?;
             }
         }

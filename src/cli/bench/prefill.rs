@@ -13,9 +13,10 @@
 //! chat prompt is tokenised and processed each round; we count
 //! `prompt_tokens / prompt_ms`.
 
-use super::engine::{median, run_baseline_process};
+use super::engine::{median, run_baseline_process, run_llama_bench_prompt};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
+use xnai_model_router::engine::ggml_hook;
 use xnai_model_router::engine::llama::LlamaEngine;
 use xnai_model_router::engine::{Engine, GenerateRequest, LoadSpec};
 
@@ -35,6 +36,14 @@ pub struct PrefillBench {
     pub baseline_median: f64,
     /// ours / baseline.
     pub ratio: f64,
+    /// The prompt kernels in use ([`ggml_hook::prompt_kernel_name`]).
+    pub prompt_kernels: String,
+    /// The llama-bench binary's `pp` tokens per second, each round, when
+    /// given (a llama.cpp built on its own, e.g. for this CPU).
+    pub llama_bench: Vec<f64>,
+    pub llama_bench_median: Option<f64>,
+    /// ours / llama-bench.
+    pub llama_bench_ratio: Option<f64>,
 }
 
 /// A prompt of roughly `tokens` tokens: varied prose, as an agent's
@@ -65,16 +74,18 @@ fn long_prompt(tokens: u32) -> String {
 }
 
 /// Benchmarks `model` over `rounds` alternating rounds of a prompt of
-/// about `tokens` tokens.
+/// about `tokens` tokens, with llama-bench's `pp` of the same length as a
+/// third column in each round when `llama_bench` is given.
 ///
 /// # Errors
 ///
-/// Model load failures, or the baseline process failing.
+/// Model load failures, or the baseline process or llama-bench failing.
 pub async fn prefill_bench(
     model: &Path,
     threads: u32,
     tokens: u32,
     rounds: usize,
+    llama_bench: Option<&Path>,
 ) -> anyhow::Result<PrefillBench> {
     let context = (tokens + 256).next_power_of_two().max(1024);
     let engine = LlamaEngine::new();
@@ -97,15 +108,19 @@ pub async fn prefill_bench(
         .generate(loaded.id, request.clone())
         .await?
         .prompt_tokens;
-    let (mut ours, mut base) = (Vec::new(), Vec::new());
+    let (mut ours, mut base, mut external) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..rounds {
         base.push(run_baseline_process(model, threads, n, context, true)?);
+        if let Some(bin) = llama_bench {
+            external.push(run_llama_bench_prompt(bin, model, threads, n)?);
+        }
         let g = engine.generate(loaded.id, request.clone()).await?;
         anyhow::ensure!(g.cached_tokens == 0, "the prompt cache was used");
         ours.push(g.prompt_tokens as f64 / (g.prompt_ms / 1e3));
     }
     engine.unload(loaded.id).await;
     let (o, b) = (median(&ours), median(&base));
+    let e = (!external.is_empty()).then(|| median(&external));
     Ok(PrefillBench {
         model: model.display().to_string(),
         threads,
@@ -116,6 +131,10 @@ pub async fn prefill_bench(
         ours_median: o,
         baseline_median: b,
         ratio: o / b,
+        prompt_kernels: ggml_hook::prompt_kernel_name(),
+        llama_bench: external,
+        llama_bench_median: e,
+        llama_bench_ratio: e.map(|e| o / e),
     })
 }
 
@@ -134,14 +153,19 @@ pub fn local_models(dir: &Path) -> Vec<PathBuf> {
 
 /// One model's result as a line.
 pub fn render(r: &PrefillBench) -> String {
+    let external = match (r.llama_bench_median, r.llama_bench_ratio) {
+        (Some(e), Some(ratio)) => format!("; llama-bench pp {e:.1} tok/s, ratio {ratio:.3}"),
+        _ => String::new(),
+    };
     format!(
-        "{}: ours {:.1} tok/s, llama.cpp batch decode {:.1} tok/s, ratio {:.3} ({} prompt tokens, {} threads, median of {} alternating rounds)\n",
+        "{}: ours {:.1} tok/s, llama.cpp batch decode {:.1} tok/s, ratio {:.3}{external} ({} prompt tokens, {} threads, median of {} alternating rounds; prompts on {})\n",
         Path::new(&r.model).file_name().unwrap_or_default().to_string_lossy(),
         r.ours_median,
         r.baseline_median,
         r.ratio,
         r.tokens,
         r.threads,
-        r.rounds
+        r.rounds,
+        r.prompt_kernels,
     )
 }

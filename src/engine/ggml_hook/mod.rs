@@ -20,9 +20,12 @@
 //!
 //! - [`Pass::Prompt`] (a prompt's batches, and any decode outside the
 //!   engine): every product goes to llama.cpp's own `llamafile_sgemm`
-//!   (`__real_llamafile_sgemm` under `--wrap`: tinyBLAS for F32, F16, BF16,
-//!   Q8_0, Q4_0, Q5_0 and IQ4_NL batches of two or more columns), and what it
-//!   declines to ggml's per-element loop: prompts run at llama.cpp's speed.
+//!   (tinyBLAS for F32, F16, BF16, Q8_0, Q4_0, Q5_0 and IQ4_NL batches):
+//!   the AVX-512 copy `build.rs` compiles where the CPU has AVX-512, else
+//!   `__real_llamafile_sgemm` under `--wrap`. What it declines goes to the
+//!   exact quantized kernels where they take the format (Q4_1: ggml's dot
+//!   product, bit for bit, faster), else to ggml's per-element loop
+//!   ([`PromptKernels`]): prompts run at llama.cpp's best speed or above.
 //! - [`Pass::Generated`] (tokens the model produced: single-token decodes, a
 //!   draft's steps and catch-ups, verification batches): the exact kernels
 //!   below take what they can, ggml's per-element loop the rest, so a token's
@@ -317,8 +320,8 @@ pub fn counts() -> HookCounts {
 /// # Safety
 ///
 /// Called by ggml as `llamafile_sgemm` (sgemm.h of [`PINNED_LLAMA_CPP_SYS`]):
-/// `params` points to a live `ggml_compute_params`, whose first two fields
-/// are [`ComputeParams`]; `a`, `b` and `c` are valid for the shape and
+/// `params` points to a live `ggml_compute_params` ([`ComputeParams`]);
+/// `a`, `b` and `c` are valid for the shape and
 /// strides given, in the types given.
 #[no_mangle]
 #[allow(clippy::too_many_arguments)]
@@ -347,19 +350,20 @@ pub unsafe extern "C" fn __wrap_llamafile_sgemm(
         if first {
             FORWARDED.fetch_add(1, Ordering::Relaxed);
         }
-        // llama.cpp's own `llamafile_sgemm` (tinyBLAS): true when it
-        // computed the product, false to leave it to ggml's loop. Where the
-        // linker has no `--wrap`, ggml never calls this hook at all.
-        #[cfg(sgemm_wrapped)]
-        // SAFETY: ggml's own arguments, passed on unchanged to the function
-        // it meant to call.
-        return unsafe {
-            __real_llamafile_sgemm(
+        // SAFETY: ggml's own arguments, passed on unchanged.
+        if unsafe {
+            tinyblas(
                 params, m, n, k, a, lda, b, ldb, c, ldc, a_type, b_type, c_type,
             )
-        };
-        #[cfg(not(sgemm_wrapped))]
-        return false;
+        } {
+            return true;
+        }
+        // tinyBLAS declined. A quantized format the exact kernels take
+        // (Q4_1) runs on them: ggml's own dot product, bit for bit, with
+        // each weight block read once for several columns.
+        if prompt_kernels() != PromptKernels::Best || !quantized(a_type, b_type) {
+            return false;
+        }
     }
     if m < 1 || n < 1 || k < 1 || c_type != types::F32 {
         return false;
@@ -380,6 +384,147 @@ pub unsafe extern "C" fn __wrap_llamafile_sgemm(
         TAKEN.fetch_add(1, Ordering::Relaxed);
     }
     taken
+}
+
+/// The environment variable that picks what prompt batches run on
+/// ([`PromptKernels`]).
+pub const PROMPT_GEMM_ENV: &str = "XNAI_PROMPT_GEMM";
+
+/// What a prompt pass's products run on, from [`PROMPT_GEMM_ENV`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PromptKernels {
+    /// The default: llama.cpp's tinyBLAS (its AVX-512 copy where the CPU
+    /// has AVX-512), and what it declines in a format the exact kernels
+    /// take (Q4_1) on those, bit for bit ggml's own dot product.
+    Best,
+    /// `llama`: llama.cpp's kernels only (tinyBLAS, its AVX-512 copy where
+    /// the CPU has it), as the benchmarks' baselines run.
+    Llama,
+    /// `avx2`: llama.cpp's kernels as this build compiled them.
+    Built,
+}
+
+/// The prompt kernels of this process (read once).
+pub fn prompt_kernels() -> PromptKernels {
+    static CHOSEN: OnceLock<PromptKernels> = OnceLock::new();
+    *CHOSEN.get_or_init(|| match std::env::var(PROMPT_GEMM_ENV).as_deref() {
+        Ok("llama") => PromptKernels::Llama,
+        Ok("avx2") => PromptKernels::Built,
+        _ => PromptKernels::Best,
+    })
+}
+
+/// Whether prompt batches go to the AVX-512 copy of llama.cpp's tinyBLAS
+/// (built by `build.rs` where the build itself targets AVX2): the CPU has
+/// AVX-512 F, BW, DQ, VL and VNNI, and [`prompt_kernels`] is not `Built`.
+pub fn prompt_avx512() -> bool {
+    static AVX512: OnceLock<bool> = OnceLock::new();
+    *AVX512.get_or_init(|| {
+        #[cfg(sgemm_avx512)]
+        return prompt_kernels() != PromptKernels::Built
+            && is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512dq")
+            && is_x86_feature_detected!("avx512vl")
+            && is_x86_feature_detected!("avx512vnni");
+        #[cfg(not(sgemm_avx512))]
+        false
+    })
+}
+
+/// The kernels prompt batches run on, for benchmark headers.
+pub fn prompt_kernel_name() -> String {
+    let tinyblas = if prompt_avx512() {
+        "llama.cpp tinyBLAS (AVX-512 copy)"
+    } else {
+        "llama.cpp tinyBLAS (as built)"
+    };
+    match (prompt_kernels(), quant_kernel()) {
+        (PromptKernels::Best, Some(q)) => format!("{tinyblas}, Q4_1 on {}", q.name()),
+        _ => tinyblas.to_string(),
+    }
+}
+
+#[cfg(sgemm_avx512)]
+extern "C" {
+    /// llama.cpp's `llamafile_sgemm` compiled for AVX-512 by `build.rs`.
+    fn xnai_llamafile_sgemm_avx512(
+        params: *const ComputeParams,
+        m: i64,
+        n: i64,
+        k: i64,
+        a: *const c_void,
+        lda: i64,
+        b: *const c_void,
+        ldb: i64,
+        c: *mut c_void,
+        ldc: i64,
+        a_type: c_int,
+        b_type: c_int,
+        c_type: c_int,
+    ) -> bool;
+}
+
+/// llama.cpp's own `llamafile_sgemm` (tinyBLAS), in its AVX-512 copy where
+/// [`prompt_avx512`]: true when it computed the product, false to leave it
+/// to ggml's loop. Where the linker has no `--wrap`, ggml never calls the
+/// hook at all, and this is never reached.
+///
+/// # Safety
+///
+/// ggml's `llamafile_sgemm` arguments (see [`__wrap_llamafile_sgemm`]).
+#[allow(clippy::too_many_arguments)]
+unsafe fn tinyblas(
+    params: *const ComputeParams,
+    m: i64,
+    n: i64,
+    k: i64,
+    a: *const c_void,
+    lda: i64,
+    b: *const c_void,
+    ldb: i64,
+    c: *mut c_void,
+    ldc: i64,
+    a_type: c_int,
+    b_type: c_int,
+    c_type: c_int,
+) -> bool {
+    #[cfg(sgemm_avx512)]
+    if prompt_avx512() {
+        // SAFETY: the same function compiled for AVX-512, which this CPU
+        // has; ggml's arguments, unchanged.
+        return unsafe {
+            xnai_llamafile_sgemm_avx512(
+                params, m, n, k, a, lda, b, ldb, c, ldc, a_type, b_type, c_type,
+            )
+        };
+    }
+    #[cfg(sgemm_wrapped)]
+    // SAFETY: ggml's own arguments, passed on unchanged to the function it
+    // meant to call.
+    return unsafe {
+        __real_llamafile_sgemm(
+            params, m, n, k, a, lda, b, ldb, c, ldc, a_type, b_type, c_type,
+        )
+    };
+    #[cfg(not(sgemm_wrapped))]
+    {
+        let _ = (
+            params, m, n, k, a, lda, b, ldb, c, ldc, a_type, b_type, c_type,
+        );
+        false
+    }
+}
+
+/// Whether the exact kernels have a quantized kernel for these types.
+fn quantized(a_type: c_int, b_type: c_int) -> bool {
+    #[cfg(ggml_f32x8)]
+    return quant::Format::of(a_type, b_type).is_some();
+    #[cfg(not(ggml_f32x8))]
+    {
+        let _ = (a_type, b_type);
+        false
+    }
 }
 
 #[cfg(sgemm_wrapped)]

@@ -310,13 +310,14 @@ fn prompt_pass(
     let range = plan.batches[r.next_batch].clone();
     let seq = caches[r.slot].seq();
     let started = Instant::now();
+    let last = r.next_batch + 1 == plan.batches.len();
     feed(
         ctx,
         batch,
         &r.prep.tokens[range.clone()],
-        range.start,
-        seq,
+        (range.start, seq),
         Pass::Prompt,
+        last,
     )?;
     r.prompt_ms += started.elapsed().as_secs_f64() * 1e3;
     r.next_batch += 1;

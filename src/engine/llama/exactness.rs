@@ -54,7 +54,7 @@ pub fn multi_token_exact(
     let (head, tail) = tokens.split_at(tokens.len() - TAIL);
     let mut batch = LlamaBatch::new(ctx.n_batch() as usize, 1);
     let result = (|| {
-        feed(ctx, &mut batch, head, 0, 0, Pass::Prompt)?;
+        feed(ctx, &mut batch, head, (0, 0), Pass::Prompt, true)?;
         let at = head.len();
         // Alone: each tail token in its own pass.
         let mut alone = Vec::with_capacity(TAIL);

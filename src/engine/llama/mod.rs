@@ -19,6 +19,7 @@
 mod batch;
 mod exactness;
 mod prefix;
+pub use prefix::MIN_MESSAGE_BATCH;
 mod probe;
 mod prompt;
 mod resident;
@@ -513,14 +514,15 @@ pub(super) fn decode_err(e: impl std::fmt::Display) -> EngineError {
 
 /// Decodes `tokens` of sequence `seq` from position `pos` in batches of
 /// the context's n_batch as passes of the given kind, with logits for the
-/// last token only.
+/// last token only, or for none (a prompt batch that is not its prompt's
+/// last: the KV cache is the same, and no output row is computed).
 pub(super) fn feed(
     ctx: &mut LlamaContext<'_>,
     batch: &mut LlamaBatch,
     tokens: &[LlamaToken],
-    pos: usize,
-    seq: i32,
+    (pos, seq): (usize, i32),
     pass: Pass,
+    logits: bool,
 ) -> Result<(), EngineError> {
     let n_batch = ctx.n_batch() as usize;
     let last = tokens.len() - 1;
@@ -529,7 +531,7 @@ pub(super) fn feed(
         for (j, &t) in chunk.iter().enumerate() {
             let i = c * n_batch + j;
             batch
-                .add(t, (pos + i) as i32, &[seq], i == last)
+                .add(t, (pos + i) as i32, &[seq], logits && i == last)
                 .map_err(decode_err)?;
         }
         decode(ctx, batch, pass)?;

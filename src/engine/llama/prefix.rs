@@ -9,8 +9,9 @@
 //! products), even though tinyBLAS alone is column-invariant. So a cached
 //! run must decode every prompt position in the very batch a cold run
 //! decodes it in. The rule: a prompt's batches start at each message's
-//! first token and every `n_batch` tokens after it (a function of the
-//! prompt alone, [`batch_starts`]); a cache keeps a prefix only up to a
+//! first token (unless the batch in progress is still short) and every
+//! `n_batch` tokens after a start (a function of the prompt alone,
+//! [`batch_starts`]); a cache keeps a prefix only up to a
 //! batch start on which its own prompt's batches and the new prompt's agree
 //! ([`reusable`]). Messages shared by two turns of a conversation start at
 //! the same tokens in both, so a new turn reuses everything up to the
@@ -154,9 +155,17 @@ impl PromptCache {
         reuse: bool,
     ) -> Result<usize, EngineError> {
         let plan = self.begin(ctx, prompt, reuse);
-        for range in &plan.batches {
+        for (i, range) in plan.batches.iter().enumerate() {
             let tokens = &prompt.tokens[range.clone()];
-            feed(ctx, batch, tokens, range.start, self.seq, Pass::Prompt)?;
+            let last = i + 1 == plan.batches.len();
+            feed(
+                ctx,
+                batch,
+                tokens,
+                (range.start, self.seq),
+                Pass::Prompt,
+                last,
+            )?;
         }
         let kept = plan.kept;
         self.finish(prompt, plan);
@@ -213,19 +222,34 @@ fn trim(ctx: &mut LlamaContext<'_>, seq: i32, keep: usize) -> bool {
     ctx.kv_cache_seq_pos_min(seq) == 0 && ctx.kv_cache_seq_pos_max(seq) == keep as i32 - 1
 }
 
-/// The starts of a prompt's batches: 0, each of `message_starts`, and
-/// every `n_batch` tokens after each of those, sorted, all below `len`.
+/// Fewest tokens a batch holds before a message start may open the next
+/// one. Every batch reads all the weights once, so a run of short messages
+/// (a chat's one-line turns, an agent's small tool results) is decoded
+/// together rather than one memory-bound batch each; a cached turn then
+/// recomputes at most this many tokens more.
+pub const MIN_MESSAGE_BATCH: usize = 32;
+
+/// The starts of a prompt's batches, all below `len`: 0; each of
+/// `message_starts` that comes at least [`MIN_MESSAGE_BATCH`] tokens after
+/// the batch in progress began; and `n_batch` tokens after any start. Each
+/// start depends only on the tokens before it, so two prompts that share
+/// their leading messages share those batches.
 pub fn batch_starts(len: usize, n_batch: usize, message_starts: &[usize]) -> Vec<usize> {
-    let mut segments: Vec<usize> = std::iter::once(0)
-        .chain(message_starts.iter().copied())
-        .filter(|&s| s < len)
+    let mut messages: Vec<usize> = message_starts
+        .iter()
+        .copied()
+        .filter(|&s| s > 0 && s < len)
         .collect();
-    segments.sort_unstable();
-    segments.dedup();
+    messages.sort_unstable();
+    messages.dedup();
     let mut out = Vec::new();
-    for (i, &s) in segments.iter().enumerate() {
-        let end = segments.get(i + 1).copied().unwrap_or(len);
-        out.extend((s..end).step_by(n_batch));
+    let mut next_message = messages.into_iter().peekable();
+    let mut start = 0;
+    while start < len {
+        out.push(start);
+        let opens_batch = |s: &usize| *s >= start + MIN_MESSAGE_BATCH.min(n_batch);
+        while next_message.next_if(|s| !opens_batch(s)).is_some() {}
+        start = (start + n_batch.max(1)).min(next_message.peek().copied().unwrap_or(len));
     }
     out
 }
@@ -262,34 +286,57 @@ mod tests {
     #[test]
     fn batches_start_at_each_message_and_every_n_batch_tokens_after_it() {
         assert_eq!(batch_starts(10, 4, &[]), vec![0, 4, 8]);
-        assert_eq!(batch_starts(10, 4, &[3, 9]), vec![0, 3, 7, 9]);
-        assert_eq!(batch_starts(10, 512, &[3, 3, 12]), vec![0, 3]);
+        assert_eq!(batch_starts(10, 4, &[3, 9]), vec![0, 4, 8]);
+        assert_eq!(batch_starts(14, 4, &[6, 11]), vec![0, 4, 8, 12]);
+        assert_eq!(batch_starts(10, 512, &[3, 3, 12]), vec![0]);
         assert_eq!(batch_starts(1, 512, &[]), vec![0]);
         assert!(batch_starts(0, 512, &[]).is_empty());
+        // Long messages each open a batch; n_batch cuts them.
+        assert_eq!(batch_starts(1200, 512, &[100, 700]), vec![0, 100, 612, 700]);
+    }
+
+    #[test]
+    fn short_messages_share_a_batch() {
+        let m = MIN_MESSAGE_BATCH;
+        // A short system prompt joins the first user message's batch...
+        assert_eq!(batch_starts(600, 512, &[10, 600]), vec![0, 512]);
+        // ...and a run of short turns is one batch, until it is long enough.
+        let short: Vec<usize> = (1..20).map(|i| i * 5).collect();
+        let starts = batch_starts(200, 512, &short);
+        let step = m.div_ceil(5) * 5;
+        assert_eq!(starts, vec![0, step, 2 * step]);
+        // A longer prompt with the same leading messages has the same
+        // leading batches.
+        let mut more = short.clone();
+        more.extend([200, 260]);
+        assert_eq!(batch_starts(300, 512, &more)[..starts.len()], starts[..]);
     }
 
     #[test]
     fn a_new_turn_reuses_the_previous_prompt_up_to_a_shared_batch_start() {
-        // Turn 1: system (0..6), user (6..9); turn 2 adds the reply and a
-        // new question, whose batches start at 9 and 12.
-        let turn1 = [1, 1, 1, 1, 1, 1, 2, 2, 2];
-        let turn2 = [1, 1, 1, 1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4];
-        let (s1, s2) = (batch_starts(9, 4, &[6]), batch_starts(14, 4, &[6, 9, 12]));
-        assert_eq!(s1, vec![0, 4, 6]);
-        assert_eq!(s2, vec![0, 4, 6, 9, 12]);
+        // Turn 1: system (0..40), user (40..80); turn 2 adds the reply and a
+        // new question, whose batches start at 80 and 120.
+        let turn1: Vec<i32> = [vec![1; 40], vec![2; 40]].concat();
+        let turn2: Vec<i32> = [turn1.clone(), vec![3; 40], vec![4; 40]].concat();
+        let (s1, s2) = (
+            batch_starts(80, 64, &[40]),
+            batch_starts(160, 64, &[40, 80, 120]),
+        );
+        assert_eq!(s1, vec![0, 40]);
+        assert_eq!(s2, vec![0, 40, 80, 120]);
         // Everything the first turn decoded: its end is a start in turn 2.
-        assert_eq!(reusable((&turn1[..], &s1[..]), (&turn2[..], &s2[..])), 9);
+        assert_eq!(reusable((&turn1[..], &s1[..]), (&turn2[..], &s2[..])), 80);
         // The same prompt again: up to the last batch start.
-        assert_eq!(reusable((&turn2[..], &s2[..]), (&turn2[..], &s2[..])), 12);
+        assert_eq!(reusable((&turn2[..], &s2[..]), (&turn2[..], &s2[..])), 120);
         // A prompt that diverges inside a batch keeps the batches before it.
-        let other = [1, 1, 1, 1, 1, 9, 9];
-        let so = batch_starts(7, 4, &[5]);
-        assert_eq!(reusable((&turn2[..], &s2[..]), (&other[..], &so[..])), 4);
+        let other: Vec<i32> = [vec![1; 40], vec![2; 30], vec![9; 40]].concat();
+        let so = batch_starts(110, 64, &[40, 70]);
+        assert_eq!(reusable((&turn2[..], &s2[..]), (&other[..], &so[..])), 40);
         // Batches that disagree stop the reuse even where tokens agree.
-        let shifted = batch_starts(14, 4, &[7, 9, 12]);
+        let shifted = batch_starts(160, 64, &[50, 90, 130]);
         assert_eq!(
             reusable((&turn2[..], &s2[..]), (&turn2[..], &shifted[..])),
-            4
+            0
         );
         assert_eq!(reusable::<i32>((&[], &[]), (&turn2[..], &s2[..])), 0);
     }

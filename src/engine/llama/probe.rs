@@ -50,7 +50,7 @@ pub fn probe_here(path: &Path, threads: u32) -> Result<ProbeFacts, EngineError> 
         let prep = prepare(model, ctx.n_ctx(), &request)?;
         let prompt = &prep.tokens[..prep.tokens.len().min(PROBE_PROMPT)];
         let mut batch = LlamaBatch::new(PROBE_BATCH as usize, 1);
-        feed(ctx, &mut batch, prompt, 0, 0, Pass::Prompt)?;
+        feed(ctx, &mut batch, prompt, (0, 0), Pass::Prompt, true)?;
         let next = LlamaToken(argmax(ctx.get_logits_ith(batch.n_tokens() - 1)).0 as i32);
         batch.clear();
         batch
