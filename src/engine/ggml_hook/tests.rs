@@ -90,8 +90,17 @@ fn the_hook_takes_f32_batches_where_it_has_kernels_and_declines_the_rest() {
         (None, None) => {}
         (k, got) => panic!("kernel {k:?} but the hook answered {:?}", got.is_some()),
     }
+    // One column: taken by the 16-lane kernel, left to ggml's own (same)
+    // loop on AVX2.
+    let one = Shape { n: 1, ..s };
+    match (kernel(), run_hook(one, &a, &b, f32s, 2)) {
+        (Some(Kernel::Avx512), Some(got)) => {
+            assert_same("one column", one, &got, &reference(one, &a, &b));
+        }
+        (Some(Kernel::Avx2) | None, None) => {}
+        (k, got) => panic!("one column: kernel {k:?}, answered {:?}", got.is_some()),
+    }
     let declined = [
-        (Shape { n: 1, ..s }, f32s, "one column"),
         (Shape { k: 40, ..s }, f32s, "k % 32 != 0"),
         (s, [F16, F32, F32], "F16 weights"),
         (s, [F32, F16, F32], "F16 columns"),
