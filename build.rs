@@ -28,6 +28,8 @@ fn main() {
     // `sgemm_wrapped`: the linker redirects ggml's calls, so the hook can
     // pass a product on to llama.cpp's own `__real_llamafile_sgemm`.
     println!("cargo::rustc-check-cfg=cfg(sgemm_wrapped)");
+    // `sgemm_avx512`: the AVX-512 copy of tinyBLAS is linked in.
+    println!("cargo::rustc-check-cfg=cfg(sgemm_avx512)");
     let features = std::env::var("CARGO_CFG_TARGET_FEATURE").unwrap_or_default();
     let has = |f: &str| features.split(',').any(|x| x == f);
     if std::env::var("CARGO_CFG_TARGET_ARCH").as_deref() == Ok("x86_64")
@@ -53,7 +55,6 @@ fn main() {
 /// internals are in an anonymous namespace, so `llamafile_sgemm`, renamed
 /// `xnai_llamafile_sgemm_avx512`, is the only symbol it defines.
 fn sgemm_avx512() {
-    println!("cargo::rustc-check-cfg=cfg(sgemm_avx512)");
     // llama-cpp-sys-2 (`links = "llama"`) names its ggml CMake package
     // folder, OUT_DIR/lib/cmake; its CMake cache beside it names the source.
     let Some(cmake) = std::env::var_os("DEP_LLAMA_GGML_CMAKE_DIR") else {
