@@ -351,13 +351,17 @@ pub unsafe extern "C" fn __wrap_llamafile_sgemm(
         if first {
             FORWARDED.fetch_add(1, Ordering::Relaxed);
         }
-        // SAFETY: ggml's own arguments, passed on unchanged.
-        if unsafe {
-            tinyblas(
-                params, m, n, k, a, lda, b, ldb, c, ldc, a_type, b_type, c_type,
-            )
-        } {
-            return true;
+        if let Some(tinyblas) = tinyblas() {
+            // SAFETY: ggml's own arguments, passed on unchanged to
+            // llama.cpp's function (or its AVX-512 copy, which this CPU can
+            // run).
+            if unsafe {
+                tinyblas(
+                    params, m, n, k, a, lda, b, ldb, c, ldc, a_type, b_type, c_type,
+                )
+            } {
+                return true;
+            }
         }
         // tinyBLAS declined. A quantized format the exact kernels take
         // (Q4_1) runs on them: ggml's own dot product, bit for bit, with
@@ -446,75 +450,36 @@ pub fn prompt_kernel_name() -> String {
     }
 }
 
-#[cfg(sgemm_avx512)]
-extern "C" {
-    /// llama.cpp's `llamafile_sgemm` compiled for AVX-512 by `build.rs`.
-    fn xnai_llamafile_sgemm_avx512(
-        params: *const ComputeParams,
-        m: i64,
-        n: i64,
-        k: i64,
-        a: *const c_void,
-        lda: i64,
-        b: *const c_void,
-        ldb: i64,
-        c: *mut c_void,
-        ldc: i64,
-        a_type: c_int,
-        b_type: c_int,
-        c_type: c_int,
-    ) -> bool;
-}
+/// `llamafile_sgemm`'s C signature (sgemm.h).
+type Sgemm = unsafe extern "C" fn(
+    *const ComputeParams,
+    i64,
+    i64,
+    i64,
+    *const c_void,
+    i64,
+    *const c_void,
+    i64,
+    *mut c_void,
+    i64,
+    c_int,
+    c_int,
+    c_int,
+) -> bool;
 
-/// llama.cpp's own `llamafile_sgemm` (tinyBLAS), in its AVX-512 copy where
-/// [`prompt_avx512`]: true when it computed the product, false to leave it
-/// to ggml's loop. Where the linker has no `--wrap`, ggml never calls the
-/// hook at all, and this is never reached.
-///
-/// # Safety
-///
-/// ggml's `llamafile_sgemm` arguments (see [`__wrap_llamafile_sgemm`]).
-#[allow(clippy::too_many_arguments)]
-unsafe fn tinyblas(
-    params: *const ComputeParams,
-    m: i64,
-    n: i64,
-    k: i64,
-    a: *const c_void,
-    lda: i64,
-    b: *const c_void,
-    ldb: i64,
-    c: *mut c_void,
-    ldc: i64,
-    a_type: c_int,
-    b_type: c_int,
-    c_type: c_int,
-) -> bool {
+/// llama.cpp's `llamafile_sgemm` (tinyBLAS) for prompt products: its
+/// AVX-512 copy where [`prompt_avx512`], else the build's own
+/// (`__real_llamafile_sgemm` under `--wrap`); None where the linker has no
+/// `--wrap` (ggml then never calls the hook at all).
+fn tinyblas() -> Option<Sgemm> {
     #[cfg(sgemm_avx512)]
     if prompt_avx512() {
-        // SAFETY: the same function compiled for AVX-512, which this CPU
-        // has; ggml's arguments, unchanged.
-        return unsafe {
-            xnai_llamafile_sgemm_avx512(
-                params, m, n, k, a, lda, b, ldb, c, ldc, a_type, b_type, c_type,
-            )
-        };
+        return Some(xnai_llamafile_sgemm_avx512);
     }
     #[cfg(sgemm_wrapped)]
-    // SAFETY: ggml's own arguments, passed on unchanged to the function it
-    // meant to call.
-    return unsafe {
-        __real_llamafile_sgemm(
-            params, m, n, k, a, lda, b, ldb, c, ldc, a_type, b_type, c_type,
-        )
-    };
+    return Some(__real_llamafile_sgemm);
     #[cfg(not(sgemm_wrapped))]
-    {
-        let _ = (
-            params, m, n, k, a, lda, b, ldb, c, ldc, a_type, b_type, c_type,
-        );
-        false
-    }
+    None
 }
 
 /// Whether the exact kernels have a quantized kernel for these types.
@@ -532,6 +497,26 @@ fn quantized(a_type: c_int, b_type: c_int) -> bool {
 extern "C" {
     /// llama.cpp's own `llamafile_sgemm`, as `--wrap` names it.
     fn __real_llamafile_sgemm(
+        params: *const ComputeParams,
+        m: i64,
+        n: i64,
+        k: i64,
+        a: *const c_void,
+        lda: i64,
+        b: *const c_void,
+        ldb: i64,
+        c: *mut c_void,
+        ldc: i64,
+        a_type: c_int,
+        b_type: c_int,
+        c_type: c_int,
+    ) -> bool;
+}
+
+#[cfg(sgemm_avx512)]
+extern "C" {
+    /// llama.cpp's `llamafile_sgemm` compiled for AVX-512 by `build.rs`.
+    fn xnai_llamafile_sgemm_avx512(
         params: *const ComputeParams,
         m: i64,
         n: i64,
