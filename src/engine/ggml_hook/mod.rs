@@ -51,8 +51,12 @@
 //! Flash attention follows the same rule
 //! ([`__wrap_ggml_compute_forward_flash_attn_ext`]): a generated pass runs
 //! ggml's reference path, one chunk per query row over every KV cell, the
-//! same alone or in a batch; a prompt pass keeps ggml's split and tiled
-//! paths.
+//! same alone or in a batch. A prompt pass runs [`attention`]'s kernel
+//! where it takes the op (F16 KV cache, 16 rows or more) and
+//! [`PromptKernels::Best`] is on, else ggml's split and tiled paths: its
+//! results for a row depend on nothing but that row, which makes prompt
+//! batches of any shape agree, and it is faster on batches that are not a
+//! multiple of ggml's 64-row tiles (a cached turn's new messages).
 //!
 //! ggml's threads read the pass from a process-wide flag, so every thread of
 //! a product makes the same choice; [`in_pass`] runs one decode at a time in
@@ -78,6 +82,7 @@
 //! (slower verification and drafting, same results); `avx2` keeps to the
 //! 8-lane kernels, F32 and quantized. Prompt passes are not affected.
 
+pub mod attention;
 #[cfg(ggml_f32x8)]
 pub mod f32;
 #[cfg(ggml_f32x8)]
@@ -275,15 +280,17 @@ pub fn in_pass<R>(pass: Pass, decode: impl FnOnce() -> R) -> R {
 }
 
 /// Products ggml offered the hook; those the exact kernels computed; those
-/// passed on to llama.cpp's `llamafile_sgemm` (prompt passes); and flash
-/// attention ops of generated passes sent down ggml's reference path, since
-/// the process started (each counted once, not once per thread).
+/// passed on to llama.cpp's `llamafile_sgemm` (prompt passes); flash
+/// attention ops of generated passes sent down ggml's reference path; and
+/// those of prompt passes computed by [`attention`], since the process
+/// started (each counted once, not once per thread).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct HookCounts {
     pub offered: u64,
     pub taken: u64,
     pub forwarded: u64,
     pub reference_attention: u64,
+    pub prompt_attention: u64,
 }
 
 impl HookCounts {
@@ -294,6 +301,7 @@ impl HookCounts {
             taken: self.taken - before.taken,
             forwarded: self.forwarded - before.forwarded,
             reference_attention: self.reference_attention - before.reference_attention,
+            prompt_attention: self.prompt_attention - before.prompt_attention,
         }
     }
 }
@@ -302,6 +310,7 @@ static OFFERED: AtomicU64 = AtomicU64::new(0);
 static TAKEN: AtomicU64 = AtomicU64::new(0);
 static FORWARDED: AtomicU64 = AtomicU64::new(0);
 static REFERENCE_ATTENTION: AtomicU64 = AtomicU64::new(0);
+static PROMPT_ATTENTION: AtomicU64 = AtomicU64::new(0);
 
 /// How many products the hook has been offered, taken and forwarded so far.
 pub fn counts() -> HookCounts {
@@ -310,6 +319,7 @@ pub fn counts() -> HookCounts {
         taken: TAKEN.load(Ordering::Relaxed),
         forwarded: FORWARDED.load(Ordering::Relaxed),
         reference_attention: REFERENCE_ATTENTION.load(Ordering::Relaxed),
+        prompt_attention: PROMPT_ATTENTION.load(Ordering::Relaxed),
     }
 }
 
@@ -444,10 +454,16 @@ pub fn prompt_kernel_name() -> String {
     } else {
         "llama.cpp tinyBLAS (as built)"
     };
-    match (prompt_kernels(), quant_kernel()) {
-        (PromptKernels::Best, Some(q)) => format!("{tinyblas}, Q4_1 on {}", q.name()),
-        _ => tinyblas.to_string(),
+    let mut name = tinyblas.to_string();
+    if prompt_kernels() == PromptKernels::Best {
+        if let Some(q) = quant_kernel() {
+            name.push_str(&format!(", Q4_1 on {}", q.name()));
+        }
+        if EXACT_FLASH_ATTENTION && attention::best().is_some() {
+            name.push_str(", attention on the project's AVX-512 kernel");
+        }
     }
+    name
 }
 
 /// `llamafile_sgemm`'s C signature (sgemm.h).
@@ -539,8 +555,9 @@ extern "C" {
 /// arithmetic whether the token is decoded alone or inside a verification
 /// or request batch. Left alone, ggml splits a lone token's KV across the
 /// threads once it has 512 cells or more, and tiles a batch of many rows,
-/// each with other rounding. Prompt passes keep ggml's fast paths: a
-/// prompt's batches are the same in every run (see the module docs).
+/// each with other rounding. A prompt pass runs [`attention`]'s kernel
+/// where it takes the op, else ggml's fast paths: a prompt's batches are
+/// the same in every run (see the module docs).
 ///
 /// # Safety
 ///
@@ -551,15 +568,24 @@ pub unsafe extern "C" fn __wrap_ggml_compute_forward_flash_attn_ext(
     params: *const ComputeParams,
     dst: *mut c_void,
 ) {
-    if !GENERATED.load(Ordering::SeqCst) {
-        // SAFETY: ggml's own arguments, passed on unchanged.
-        return unsafe { __real_ggml_compute_forward_flash_attn_ext(params, dst) };
-    }
     // SAFETY: `params` points to a live, whole `ggml_compute_params` (the
     // caller's contract; the layout is checked against the pinned header).
+    let params = unsafe { *params };
+    if !GENERATED.load(Ordering::SeqCst) {
+        if let (PromptKernels::Best, Some(build)) = (prompt_kernels(), attention::best()) {
+            // SAFETY: ggml passes its live flash attention node.
+            if let Some(problem) = unsafe { attention::Problem::of(dst.cast()) } {
+                // SAFETY: every thread of the op gets here with the same
+                // node and the op's thread pool; `build` is best()'s.
+                return unsafe { attend(&params, &problem, build) };
+            }
+        }
+        // SAFETY: ggml's own arguments, passed on unchanged.
+        return unsafe { __real_ggml_compute_forward_flash_attn_ext(&params, dst) };
+    }
     let reference = ComputeParams {
         use_ref: true,
-        ..unsafe { *params }
+        ..params
     };
     if reference.ith == 0 {
         REFERENCE_ATTENTION.fetch_add(1, Ordering::Relaxed);
@@ -570,10 +596,47 @@ pub unsafe extern "C" fn __wrap_ggml_compute_forward_flash_attn_ext(
     unsafe { __real_ggml_compute_forward_flash_attn_ext(&reference, dst) }
 }
 
+/// This thread's share of a prompt pass's attention: units handed out by
+/// the thread pool's chunk counter, as ggml's own ops do (thread `ith`
+/// starts with unit `ith`, then takes the next free one).
+///
+/// # Safety
+///
+/// Called by every thread of the op, with the op's `params`, a problem
+/// from [`attention::Problem::of`] of its node and [`attention::best`]'s
+/// build.
+#[cfg(sgemm_wrapped)]
+unsafe fn attend(params: &ComputeParams, problem: &attention::Problem, build: attention::Build) {
+    let units = problem.units() as c_int;
+    // SAFETY: ggml's own thread pool; every thread of the op calls the
+    // barrier, and ggml puts another one between this node and the next,
+    // so no other op moves the counter meanwhile.
+    unsafe {
+        if params.ith == 0 {
+            PROMPT_ATTENTION.fetch_add(1, Ordering::Relaxed);
+            ggml_threadpool_chunk_set(params.threadpool, params.nth);
+        }
+        ggml_barrier(params.threadpool);
+    }
+    let mut unit = params.ith;
+    while unit < units {
+        // SAFETY: each unit is handed to one thread; the problem views the
+        // node's live tensors.
+        unsafe { attention::run_unit(problem, unit as usize, build) };
+        // SAFETY: as above.
+        unit = unsafe { ggml_threadpool_chunk_add(params.threadpool, 1) };
+    }
+}
+
 #[cfg(sgemm_wrapped)]
 extern "C" {
     /// ggml-cpu's own flash attention, as `--wrap` names it.
     fn __real_ggml_compute_forward_flash_attn_ext(params: *const ComputeParams, dst: *mut c_void);
+    /// ggml-cpu's thread pool (ggml-cpu-impl.h): wait for every thread.
+    fn ggml_barrier(threadpool: *mut c_void);
+    /// ggml-cpu's shared work counter: set it, or add and get the old value.
+    fn ggml_threadpool_chunk_set(threadpool: *mut c_void, value: c_int);
+    fn ggml_threadpool_chunk_add(threadpool: *mut c_void, value: c_int) -> c_int;
 }
 
 /// Whether flash attention keeps speculative and batched answers exact in

@@ -193,6 +193,17 @@ fn ggml_declares_what_the_hook_implements() {
         params.contains(&whole),
         "ggml_compute_params changed: update ComputeParams"
     );
+    // The thread pool calls the prompt attention kernel shares work with.
+    for declaration in [
+        "void ggml_barrier(struct ggml_threadpool * tp);",
+        "void ggml_threadpool_chunk_set(struct ggml_threadpool * tp, int value);",
+        "int ggml_threadpool_chunk_add(struct ggml_threadpool * tp, int value);",
+    ] {
+        assert!(
+            params.contains(&squeeze(declaration)),
+            "changed: {declaration}"
+        );
+    }
     let ops = squeeze(&read("ops.h"));
     assert!(
         ops.contains(&squeeze(
@@ -208,6 +219,20 @@ fn ggml_declares_what_the_hook_implements() {
         )) && flash.contains(&squeeze("bool use_tiled = !use_ref &&")),
         "flash attention's paths changed: re-check the attention hook"
     );
+    // What attention::Problem::of reads: the op's parameters and where a
+    // row's output goes.
+    for line in [
+        "memcpy(&scale, (float *) dst->op_params + 0, sizeof(float));",
+        "memcpy(&max_bias, (float *) dst->op_params + 1, sizeof(float));",
+        "memcpy(&logit_softcap, (float *) dst->op_params + 2, sizeof(float));",
+        "memcpy((char *) dst->data + (i3*ne2*ne1 + i2 + i1*ne1)*nb1, VKQ32 + tq * DV, nb1);",
+        "const ggml_tensor * sinks = dst->src[4];",
+    ] {
+        assert!(
+            flash.contains(&squeeze(line)),
+            "flash attention changed: {line}"
+        );
+    }
 }
 
 /// The engine loads models with its own parameters (no weight repacking)
