@@ -19,7 +19,8 @@
 //! - [`engine`]: the inference trait; llama.cpp on its own thread (a model and its
 //!   context owned together), where the requests on one model are decoded together
 //!   (continuous batching); speculative decoding; `engine::ggml_hook`, ggml's matrix
-//!   product hook with exact F32 and quantized kernels; a scripted fake.
+//!   product hook with exact F32 and quantized kernels and its flash attention
+//!   hook with a prompt kernel of its own; a scripted fake.
 //! - [`pool`]: lazy loading, LRU eviction inside a byte budget, RAII leases, and
 //!   [`pool::TierPool::run`], the one way to run a request on a tier.
 //! - [`ask`]: one question on one tier, with timings and memory.
