@@ -111,9 +111,9 @@ impl<E: Engine> McpServer<E> {
     /// Runs one routing call: links its cancellation to the client's
     /// `notifications/cancelled`, a dropped HTTP connection and the
     /// server's hangup; sends `notifications/progress` at most every
-    /// [`PROGRESS_INTERVAL`] when the call carries a progressToken. Every
-    /// progress notification is sent before this returns, so before the
-    /// result.
+    /// [`PROGRESS_INTERVAL`] when the call carries a progressToken, and
+    /// once more with the state the call ended in. Every progress
+    /// notification is sent before this returns, so before the result.
     async fn run_call<T, F, Fut>(&self, ctx: &RequestContext<RoleServer>, f: F) -> T
     where
         F: FnOnce(Call) -> Fut,
@@ -146,11 +146,13 @@ impl<E: Engine> McpServer<E> {
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 let mut last = f64::NEG_INFINITY;
                 loop {
-                    tokio::select! {
+                    // The state the call ended in is sent too, so a short
+                    // call still reports every phase it got to.
+                    let finished = tokio::select! {
                         biased;
-                        _ = done.cancelled() => break,
-                        _ = tick.tick() => {}
-                    }
+                        _ = done.cancelled() => true,
+                        _ = tick.tick() => false,
+                    };
                     let now = activity.snapshot();
                     if now.progress > last {
                         last = now.progress;
@@ -159,6 +161,9 @@ impl<E: Engine> McpServer<E> {
                         if peer.notify_progress(p).await.is_err() {
                             break; // the client is gone
                         }
+                    }
+                    if finished {
+                        break;
                     }
                 }
             })
