@@ -135,6 +135,63 @@ unsafe fn tile_avx512<const N: usize>(
     }
 }
 
+/// [`tile_avx512`] for two weight rows at once: each column register
+/// loaded once for both rows, so a step's loads per FMA nearly halve
+/// (the accumulators, and so every output's arithmetic, are the same).
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn pair_avx512<const N: usize>(
+    k: usize,
+    a: [*const f32; 2],
+    b: [*const f32; N],
+    c: *mut f32,
+    ldc: usize,
+    prefetch: bool,
+) {
+    // SAFETY: as tile_avx512's, for both rows; their outputs are the
+    // adjacent elements `c[j * ldc]` and `c[j * ldc + 1]`.
+    unsafe {
+        let mut lo = [[_mm512_setzero_ps(); N]; 2];
+        let mut hi = [[_mm512_setzero_ps(); N]; 2];
+        let mut i = 0;
+        while i < k {
+            if prefetch {
+                for row in a {
+                    _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(i + PREFETCH).cast());
+                    _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(i + PREFETCH + 16).cast());
+                }
+            }
+            let r0 = [
+                _mm512_loadu_ps(a[0].add(i)),
+                _mm512_loadu_ps(a[0].add(i + 16)),
+            ];
+            let r1 = [
+                _mm512_loadu_ps(a[1].add(i)),
+                _mm512_loadu_ps(a[1].add(i + 16)),
+            ];
+            for j in 0..N {
+                let (b0, b1) = (
+                    _mm512_loadu_ps(b[j].add(i)),
+                    _mm512_loadu_ps(b[j].add(i + 16)),
+                );
+                lo[0][j] = _mm512_fmadd_ps(r0[0], b0, lo[0][j]);
+                hi[0][j] = _mm512_fmadd_ps(r0[1], b1, hi[0][j]);
+                lo[1][j] = _mm512_fmadd_ps(r1[0], b0, lo[1][j]);
+                hi[1][j] = _mm512_fmadd_ps(r1[1], b1, hi[1][j]);
+            }
+            i += STEP;
+        }
+        for r in 0..2 {
+            for j in 0..N {
+                let x = _mm512_castps_pd(_mm512_add_ps(lo[r][j], hi[r][j]));
+                let x0 = _mm256_castpd_ps(_mm512_castpd512_pd256(x));
+                let x1 = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(x));
+                *c.add(j * ldc + r) = reduce(x0, x1);
+            }
+        }
+    }
+}
+
 /// Rows `r0..r1` against every column, in passes of up to [`PASS`]
 /// columns (which stay in L2) and tiles of up to `width`: a weight row
 /// is read from memory once per pass (prefetched by its first tile) and
@@ -184,30 +241,63 @@ unsafe fn gemm_avx2(s: Shape, rows: (usize, usize), a: *const f32, b: *const f32
     }
 }
 
-/// [`passes`] with AVX-512 tiles of up to 12 columns (24 accumulators
-/// and two row registers of the 32), as many as keep the tile's columns
-/// within [`L1_COLUMNS`]: a verification batch is one or two tiles.
+/// AVX-512: rows two at a time ([`pair_avx512`]) against tiles of up to
+/// 6 columns (24 accumulators), as many as keep the tile's columns within
+/// [`L1_COLUMNS`]; an odd last row against tiles of up to 12
+/// ([`tile_avx512`]). Passes of [`PASS`] columns as in [`passes`].
 #[target_feature(enable = "avx512f")]
-unsafe fn gemm_avx512(s: Shape, rows: (usize, usize), a: *const f32, b: *const f32, c: *mut f32) {
+unsafe fn gemm_avx512(
+    s: Shape,
+    (r0, r1): (usize, usize),
+    a: *const f32,
+    b: *const f32,
+    c: *mut f32,
+) {
     // SAFETY: the caller keeps this function's contract: `a`, `b` and `c` are valid for the
-    // shape's rows, columns and strides, and the CPU has the enabled target features (chosen at
-    // dispatch by kernel()).
+    // shape's rows, columns and strides, and the CPU has AVX-512 F (chosen at dispatch by
+    // kernel()).
     unsafe {
-        let width = (L1_COLUMNS / (4 * s.k)).clamp(1, 12);
-        passes(&s, rows, width, a, c, |row, c0, cols, out, first| {
-            let col = |j: usize| b.add((c0 + j) * s.ldb);
-            dispatch!(
-                tile_avx512,
-                cols,
-                [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12],
-                s.k,
-                row,
-                col,
-                out,
-                s.ldc,
-                first
-            )
-        });
+        let fit = L1_COLUMNS / (4 * s.k);
+        let col = |c0: usize| move |j: usize| b.add((c0 + j) * s.ldb);
+        let pairs = r0 + (r1 - r0) / 2 * 2;
+        for pass in (0..s.n).step_by(PASS) {
+            let end = (pass + PASS).min(s.n);
+            let width = fit.clamp(1, 6);
+            for r in (r0..pairs).step_by(2) {
+                let rows = [a.add(r * s.lda), a.add((r + 1) * s.lda)];
+                for c0 in (pass..end).step_by(width) {
+                    let cols = (end - c0).min(width);
+                    dispatch!(
+                        pair_avx512,
+                        cols,
+                        [1, 2, 3, 4, 5, 6],
+                        s.k,
+                        rows,
+                        col(c0),
+                        c.add(c0 * s.ldc + r),
+                        s.ldc,
+                        c0 == pass
+                    )
+                }
+            }
+            let width = fit.clamp(1, 12);
+            for r in pairs..r1 {
+                for c0 in (pass..end).step_by(width) {
+                    let cols = (end - c0).min(width);
+                    dispatch!(
+                        tile_avx512,
+                        cols,
+                        [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12],
+                        s.k,
+                        a.add(r * s.lda),
+                        col(c0),
+                        c.add(c0 * s.ldc + r),
+                        s.ldc,
+                        c0 == pass
+                    )
+                }
+            }
+        }
     }
 }
 

@@ -262,3 +262,17 @@ fn llama_model_is_a_transparent_owned_pointer() {
         std::mem::size_of::<std::ptr::NonNull<llama_cpp_sys_2::llama_model>>()
     );
 }
+
+/// Narrow F32 prompt batches go to the exact kernel where it exists;
+/// wider ones, other types and lengths it does not cover stay on tinyBLAS.
+#[test]
+fn narrow_f32_prompt_batches_take_the_exact_kernel() {
+    let f32s = [F32; 3];
+    let exact = kernel().is_some() && prompt_kernels() == PromptKernels::Best;
+    assert_eq!(narrow_f32_prompt(16, 576, f32s), exact);
+    assert_eq!(narrow_f32_prompt(NARROW_PROMPT_COLUMNS, 1536, f32s), exact);
+    assert!(!narrow_f32_prompt(NARROW_PROMPT_COLUMNS + 1, 576, f32s));
+    assert!(!narrow_f32_prompt(16, 40, f32s));
+    assert!(!narrow_f32_prompt(16, 576, [F16, F32, F32]));
+    assert!(!narrow_f32_prompt(16, 576, [F32, F32, F16]));
+}
