@@ -405,9 +405,9 @@ pub unsafe extern "C" fn __wrap_llamafile_sgemm(
 }
 
 /// Widest F32 prompt batch the exact kernel computes instead of tinyBLAS.
-/// Narrow batches (a short question, a chat template's header, the first
-/// tokens of a handoff) are weight-bound, and the exact kernel reads each
-/// weight row once for two rows' worth of columns: measured on
+/// Narrow batches (a short question, a chat template's header) are bound
+/// by reading the weights, where the exact kernel, which shares each column
+/// load between two weight rows, is quicker than tinyBLAS: measured on
 /// SmolLM2-135M F32, a 16-token prompt took 43 ms on tinyBLAS (AVX-512)
 /// and 36 ms on the exact kernel. Which kernel a batch gets depends on its
 /// width alone, so cached and cold runs still compute every prompt
@@ -488,6 +488,12 @@ pub fn prompt_kernel_name() -> String {
     if prompt_kernels() == PromptKernels::Best {
         if let Some(q) = quant_kernel() {
             name.push_str(&format!(", Q4_1 on {}", q.name()));
+        }
+        if let Some(k) = kernel() {
+            name.push_str(&format!(
+                ", F32 batches up to {NARROW_PROMPT_COLUMNS} columns on the exact {} kernel",
+                k.name()
+            ));
         }
         if EXACT_FLASH_ATTENTION && attention::best().is_some() {
             name.push_str(", attention on the project's AVX-512 kernel");
