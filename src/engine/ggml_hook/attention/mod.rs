@@ -21,17 +21,19 @@
 //! p * V` per cell in order. A tile the mask hides from every row of a unit
 //! is skipped, and that is the same arithmetic for each of those rows
 //! (`alpha = exp(0) = 1`, `p = 0`), so skipping never depends on the
-//! neighbours either. [`exp`] returns exactly 0 below -87.33 and exactly 1
-//! at 0, which that equivalence needs; a unit test checks it, and that
-//! every row of a batch equals the same row computed alone.
+//! neighbours either. `lanes::exp` returns exactly 0 below -87.33 and
+//! exactly 1 at 0, which that equivalence needs; a unit test checks it,
+//! and that every row of a batch equals the same row computed alone.
 //!
-//! The kernel is plain Rust over 16-lane arrays, compiled twice: for this
-//! build's baseline and, on x86-64, with AVX-512 for CPUs that have it.
-//! Each lane's operations are the same IEEE operations in both, so the two
-//! give the same bits (a unit test checks that too). Only what this kernel
-//! supports comes here ([`Problem::of`]): F32 queries, F16 keys and values
-//! of one head size, a multiple of 16; no ALiBi, logit soft-capping or
-//! attention sinks; one sequence stream. Anything else stays on ggml's path.
+//! The kernel is written once over a 16-lane vector trait (`lanes`), with
+//! two implementations: plain arrays, one scalar operation per lane (the
+//! definition, which the tests run on any CPU), and AVX-512 registers
+//! (prompt passes, on CPUs that have it). Each lane gets the same IEEE
+//! operations in both, so the two give the same bits (a unit test checks
+//! that too). Only what this kernel supports comes here ([`Problem::of`]):
+//! F32 queries, F16 keys and values of one head size, a multiple of 16; no
+//! ALiBi, logit soft-capping or attention sinks; one sequence stream.
+//! Anything else stays on ggml's path.
 
 use kernel::{unit_body, SCRATCH};
 use lanes::Scalar;
