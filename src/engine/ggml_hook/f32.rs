@@ -45,6 +45,19 @@ unsafe fn reduce(x0: __m256, x1: __m256) -> f32 {
     }
 }
 
+/// ggml's reduction of one output held in 16-lane registers: `lo` holds
+/// accumulators 0 and 1 side by side, `hi` 2 and 3; `[s0 + s2 | s1 + s3]`,
+/// then [`reduce`] of the two halves.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn reduce16(lo: __m512, hi: __m512) -> f32 {
+    let x = _mm512_castps_pd(_mm512_add_ps(lo, hi));
+    let x0 = _mm256_castpd_ps(_mm512_castpd512_pd256(x));
+    let x1 = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(x));
+    // SAFETY: register-only intrinsics; AVX-512 F is enabled here.
+    unsafe { reduce(x0, x1) }
+}
+
 /// Calls `$tile::<N>` with `N` the runtime `$cols`, from the listed sizes.
 macro_rules! dispatch {
     ($tile:ident, $cols:expr, [$($n:literal),+], $k:expr, $row:expr, $col:expr, $out:expr, $ldc:expr, $pf:expr) => {
@@ -126,11 +139,7 @@ unsafe fn tile_avx512<const N: usize>(
             i += STEP;
         }
         for j in 0..N {
-            // [s0 + s2 | s1 + s3], then ggml's reduction of the two halves.
-            let x = _mm512_castps_pd(_mm512_add_ps(lo[j], hi[j]));
-            let x0 = _mm256_castpd_ps(_mm512_castpd512_pd256(x));
-            let x1 = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(x));
-            *c.add(j * ldc) = reduce(x0, x1);
+            *c.add(j * ldc) = reduce16(lo[j], hi[j]);
         }
     }
 }
@@ -183,10 +192,7 @@ unsafe fn pair_avx512<const N: usize>(
         }
         for r in 0..2 {
             for j in 0..N {
-                let x = _mm512_castps_pd(_mm512_add_ps(lo[r][j], hi[r][j]));
-                let x0 = _mm256_castpd_ps(_mm512_castpd512_pd256(x));
-                let x1 = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(x));
-                *c.add(j * ldc + r) = reduce(x0, x1);
+                *c.add(j * ldc + r) = reduce16(lo[r][j], hi[r][j]);
             }
         }
     }

@@ -359,8 +359,7 @@ pub unsafe extern "C" fn __wrap_llamafile_sgemm(
     if first {
         OFFERED.fetch_add(1, Ordering::Relaxed);
     }
-    let narrow = narrow_f32_prompt(n, k, [a_type, b_type, c_type]);
-    if !GENERATED.load(Ordering::SeqCst) && !narrow {
+    if !GENERATED.load(Ordering::SeqCst) && !narrow_f32_prompt(n, k, [a_type, b_type, c_type]) {
         if first {
             FORWARDED.fetch_add(1, Ordering::Relaxed);
         }
@@ -545,45 +544,42 @@ fn quantized(a_type: c_int, b_type: c_int) -> bool {
     }
 }
 
-#[cfg(sgemm_wrapped)]
-extern "C" {
-    /// llama.cpp's own `llamafile_sgemm`, as `--wrap` names it.
-    fn __real_llamafile_sgemm(
-        params: *const ComputeParams,
-        m: i64,
-        n: i64,
-        k: i64,
-        a: *const c_void,
-        lda: i64,
-        b: *const c_void,
-        ldb: i64,
-        c: *mut c_void,
-        ldc: i64,
-        a_type: c_int,
-        b_type: c_int,
-        c_type: c_int,
-    ) -> bool;
+/// Declares an external function with `llamafile_sgemm`'s C signature
+/// (sgemm.h; [`Sgemm`] is its pointer type).
+macro_rules! extern_sgemm {
+    ($(#[$doc:meta])* $name:ident) => {
+        extern "C" {
+            $(#[$doc])*
+            fn $name(
+                params: *const ComputeParams,
+                m: i64,
+                n: i64,
+                k: i64,
+                a: *const c_void,
+                lda: i64,
+                b: *const c_void,
+                ldb: i64,
+                c: *mut c_void,
+                ldc: i64,
+                a_type: c_int,
+                b_type: c_int,
+                c_type: c_int,
+            ) -> bool;
+        }
+    };
 }
 
+#[cfg(sgemm_wrapped)]
+extern_sgemm!(
+    /// llama.cpp's own `llamafile_sgemm`, as `--wrap` names it.
+    __real_llamafile_sgemm
+);
+
 #[cfg(sgemm_avx512)]
-extern "C" {
+extern_sgemm!(
     /// llama.cpp's `llamafile_sgemm` compiled for AVX-512 by `build.rs`.
-    fn xnai_llamafile_sgemm_avx512(
-        params: *const ComputeParams,
-        m: i64,
-        n: i64,
-        k: i64,
-        a: *const c_void,
-        lda: i64,
-        b: *const c_void,
-        ldb: i64,
-        c: *mut c_void,
-        ldc: i64,
-        a_type: c_int,
-        b_type: c_int,
-        c_type: c_int,
-    ) -> bool;
-}
+    xnai_llamafile_sgemm_avx512
+);
 
 /// ggml-cpu's flash attention (`--wrap=ggml_compute_forward_flash_attn_ext`
 /// in `build.rs`). In a generated pass it runs ggml's reference path

@@ -28,6 +28,9 @@ pub(super) struct Scratch {
 }
 
 impl Scratch {
+    /// Sizes the buffers for a unit; the running state starts afresh
+    /// (queries and outputs 0, maxima -inf, sums 0). The tile buffers are
+    /// written before they are read, so they are only sized.
     fn reset(&mut self, heads: usize, dim: usize) {
         let fill = |v: &mut Vec<f32>, n: usize, x: f32| {
             v.clear();
@@ -37,11 +40,12 @@ impl Scratch {
         fill(&mut self.ot, heads * dim * ROWS, 0.0);
         fill(&mut self.m, heads * ROWS, f32::NEG_INFINITY);
         fill(&mut self.s, heads * ROWS, 0.0);
-        fill(&mut self.kf, TILE * dim, 0.0);
-        fill(&mut self.vf, TILE * dim, 0.0);
-        fill(&mut self.st, TILE * ROWS, 0.0);
-        fill(&mut self.mt, TILE * ROWS, 0.0);
-        fill(&mut self.row, TILE, 0.0);
+        let size = |v: &mut Vec<f32>, n: usize| v.resize(n.max(v.len()), 0.0);
+        size(&mut self.kf, TILE * dim);
+        size(&mut self.vf, TILE * dim);
+        size(&mut self.st, TILE * ROWS);
+        size(&mut self.mt, TILE * ROWS);
+        size(&mut self.row, TILE);
     }
 }
 

@@ -82,12 +82,6 @@ pub struct Problem {
     pub scale: f32,
 }
 
-// SAFETY: a Problem is a view of tensors ggml keeps alive for the op; the
-// threads of the op write disjoint output rows (one unit each).
-unsafe impl Send for Problem {}
-// SAFETY: as above; shared reads only, disjoint writes.
-unsafe impl Sync for Problem {}
-
 impl Problem {
     /// Units of work: one per KV head and block of [`ROWS`] query rows.
     pub fn units(&self) -> usize {
