@@ -33,6 +33,13 @@ const BUCKETS: usize = 1 << 16;
 const EPOCHS: usize = 60;
 const LEARNING_RATE: f32 = 0.5;
 const L2: f32 = 1e-5;
+/// The domain model is regularised harder: its cues are topic words, and
+/// with the level's weak penalty it leaned on phrasings the bank happens to
+/// use. Chosen by 5-fold cross-validation on the bank (domain 90.2% at
+/// 1e-5, 91.1% at 3e-4, 90.4% at 1e-3) and a validation set written for
+/// it (92.6%, 96.0%, 96.0%), never by the dev split; the level model was no
+/// better at any stronger value.
+const DOMAIN_L2: f32 = 3e-4;
 
 /// The largest step one example may take (a weighted correction's rate is
 /// the learning rate times its weight, up to this).
@@ -294,7 +301,7 @@ impl Model {
                 let (w, x) = &data[i];
                 let rate = lr * w.weight;
                 level.step(x, w.example.level.index(), rate, L2);
-                domain.step(x, w.example.domain as usize, rate, L2);
+                domain.step(x, w.example.domain as usize, rate, DOMAIN_L2);
             }
         }
         Model {
