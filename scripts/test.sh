@@ -14,6 +14,10 @@ XNAI_BIN=target/release/xnai-model-router scripts/fetch-models.sh
 XDG_DATA_HOME="$(mktemp -d)"
 export XDG_DATA_HOME
 trap 'rm -rf "$XDG_DATA_HOME"' EXIT
+# The routing classifier on its dev split, as route_query classifies; this
+# also embeds the routing bank with the smallest tier's model once, into the
+# cache the servers under test read, so none of them does it mid-test.
+target/release/xnai-model-router eval routing --set data/routing/dev.jsonl
 cargo fmt --check
 cargo clippy --release --all-targets -- -D warnings
 cargo test --release --all-targets

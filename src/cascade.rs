@@ -246,6 +246,7 @@ mod tests {
                     correction_weight: 1.0,
                     cascade_weight: 1.0,
                 },
+                assist: false,
             },
             server: Default::default(),
             redis: Default::default(),

@@ -575,3 +575,91 @@ async fn sigterm_over_stdio_lets_the_call_in_flight_finish() {
         "{done}"
     );
 }
+
+/// Queries of mixed or unclear domain; the learned model is unsure of the
+/// domain of at least one (the test asserts it).
+const UNSURE_CANDIDATES: [&str; 8] = [
+    "Which takes longer to cook, rice or pasta?",
+    "How many minutes does it take to walk five kilometres?",
+    "Is a hot dog a sandwich?",
+    "What should I name my sourdough starter?",
+    "Why does ice float on water?",
+    "How do I split a bill fairly between four friends?",
+    "What makes a good password?",
+    "Describe the water cycle for a child.",
+];
+
+#[tokio::test]
+async fn an_unsure_domain_is_settled_by_the_smallest_tiers_embeddings() {
+    use xnai_model_router::classify::{assist::Assist, classify};
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let client = start(&default_yaml()).await;
+    let schemas = schemas(&client).await;
+    // The bank's embeddings are read from the cache (scripts/test.sh warms
+    // it) or computed in the background: wait for them.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    loop {
+        let s = call(&client, "get_tier_status", json!({})).await.unwrap();
+        let s = structured(&schemas, "get_tier_status", &s);
+        match s["assist"]["state"].as_str().unwrap() {
+            "ready" => break,
+            "off" => panic!("assist off: {}", s["assist"]),
+            _ => assert!(std::time::Instant::now() < deadline, "{}", s["assist"]),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    let unsure: Vec<&str> = UNSURE_CANDIDATES
+        .into_iter()
+        .filter(|q| Assist::wanted(&classify(q)))
+        .collect();
+    assert!(
+        !unsure.is_empty(),
+        "the learned model is sure of every candidate"
+    );
+    for q in &unsure {
+        let before = classify(q);
+        let r = call(&client, "route_query", json!({"query": q, "max_tokens": 4}))
+            .await
+            .unwrap();
+        let v = structured(&schemas, "route_query", &r);
+        let c = &v["complexity"];
+        assert_eq!(c["assist"]["from"], before.domain.as_str(), "{c}");
+        assert!(c["assist"]["ms"].as_f64().unwrap() > 0.0, "{c}");
+        let p = c["assist"]["probability"].as_f64().unwrap();
+        assert!(
+            p < f64::from(xnai_model_router::classify::assist::UNSURE_BELOW),
+            "{c}"
+        );
+        let signal = c["signals"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == "assist")
+            .unwrap_or_else(|| panic!("no assist signal: {c}"));
+        assert!(signal["detail"]
+            .as_str()
+            .unwrap()
+            .contains(c["domain"].as_str().unwrap()));
+    }
+    // A query it is sure of takes the default path alone.
+    let sure = "Write a Python function that reverses a linked list.";
+    assert!(!Assist::wanted(&classify(sure)));
+    let r = call(
+        &client,
+        "route_query",
+        json!({"query": sure, "max_tokens": 4}),
+    )
+    .await
+    .unwrap();
+    let v = structured(&schemas, "route_query", &r);
+    assert!(v["complexity"]["assist"].is_null(), "{v}");
+    let s = call(&client, "get_tier_status", json!({})).await.unwrap();
+    let s = structured(&schemas, "get_tier_status", &s);
+    assert_eq!(
+        s["assist"]["consulted"],
+        unsure.len() as u64,
+        "{}",
+        s["assist"]
+    );
+    client.cancel().await.unwrap();
+}

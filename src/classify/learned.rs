@@ -289,13 +289,7 @@ impl Model {
         let mut order: Vec<usize> = (0..data.len()).collect();
         let mut seed = 0x2545_F491_4F6C_DD1Du64;
         for epoch in 0..EPOCHS {
-            // Fisher-Yates with a fixed xorshift sequence.
-            for i in (1..order.len()).rev() {
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                order.swap(i, (seed % (i as u64 + 1)) as usize);
-            }
+            super::shuffle(&mut order, &mut seed);
             let lr = LEARNING_RATE / (1.0 + epoch as f32 * 0.1);
             for &i in &order {
                 let (w, x) = &data[i];
@@ -346,6 +340,8 @@ impl Model {
             margin: f64::from((pl[best] - pl[second]).max(0.0)),
             nearest: self.nearest(&x),
             corrected_from: None,
+            assist: None,
+            domain_probs: Some(pd),
         };
         (verdict, x)
     }

@@ -5,7 +5,9 @@
 //! - [`learned`]: the default: a linear model over hashed word and
 //!   character n-grams and the lexical signals, trained at first use on the
 //!   example bank (`data/routing/bank.jsonl`, embedded in the binary).
-//!   Microseconds per query, no model file.
+//!   About a millisecond per query, no model file.
+//! - [`assist`]: where the learned model is unsure of the domain, the
+//!   smallest tier's embeddings of the query and the bank settle it.
 //! - [`lexical`]: the cue-word scorer from the design document; its
 //!   verdict and signals are features of the learned model.
 //! - [`bank`]: labeled example files (JSONL: query, level, domain), read
@@ -19,6 +21,7 @@
 //! The levels and domains follow `ROUTING-LEVELS.md`; the README gives the
 //! labeling criteria.
 
+pub mod assist;
 pub mod bank;
 pub mod eval;
 pub mod learned;
@@ -161,6 +164,15 @@ pub struct Complexity {
     /// changed it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub corrected_from: Option<Level>,
+    /// Set when the learned model was unsure of the domain and the
+    /// smallest tier's model settled it ([`assist`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assist: Option<assist::DomainAssist>,
+    /// The domains' probabilities (learned method only), in
+    /// [`Domain::ALL`] order; not part of results.
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub domain_probs: Option<[f32; 5]>,
 }
 
 fn default_method() -> Method {
@@ -180,7 +192,21 @@ impl Complexity {
             margin: 0.0,
             nearest: Vec::new(),
             corrected_from: None,
+            assist: None,
+            domain_probs: None,
         }
+    }
+}
+
+/// Shuffles `order` in place (Fisher-Yates) with the xorshift sequence
+/// that continues from `seed`: the same seed, the same order, so training
+/// is deterministic.
+pub(crate) fn shuffle(order: &mut [usize], seed: &mut u64) {
+    for i in (1..order.len()).rev() {
+        *seed ^= *seed << 13;
+        *seed ^= *seed >> 7;
+        *seed ^= *seed << 17;
+        order.swap(i, (*seed % (i as u64 + 1)) as usize);
     }
 }
 

@@ -72,6 +72,8 @@ pub struct Routing {
     pub token_budget: u32,
     pub history: usize,
     pub learning: LearnConfig,
+    /// The model-assisted domain (`routing.assist`).
+    pub assist: bool,
 }
 
 /// Learning from corrections (`routing.learn`, `routing.store`, ...).

@@ -94,6 +94,12 @@ pub struct RawRouting {
     /// Default: 1.
     #[serde(default = "default_cascade_weight")]
     pub cascade_weight: f64,
+    /// Where the classifier is unsure of a query's domain, let the smallest
+    /// tier's model settle it: it embeds the query and compares it with
+    /// the bank (embedded once per model, in the background, and cached
+    /// under `$XDG_CACHE_HOME/xnai-model-router/assist`). Default: true.
+    #[serde(default = "default_true")]
+    pub assist: bool,
 }
 
 impl Default for RawRouting {
@@ -107,6 +113,7 @@ impl Default for RawRouting {
             token_budget: default_token_budget(),
             history: default_history(),
             learn: true,
+            assist: true,
             store: None,
             store_max: default_store_max(),
             correction_weight: default_correction_weight(),

@@ -388,19 +388,25 @@ fn resolve_routing(raw: &RawConfig, bad: &mut impl FnMut(String, String)) -> Rou
         token_budget: r.token_budget,
         history: r.history,
         learning,
+        assist: r.assist,
     }
 }
 
 /// Where corrections are kept when `routing.store` is not set: the XDG data
 /// folder (`$XDG_DATA_HOME`, else `~/.local/share`).
 pub fn default_store() -> PathBuf {
-    let data = match std::env::var_os("XDG_DATA_HOME") {
+    xdg_dir("XDG_DATA_HOME", ".local/share").join("xnai-model-router/routing.db")
+}
+
+/// The XDG folder named by the environment variable `var`, else `fallback`
+/// under `$HOME` (the current folder without a home).
+pub fn xdg_dir(var: &str, fallback: &str) -> PathBuf {
+    match std::env::var_os(var) {
         Some(d) if !d.is_empty() => PathBuf::from(d),
         _ => std::env::var_os("HOME")
             .map_or_else(|| PathBuf::from("."), PathBuf::from)
-            .join(".local/share"),
-    };
-    data.join("xnai-model-router/routing.db")
+            .join(fallback),
+    }
 }
 
 fn resolve_learning(

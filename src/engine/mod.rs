@@ -42,6 +42,21 @@ pub struct LoadSpec {
     pub sequences: u32,
 }
 
+impl LoadSpec {
+    /// The spec of an embedder on tier `t`'s model: its name and file, one
+    /// sequence, never locked in memory (the embedder runs one thread).
+    pub fn for_embeddings(t: &crate::config::Tier) -> Self {
+        LoadSpec {
+            name: t.name.clone(),
+            path: t.model.clone(),
+            context: t.context,
+            threads: t.threads,
+            mlock: false,
+            sequences: 1,
+        }
+    }
+}
+
 /// A loaded model, as the engine reports it.
 #[derive(Debug, Clone, Serialize)]
 pub struct LoadedModel {
@@ -337,4 +352,11 @@ pub trait Engine: Send + Sync + 'static {
         id: ModelId,
         request: GenerateRequest,
     ) -> impl Future<Output = Result<Generation, EngineError>> + Send;
+    /// Makes query embeddings with the model in `spec` (its path, name and
+    /// threads), for the model-assisted domain; None when the engine has
+    /// none (the fake engine).
+    fn embedder(&self, spec: LoadSpec) -> Option<crate::classify::assist::EmbedderFactory> {
+        let _ = spec;
+        None
+    }
 }

@@ -22,11 +22,12 @@ pub use validate::{check_generation_args, RouteRequest, ValidRequest};
 
 use crate::activity::Call;
 use crate::cascade::{self, Draft, RoutedBy};
+use crate::classify::assist::Assist;
 use crate::classify::learning::Classifier;
 use crate::classify::store::{Correction, Source};
 use crate::classify::Complexity;
 use crate::config::Config;
-use crate::engine::Engine;
+use crate::engine::{Engine, LoadSpec};
 use crate::error::Result;
 use crate::memory::MemoryView;
 use crate::metrics::{Live, LiveTier, Metrics};
@@ -84,6 +85,8 @@ pub struct Router<E: Engine> {
     remote: Option<RemoteTiers>,
     /// The learned classifier and its corrections.
     classifier: Arc<Classifier>,
+    /// The model-assisted domain, for queries the classifier is unsure of.
+    assist: Arc<Assist>,
     /// A std mutex: short bookkeeping only, never held across `.await`.
     state: Mutex<State>,
 }
@@ -91,7 +94,9 @@ pub struct Router<E: Engine> {
 impl<E: Engine> Router<E> {
     pub fn new(engine: E, config: Arc<Config>) -> Self {
         let stats = vec![TierStats::default(); config.tiers.len()];
+        let assist = start_assist(&engine, &config);
         Router {
+            assist,
             pool: TierPool::new(engine, config.clone()),
             queue: Scheduler::new(
                 config.server.queue_depth,
@@ -181,7 +186,20 @@ impl<E: Engine> Router<E> {
             let classifier = self.classifier.clone();
             drop(tokio::task::spawn_blocking(move || classifier.reload()));
         }
-        let complexity = self.classifier.classify(&request.query);
+        let mut complexity = self.classifier.classify(&request.query);
+        if self.assist.would_refine(&complexity) {
+            // Embedding takes a model pass: off the async runtime. Should
+            // it fail, the default path's verdict stands.
+            let (assist, query) = (self.assist.clone(), request.query.clone());
+            let mut c = complexity.clone();
+            let refined = tokio::task::spawn_blocking(move || {
+                assist.refine(&query, &mut c);
+                c
+            });
+            if let Ok(c) = refined.await {
+                complexity = c;
+            }
+        }
         let classify_ms = t.elapsed().as_secs_f64() * 1e3;
         let (start, routed_by) = cascade::start_tier(&self.config, &complexity, request.preferred);
         if let Some(before) = complexity.corrected_from {
@@ -468,6 +486,27 @@ impl<E: Engine> Router<E> {
             kv_store: crate::engine::llama::store::counts(),
             probes: crate::probe::counts(),
             routing: self.classifier.status(),
+            assist: self.assist.status(),
         }
+    }
+}
+
+/// The model-assisted domain for `config`: the smallest tier's model
+/// embeds, when `routing.assist` is on and the engine can embed.
+fn start_assist<E: Engine>(engine: &E, config: &Config) -> Arc<Assist> {
+    if !config.routing.assist {
+        return Assist::off("routing.assist is false");
+    }
+    let Some(t) = config.tiers.first() else {
+        return Assist::off("no tiers");
+    };
+    let spec = LoadSpec::for_embeddings(t);
+    match engine.embedder(spec) {
+        Some(factory) => Assist::start(
+            factory,
+            crate::classify::learned::bank_examples().to_vec(),
+            Some(crate::classify::assist::cache::default_dir()),
+        ),
+        None => Assist::off("this engine makes no embeddings"),
     }
 }

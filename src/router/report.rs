@@ -243,4 +243,8 @@ pub struct TierStatusReport {
     /// The classifier: its bank, the corrections it learned from
     /// (force_escalate, cascades that climbed), and whether learning is on.
     pub routing: crate::classify::learning::LearningStatus,
+    /// The model-assisted domain (`routing.assist`): whether it is ready,
+    /// still embedding the bank, or off and why; how often it was
+    /// consulted and how often it changed a domain.
+    pub assist: crate::classify::assist::AssistStatus,
 }

@@ -17,6 +17,7 @@
 //! goes on serving.
 
 mod batch;
+pub mod embed;
 mod exactness;
 mod prefix;
 pub use prefix::MIN_MESSAGE_BATCH;
@@ -87,6 +88,8 @@ enum Command {
 #[derive(Clone)]
 pub struct LlamaEngine {
     tx: mpsc::Sender<Command>,
+    /// The prober its loads use, for the embedder's own load.
+    prober: Option<Prober>,
 }
 
 impl Default for LlamaEngine {
@@ -143,6 +146,7 @@ impl LlamaEngine {
     /// Starts the inference thread with `settings`.
     pub fn start(settings: EngineSettings) -> Self {
         let (tx, rx) = mpsc::channel();
+        let prober = settings.prober.clone();
         std::thread::Builder::new()
             .name("xnai-llama".into())
             .spawn(move || {
@@ -150,7 +154,7 @@ impl LlamaEngine {
                 worker(rx, store, settings.prober)
             })
             .expect("spawn the inference thread");
-        LlamaEngine { tx }
+        LlamaEngine { tx, prober }
     }
 
     async fn call<T>(
@@ -181,6 +185,10 @@ impl super::Engine for LlamaEngine {
     ) -> Result<Generation, EngineError> {
         self.call(|r| Command::Generate(id, Box::new(request), r))
             .await?
+    }
+
+    fn embedder(&self, spec: LoadSpec) -> Option<crate::classify::assist::EmbedderFactory> {
+        Some(embed::factory(spec, self.prober.clone()))
     }
 }
 
