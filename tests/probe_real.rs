@@ -46,9 +46,12 @@ fn aborting_model(dir: &Path) -> PathBuf {
 }
 
 /// A ladder: `good` on SmolLM2, `bad` on `bad_model`, verdicts in `dir`.
+/// The model-assisted domain is off: its embedder would probe the first
+/// tier's file too, beside the tier loads whose probes the test counts.
 fn ladder(dir: &Path, bad_model: &Path) -> PathBuf {
     let yaml = format!(
         "memory:\n  budget: 8GB\n  reserve: 0GB\n  max_loaded: 2\n\
+         routing:\n  assist: false\n\
          cache:\n  dir: {d}/kv\n\
          probe:\n  dir: {d}/probes\n\
          tiers:\n\

@@ -20,8 +20,10 @@ use std::num::NonZeroU32;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
-/// Tokens embedded per query; the rest of a longer query is left out.
-const MAX_TOKENS: usize = 512;
+/// Tokens embedded per query: the request is at its start, and a pasted
+/// document after it would cost a second or more on one thread. Every bank
+/// example is shorter.
+const MAX_TOKENS: usize = 128;
 
 type Reply = mpsc::SyncSender<Result<Vec<f32>, String>>;
 
@@ -48,8 +50,8 @@ impl Embed for Embedder {
     }
 }
 
-/// A factory for an embedder of `spec`'s model (its name, path and
-/// threads), checked as a tier load checks it.
+/// A factory for an embedder of `spec`'s model (its name and path),
+/// checked as a tier load checks it.
 pub fn factory(spec: LoadSpec, prober: Option<Prober>) -> EmbedderFactory {
     Box::new(move || start(spec, prober))
 }
