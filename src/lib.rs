@@ -11,7 +11,9 @@
 //! - [`cascade`]: start tier, escalation decisions, token shares, the handoff
 //!   modes (verify the lower answer, or refine it as a draft).
 //! - [`classify`]: the complexity classifier: a model learned from the example bank
-//!   over hashed n-grams and the lexical cue-word signals; example files; its evaluation.
+//!   over hashed n-grams and the lexical cue-word signals; where it is unsure of the
+//!   domain, the smallest tier's embeddings (`classify::assist`); example files; its
+//!   evaluation.
 //! - [`confidence`]: an answer's confidence: features of its tokens, a per-tier
 //!   logistic calibration to the probability it is right, fitting and AUROC.
 //! - [`calibrate`]: a ladder measured on questions with accepted answers: every
@@ -20,7 +22,8 @@
 //!   context owned together), where the requests on one model are decoded together
 //!   (continuous batching); speculative decoding; `engine::ggml_hook`, ggml's matrix
 //!   product hook with exact F32 and quantized kernels and its flash attention
-//!   hook with a prompt kernel of its own; a scripted fake.
+//!   hook with a prompt kernel of its own; query embeddings on a thread of their own
+//!   (`engine::llama::embed`); a scripted fake.
 //! - [`pool`]: lazy loading, LRU eviction inside a byte budget, RAII leases, and
 //!   [`pool::TierPool::run`], the one way to run a request on a tier.
 //! - [`ask`]: one question on one tier, with timings and memory.
