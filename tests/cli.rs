@@ -176,19 +176,26 @@ fn the_committed_manifest_matches_the_code() {
     assert_eq!(generated["transports"]["stdio"]["args"][0], "serve");
 }
 
-#[test]
-fn eval_routing_measures_the_dev_split_and_names_a_bad_line() {
-    let _cores = cores();
-    common::default_config();
-    let out = run(&[
+/// `eval routing` on the dev split with `extra` arguments, its JSON report.
+fn eval_dev(extra: &[&str]) -> serde_json::Value {
+    let mut args = vec![
         "eval",
         "routing",
         "--set",
         "data/routing/dev.jsonl",
         "--json",
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let out = run(&args);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn eval_routing_measures_the_dev_split_and_names_a_bad_line() {
+    let _cores = cores();
+    common::default_config();
+    let r = eval_dev(&[]);
     assert_eq!(r["examples"], 100);
     let cells: u64 = r["confusion"]
         .as_array()
@@ -211,17 +218,7 @@ fn eval_routing_measures_the_dev_split_and_names_a_bad_line() {
     );
 
     // The default path alone: no model, no assist part.
-    let out = run(&[
-        "eval",
-        "routing",
-        "--set",
-        "data/routing/dev.jsonl",
-        "--method",
-        "learned",
-        "--json",
-    ]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let alone: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let alone = eval_dev(&["--method", "learned"]);
     assert!(alone["assist"].is_null(), "{alone}");
     assert!(alone["domain"].as_f64().unwrap() >= 0.78, "{alone}");
     assert!(alone["p99_ms"].as_f64().unwrap() <= 5.0, "{alone}");

@@ -9,10 +9,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use xnai_model_router::calibrate::cascade::{evaluate, CascadeEval, Row};
 use xnai_model_router::calibrate::set;
-use xnai_model_router::classify::assist::{self, Assist};
+use xnai_model_router::classify::assist::Assist;
 use xnai_model_router::classify::{self, bank, eval};
-use xnai_model_router::engine::{Engine, LoadSpec};
-use xnai_model_router::router::Router;
+use xnai_model_router::router::{start_assist, Router};
 
 #[derive(Subcommand)]
 pub enum EvalCmd {
@@ -151,17 +150,13 @@ fn routing(
 /// embedded (progress on stderr), or why it is off.
 fn ready_assist(config_path: &Path) -> Result<Arc<Assist>, String> {
     let config = load_config(config_path).map_err(|e| format!("{e:#}"))?;
-    let t = config.tiers.first().ok_or("the config has no tiers")?;
-    let spec = LoadSpec::for_embeddings(t);
     let engine = super::engine(&config).map_err(|e| format!("{e:#}"))?;
-    let factory = engine
-        .embedder(spec)
-        .ok_or("the engine makes no embeddings")?;
-    let assist = Assist::start(
-        factory,
-        classify::learned::bank_examples().to_vec(),
-        Some(assist::cache::default_dir()),
-    );
+    let assist = start_assist(&engine, &config);
+    let model = config
+        .tiers
+        .first()
+        .map(|t| format!("{} with {}", t.model.display(), t.name))
+        .unwrap_or_default();
     let mut shown = String::new();
     while !assist.wait(std::time::Duration::from_secs(5)) {
         let s = assist.status();
@@ -170,12 +165,7 @@ fn ready_assist(config_path: &Path) -> Result<Arc<Assist>, String> {
         }
         let line = format!("{} {}", s.state, s.detail);
         if line != shown {
-            eprintln!(
-                "eval routing: {} with {}: {}",
-                t.model.display(),
-                t.name,
-                line
-            );
+            eprintln!("eval routing: {model}: {line}");
             shown = line;
         }
     }

@@ -491,9 +491,10 @@ impl<E: Engine> Router<E> {
     }
 }
 
-/// The model-assisted domain for `config`: the smallest tier's model
-/// embeds, when `routing.assist` is on and the engine can embed.
-fn start_assist<E: Engine>(engine: &E, config: &Config) -> Arc<Assist> {
+/// The model-assisted domain for `config`, started: the smallest tier's
+/// model embeds, when `routing.assist` is on and the engine can embed;
+/// otherwise an assist that is off and says why.
+pub fn start_assist<E: Engine>(engine: &E, config: &Config) -> Arc<Assist> {
     if !config.routing.assist {
         return Assist::off("routing.assist is false");
     }

@@ -253,10 +253,7 @@ impl Assist {
     /// assist is ready (blocking: it embeds `query`; call it off the async
     /// runtime). Does nothing otherwise, or when embedding fails.
     pub fn refine(&self, query: &str, c: &mut Complexity) {
-        if !Assist::wanted(c) {
-            return;
-        }
-        let Some(hashed) = c.domain_probs else {
+        let Some(hashed) = c.domain_probs.filter(|_| Assist::wanted(c)) else {
             return;
         };
         let ready = match &*self.state.lock().unwrap() {

@@ -17,6 +17,16 @@ const VOCAB: [&[&str]; 5] = [
     &["capital", "kettle", "weather"],
 ];
 
+impl Words {
+    /// A stand-in that fails on texts containing `fail_on`.
+    fn new(fail_on: Option<&'static str>) -> Arc<Words> {
+        Arc::new(Words {
+            calls: AtomicUsize::new(0),
+            fail_on,
+        })
+    }
+}
+
 impl Embed for Words {
     fn embed(&self, text: &str) -> Result<Vec<f32>, String> {
         self.calls.fetch_add(1, Ordering::SeqCst);
@@ -72,10 +82,7 @@ fn verdict(domain: Domain, p: f32) -> Complexity {
 #[test]
 fn an_unsure_domain_is_settled_by_the_embedding_and_a_sure_one_is_not() {
     let dir = tempfile::tempdir().unwrap();
-    let words = Arc::new(Words {
-        calls: AtomicUsize::new(0),
-        fail_on: None,
-    });
+    let words = Words::new(None);
     let assist = start(words.clone(), dir.path());
     assert!(assist.wait(Duration::from_secs(30)));
     assert_eq!(assist.status().state, "ready");
@@ -107,16 +114,10 @@ fn an_unsure_domain_is_settled_by_the_embedding_and_a_sure_one_is_not() {
 #[test]
 fn the_bank_is_embedded_once_and_read_back_from_the_cache() {
     let dir = tempfile::tempdir().unwrap();
-    let first = Arc::new(Words {
-        calls: AtomicUsize::new(0),
-        fail_on: None,
-    });
+    let first = Words::new(None);
     assert!(start(first.clone(), dir.path()).wait(Duration::from_secs(30)));
     assert_eq!(first.calls.load(Ordering::SeqCst), bank().len());
-    let again = Arc::new(Words {
-        calls: AtomicUsize::new(0),
-        fail_on: None,
-    });
+    let again = Words::new(None);
     let assist = start(again.clone(), dir.path());
     assert!(assist.wait(Duration::from_secs(30)));
     assert_eq!(again.calls.load(Ordering::SeqCst), 0, "read from the cache");
@@ -137,10 +138,7 @@ fn an_embedder_that_cannot_start_or_embed_leaves_it_off_and_says_why() {
         ("off", "model file missing")
     );
 
-    let failing = Arc::new(Words {
-        calls: AtomicUsize::new(0),
-        fail_on: Some("kettle"),
-    });
+    let failing = Words::new(Some("kettle"));
     let assist = start(failing, dir.path());
     assert!(!assist.wait(Duration::from_secs(30)));
     assert!(

@@ -518,6 +518,9 @@ type Sgemm = unsafe extern "C" fn(
     c_int,
 ) -> bool;
 
+/// The wrapper ggml calls has exactly `llamafile_sgemm`'s signature.
+const _: Sgemm = __wrap_llamafile_sgemm;
+
 /// llama.cpp's `llamafile_sgemm` (tinyBLAS) for prompt products: its
 /// AVX-512 copy where [`prompt_avx512`], else the build's own
 /// (`__real_llamafile_sgemm` under `--wrap`); None where the linker has no
