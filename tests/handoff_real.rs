@@ -87,6 +87,13 @@ async fn check(upper: &str, lowers: &[&str]) {
                 if let Some(spec) = &got.speculative {
                     assert_eq!(spec.mode, "handoff");
                 }
+                // A short question's prompt ends in a generated pass, which
+                // scores the answer too (exact models only).
+                assert_eq!(
+                    v.with_prompt,
+                    got.speculative.is_some(),
+                    "{upper} {q:?}: {v:?}"
+                );
             }
             if i == 1 && *lower != own.text {
                 assert!(!v.whole && v.accepted < v.offered, "{v:?}");

@@ -297,6 +297,10 @@ pub struct VerifyStats {
     pub whole: bool,
     /// Time of the pass that scored the lower answer.
     pub verify_ms: f64,
+    /// It was scored in the pass that ended the prompt (a short prompt on
+    /// a model whose generated passes are exact), not in a pass of its own.
+    #[serde(default)]
+    pub with_prompt: bool,
 }
 
 fn one() -> f64 {

@@ -18,10 +18,13 @@
 //! batch scores all of it; after the first disagreement its rest sits in the
 //! lookup history between the prompt and the output, and n-gram lookup
 //! drafts from it. The output is the target's own, greedy or sampled, as
-//! for any draft.
+//! for any draft. Where the prompt's last batch is a generated pass (see
+//! `llama::prefix`), that first round rides in it ([`first_round`]): the
+//! pass that ends the prompt also scores the lower answer, and the loop's
+//! first round only reads its logits.
 
 use super::ggml_hook::Pass;
-use super::llama::{decode, decode_err, feed, Output, Prepared, Slot};
+use super::llama::{decode, decode_err, feed, Fused, Output, Prepared, Slot};
 use super::ngram;
 use super::sampling::{accept_or_resample, argmax, draw, raw_prob, scored, Pick, Sampler};
 use super::{EngineError, GenerateRequest, SpecParams, SpecStats, Speculation, VerifyStats};
@@ -104,6 +107,12 @@ struct Decoder<'a, 't, 'd> {
     /// The draft model's distribution of each draft (sampling only).
     qdists: Vec<Vec<f32>>,
     handoff: Option<Handoff>,
+    /// The first round, already decoded with the prompt's last batch.
+    fused: Option<Fused>,
+    /// Where this round's logits start in the target's last batch.
+    logits_at: i32,
+    /// Time of a fused pass not yet booked to a round.
+    carried_ms: f64,
 }
 
 /// What one generation's loop reports: its speculative counters (None for
@@ -111,7 +120,8 @@ struct Decoder<'a, 't, 'd> {
 pub(super) type Report = (Option<SpecStats>, Option<VerifyStats>);
 
 /// Generates into `out`, starting from the prompt's logits at index
-/// `first_logits` of the target's last batch.
+/// `first_logits` of the target's last batch; `fused` says what of the
+/// lower answer that batch also decoded ([`first_round`]).
 ///
 /// # Errors
 ///
@@ -127,15 +137,12 @@ pub(super) fn run<'t>(
     draft: Option<Slot<'_, '_>>,
     req: &GenerateRequest,
     prompt: &Prepared,
-    first_logits: i32,
+    (first_logits, fused): (i32, Option<Fused>),
     sampler: &mut Sampler,
     out: &mut Output,
 ) -> Result<Report, EngineError> {
     let lower_text = req.verify.as_deref().unwrap_or_default();
-    let lower = req.verify.as_deref().map(|text| {
-        let tokens = model.vocab().tokenize(text.trim().as_bytes(), false, false);
-        tokens.iter().map(|t| t.0 as u32).collect::<Vec<u32>>()
-    });
+    let lower = req.verify.as_deref().map(|text| lower_tokens(model, text));
     let plain = SpecParams {
         draft_max: 0,
         ..SpecParams::default()
@@ -160,7 +167,19 @@ pub(super) fn run<'t>(
     let mut draft_ms = 0.0;
     let first = sampler.pick(target.get_logits_ith(first_logits));
     let going = out.push(model, first);
-    if mode == Mode::Handoff && lower.first() != Some(&first.token) {
+    // The fused lower answer holds unless the target opened otherwise.
+    let agrees = mode == Mode::Handoff && lower.first() == Some(&first.token);
+    let fused = match fused {
+        Some(f) if agrees => Some(f),
+        Some(_) => {
+            target
+                .kv_cache_seq_rm(0, Some(prompt.tokens.len() as u32), None)
+                .map_err(decode_err)?;
+            None
+        }
+        None => None,
+    };
+    if mode == Mode::Handoff && !agrees {
         lower = lead_like(model, first.token, lower_text).unwrap_or(lower);
     }
     // What the loop reports once it ends.
@@ -169,6 +188,7 @@ pub(super) fn run<'t>(
             Some(h) => VerifyStats {
                 offered: lower.len() as u32,
                 whole: !lower.is_empty() && same_text(out, text),
+                with_prompt: fused.is_some(),
                 ..h.stats
             },
             None => compared(model, text, out),
@@ -203,6 +223,7 @@ pub(super) fn run<'t>(
         first.token,
     );
     dec.stats.draft_ms = draft_ms;
+    dec.fused = fused;
     loop {
         // At most as many drafts as can still be emitted, and as fit.
         let k_eff = dec
@@ -214,7 +235,7 @@ pub(super) fn run<'t>(
         let t = Instant::now();
         dec.verify()?;
         let (m, stopped) = dec.accept(sampler, out);
-        let verify_ms = t.elapsed().as_secs_f64() * 1e3;
+        let verify_ms = t.elapsed().as_secs_f64() * 1e3 + std::mem::take(&mut dec.carried_ms);
         dec.stats.verify_ms += verify_ms;
         dec.note_handoff(m, verify_ms);
         if mode != Mode::Plain {
@@ -237,6 +258,43 @@ pub(super) fn run<'t>(
     }
     let handoff = dec.handoff.take();
     Ok(report(stats, handoff, out))
+}
+
+/// A lower answer `text` in `model`'s vocabulary.
+fn lower_tokens(model: &LlamaModel, text: &str) -> Vec<u32> {
+    let tokens = model.vocab().tokenize(text.trim().as_bytes(), false, false);
+    tokens.iter().map(|t| t.0 as u32).collect()
+}
+
+/// What of a lower answer to verify can ride in the prompt's last pass:
+/// the tokens the loop's first round would decode (the answer's first
+/// token, which the target must open with for them to count, and as many
+/// more as that round drafts), when the model's multi-token passes are
+/// `exact` and a handoff is asked for; empty otherwise. Whether the pass
+/// takes them is the prompt cache's call (`PromptCache::prefill_with`).
+pub(super) fn first_round(
+    model: &LlamaModel,
+    req: &GenerateRequest,
+    exact: bool,
+    (prompt_len, n_ctx, n_batch): (usize, usize, usize),
+    budget: usize,
+) -> Vec<LlamaToken> {
+    let Some(text) = req.verify.as_deref().filter(|_| exact) else {
+        return Vec::new();
+    };
+    let lower = lower_tokens(model, text);
+    // As the first round bounds its drafts (see `run`'s loop).
+    let drafts = (lower.len().saturating_sub(1))
+        .min(n_batch.saturating_sub(1))
+        .min(budget.saturating_sub(2))
+        .min(n_ctx.saturating_sub(prompt_len + 2));
+    if drafts == 0 {
+        return Vec::new();
+    }
+    lower[..=drafts]
+        .iter()
+        .map(|&t| LlamaToken(t as i32))
+        .collect()
 }
 
 /// The lower answer `text` tokenised after the whitespace the target's
@@ -283,6 +341,7 @@ pub(super) fn compared(model: &LlamaModel, text: &str, out: &Output) -> VerifySt
             .count() as u32,
         whole: !lower.is_empty() && same_text(out, text),
         verify_ms: 0.0,
+        with_prompt: false,
     }
 }
 
@@ -372,6 +431,9 @@ impl<'a, 't, 'd> Decoder<'a, 't, 'd> {
             drafts: Vec::with_capacity(k.max(width)),
             qdists: Vec::new(),
             handoff,
+            fused: None,
+            logits_at: 0,
+            carried_ms: 0.0,
         }
     }
 
@@ -441,8 +503,22 @@ impl<'a, 't, 'd> Decoder<'a, 't, 'd> {
         Ok(())
     }
 
-    /// Step 2: the last token and the drafts in one target batch.
+    /// Step 2: the last token and the drafts in one target batch, unless
+    /// the prompt's last pass decoded exactly these already (then their
+    /// logits are read where it left them; any other round drops its
+    /// positions first).
     fn verify(&mut self) -> Result<(), EngineError> {
+        self.logits_at = 0;
+        if let Some(f) = self.fused.take() {
+            if f.tokens == self.drafts.len() + 1 {
+                self.logits_at = f.offset;
+                self.carried_ms = f.ms;
+                return Ok(());
+            }
+            self.target
+                .kv_cache_seq_rm(0, Some(self.n_past as u32), None)
+                .map_err(decode_err)?;
+        }
         self.tbatch.clear();
         self.tbatch
             .add(
@@ -490,7 +566,7 @@ impl<'a, 't, 'd> Decoder<'a, 't, 'd> {
     /// The target's token at verification position `i`, scored, and
     /// whether it keeps draft `i`.
     fn judge(&self, i: usize, sampler: &mut Sampler) -> (Pick, bool) {
-        let logits = self.target.get_logits_ith(i as i32);
+        let logits = self.target.get_logits_ith(self.logits_at + i as i32);
         if self.greedy {
             let p = sampler.pick(logits);
             return (p, self.drafts.get(i) == Some(&p.token));

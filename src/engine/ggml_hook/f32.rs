@@ -15,9 +15,19 @@ use std::arch::x86_64::*;
 const STEP: usize = 32;
 /// Floats ahead of the current step to prefetch along a weight row.
 const PREFETCH: usize = 1024;
-/// Columns per pass over a thread's rows: each weight row is read from
-/// memory once per pass, the pass's columns stay in L2.
+/// Fewest columns per pass over a thread's rows: each weight row is read
+/// from memory once per pass, the pass's columns stay in L2.
 const PASS: usize = 48;
+/// Bytes of columns one pass may hold in L2 (half of a 2 MiB L2), which
+/// lets short rows take more columns per pass than [`PASS`]: a verified
+/// handoff's prompt and answer (50-odd columns) then read each weight row
+/// once, not twice.
+const L2_COLUMNS: usize = 1024 * 1024;
+
+/// Columns per pass for rows of `k` floats.
+fn pass_columns(k: usize) -> usize {
+    (L2_COLUMNS / (4 * k.max(1))).max(PASS)
+}
 /// Bytes of columns one AVX-512 tile may use, so they stay in L1 while
 /// the row streams past.
 const L1_COLUMNS: usize = 32 * 1024;
@@ -198,8 +208,8 @@ unsafe fn pair_avx512<const N: usize>(
     }
 }
 
-/// Rows `r0..r1` against every column, in passes of up to [`PASS`]
-/// columns (which stay in L2) and tiles of up to `width`: a weight row
+/// Rows `r0..r1` against every column, in passes of up to
+/// [`pass_columns`] (which stay in L2) and tiles of up to `width`: a weight row
 /// is read from memory once per pass (prefetched by its first tile) and
 /// from L1 for the other tiles. `tile(row, c0, cols, out, first)`
 /// computes one tile.
@@ -216,8 +226,9 @@ unsafe fn passes(
     // shape's rows, columns and strides, and the CPU has the enabled target features (chosen at
     // dispatch by kernel()).
     unsafe {
-        for pass in (0..s.n).step_by(PASS) {
-            let end = (pass + PASS).min(s.n);
+        let per_pass = pass_columns(s.k);
+        for pass in (0..s.n).step_by(per_pass) {
+            let end = (pass + per_pass).min(s.n);
             for r in r0..r1 {
                 for c0 in (pass..end).step_by(width) {
                     let cols = (end - c0).min(width);
@@ -250,7 +261,7 @@ unsafe fn gemm_avx2(s: Shape, rows: (usize, usize), a: *const f32, b: *const f32
 /// AVX-512: rows two at a time ([`pair_avx512`]) against tiles of up to
 /// 6 columns (24 accumulators), as many as keep the tile's columns within
 /// [`L1_COLUMNS`]; an odd last row against tiles of up to 12
-/// ([`tile_avx512`]). Passes of [`PASS`] columns as in [`passes`].
+/// ([`tile_avx512`]). Passes of [`pass_columns`] as in [`passes`].
 #[target_feature(enable = "avx512f")]
 unsafe fn gemm_avx512(
     s: Shape,
@@ -266,8 +277,9 @@ unsafe fn gemm_avx512(
         let fit = L1_COLUMNS / (4 * s.k);
         let col = |c0: usize| move |j: usize| b.add((c0 + j) * s.ldb);
         let pairs = r0 + (r1 - r0) / 2 * 2;
-        for pass in (0..s.n).step_by(PASS) {
-            let end = (pass + PASS).min(s.n);
+        let per_pass = pass_columns(s.k);
+        for pass in (0..s.n).step_by(per_pass) {
+            let end = (pass + per_pass).min(s.n);
             let width = fit.clamp(1, 6);
             for r in (r0..pairs).step_by(2) {
                 let rows = [a.add(r * s.lda), a.add((r + 1) * s.lda)];

@@ -311,12 +311,13 @@ fn prompt_pass(
     let seq = caches[r.slot].seq();
     let started = Instant::now();
     let last = r.next_batch + 1 == plan.batches.len();
+    let pass = caches[r.slot].pass_for(&range);
     feed(
         ctx,
         batch,
         &r.prep.tokens[range.clone()],
         (range.start, seq),
-        Pass::Prompt,
+        pass,
         last,
     )?;
     r.prompt_ms += started.elapsed().as_secs_f64() * 1e3;

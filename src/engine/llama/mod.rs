@@ -20,6 +20,7 @@ mod batch;
 pub mod embed;
 mod exactness;
 mod prefix;
+pub(super) use prefix::Fused;
 pub use prefix::MIN_MESSAGE_BATCH;
 mod probe;
 mod prompt;
@@ -473,9 +474,10 @@ fn load_batched(spec: &LoadSpec, batch: u32) -> Result<(Resident, f64, u32), Eng
                 reason: e.to_string(),
             })
     })?;
-    resident.multi_token_exact = !resident.has_window()
+    let exact = !resident.has_window()
         && resident.with(|model, ctx, _| exactness::multi_token_exact(model, ctx))?;
-    if !resident.multi_token_exact {
+    resident.set_multi_token_exact(exact);
+    if !exact {
         tracing::info!(
             tier = %spec.name,
             "tokens decoded together get other logits than alone on this model: it drafts and verifies nothing, to stay exact"
@@ -566,7 +568,7 @@ fn generate(
     let saved = saved.as_ref().map(|(s, id)| (*s, id));
     // A model whose tokens decode differently together than alone drafts
     // and verifies nothing (see `exactness`).
-    let exact = r.multi_token_exact;
+    let exact = r.multi_token_exact();
     match draft.filter(|_| exact) {
         None => {
             r.with(|model, ctx, cache| generate_with(model, (ctx, cache), None, req, saved, exact))
@@ -603,13 +605,22 @@ fn generate_with<'m>(
     if let Some((store, identity)) = saved {
         cache.restore_from(store, identity, ctx, &prep);
     }
-    let cached_tokens = cache.prefill(ctx, &mut batch, &prep, req.cache_prompt)?;
-    let prompt_ms = started.elapsed().as_secs_f64() * 1e3;
+    let mut out = Output::for_request(req, &mut prep, cache.n_ctx());
+    // A lower answer to verify rides in the prompt's last pass where it can.
+    let sizes = (
+        prep.tokens.len(),
+        cache.n_ctx() as usize,
+        ctx.n_batch() as usize,
+    );
+    let extra = speculative::first_round(model, req, multi_token_exact, sizes, out.left());
+    let (cached_tokens, fused) =
+        cache.prefill_with(ctx, &mut batch, &prep, req.cache_prompt, &extra)?;
+    let fused_ms = fused.map_or(0.0, |f| f.ms);
+    let prompt_ms = started.elapsed().as_secs_f64() * 1e3 - fused_ms;
 
     let gen_started = Instant::now();
-    let mut out = Output::for_request(req, &mut prep, cache.n_ctx());
     let mut sampler = Sampler::new(req.sampling);
-    let last_logits = batch.n_tokens() - 1;
+    let last_logits = fused.map_or(batch.n_tokens() - 1, |f| f.offset - 1);
     let target = (ctx, cache.n_ctx() as usize);
     let (speculative, verified) = speculative::run(
         model,
@@ -617,11 +628,11 @@ fn generate_with<'m>(
         draft,
         req,
         &prep,
-        last_logits,
+        (last_logits, fused),
         &mut sampler,
         &mut out,
     )?;
-    let generate_ms = gen_started.elapsed().as_secs_f64() * 1e3;
+    let generate_ms = gen_started.elapsed().as_secs_f64() * 1e3 + fused_ms;
     let mut generation = out.into_generation(&prep, cached_tokens, prompt_ms, generate_ms);
     generation.speculative = speculative;
     generation.verified = verified;

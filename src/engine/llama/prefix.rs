@@ -18,10 +18,19 @@
 //! previous turn's reply and decodes the rest as a cold run would, to the
 //! bit. Tokens the model generated are never reused: they were computed
 //! one at a time, not as prompt batches.
+//!
+//! The kind of pass a batch is decoded in is a function of the batch too
+//! ([`PromptCache::pass_for`]): on a model whose generated passes are
+//! exact (see `exactness`), a narrow batch near the start of the context
+//! (a short question, the last message of a short chat) is decoded as a
+//! generated pass, with the arithmetic every generated token gets. So a
+//! lower tier's answer handed up for verification can ride in the prompt's
+//! last batch ([`PromptCache::prefill_with`]) and be scored in the same
+//! pass, and the prompt's positions still come out as a plain run's.
 
-use super::feed;
 use super::prompt::Prepared;
 use super::store::{ModelIdentity, StateStore};
+use super::{decode, decode_err, feed};
 use crate::engine::ggml_hook::Pass;
 use crate::engine::EngineError;
 use llama_cpp_2::context::LlamaContext;
@@ -39,6 +48,36 @@ pub struct PromptCache {
     n_ctx: u32,
     tokens: Vec<LlamaToken>,
     starts: Vec<usize>,
+    /// Narrow batches near the start go in generated passes (the model's
+    /// generated passes are exact).
+    narrow_generated: bool,
+}
+
+/// Widest prompt batch decoded as a generated pass: the width up to which
+/// the exact F32 kernel already computes prompt batches, so an F32 model
+/// spends nothing on the change.
+pub const GENERATED_BATCH_TOKENS: usize = crate::engine::ggml_hook::NARROW_PROMPT_COLUMNS as usize;
+
+/// Furthest a batch decoded as a generated pass may reach: its attention
+/// then runs ggml's reference path, one query row at a time over every
+/// cell before it, which costs little over a few hundred cells and more
+/// over thousands.
+pub const GENERATED_BATCH_END: usize = 512;
+
+/// The rule [`PromptCache::pass_for`] applies, saved with every KV state
+/// (see `store`): a state decoded under another rule is not reused.
+pub const PASS_RULE: u32 = 2;
+
+/// What [`PromptCache::prefill_with`] decoded besides the prompt.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Fused {
+    /// Batch index of the first extra token (the prompt's last token's
+    /// logits sit just before it).
+    pub offset: i32,
+    /// Extra tokens decoded after the prompt, each with its logits.
+    pub tokens: usize,
+    /// Time of that last pass.
+    pub ms: f64,
 }
 
 /// A prompt's batches still to decode after a cache kept what it could.
@@ -58,6 +97,30 @@ impl PromptCache {
             n_ctx,
             tokens: Vec::new(),
             starts: Vec::new(),
+            narrow_generated: false,
+        }
+    }
+
+    /// Says whether the model's generated passes are exact, which lets
+    /// narrow batches near the start go in generated passes
+    /// ([`Self::pass_for`]).
+    pub fn set_exact(&mut self, exact: bool) {
+        self.narrow_generated = exact;
+    }
+
+    /// The pass a prompt batch over `range` is decoded in: a generated pass
+    /// for a batch of at most [`GENERATED_BATCH_TOKENS`] tokens ending by
+    /// [`GENERATED_BATCH_END`] on a model whose generated passes are exact,
+    /// else a prompt pass. A function of the batch alone, so cached and
+    /// cold runs decode each position alike.
+    pub fn pass_for(&self, range: &Range<usize>) -> Pass {
+        if self.narrow_generated
+            && range.len() <= GENERATED_BATCH_TOKENS
+            && range.end <= GENERATED_BATCH_END
+        {
+            Pass::Generated
+        } else {
+            Pass::Prompt
         }
     }
 
@@ -154,22 +217,54 @@ impl PromptCache {
         prompt: &Prepared,
         reuse: bool,
     ) -> Result<usize, EngineError> {
+        Ok(self.prefill_with(ctx, batch, prompt, reuse, &[])?.0)
+    }
+
+    /// [`Self::prefill`], with `extra` tokens decoded after the prompt in
+    /// its last pass, each with its logits, where that pass is a generated
+    /// one ([`Self::pass_for`]) with room for them: a lower answer verified
+    /// in the pass that ends the prompt. Returns the tokens kept and, when
+    /// `extra` was decoded, where. The cache records the prompt only; the
+    /// extra positions are the caller's to keep or drop.
+    ///
+    /// # Errors
+    ///
+    /// A llama.cpp decode failure; the cache is then empty.
+    pub fn prefill_with(
+        &mut self,
+        ctx: &mut LlamaContext<'_>,
+        batch: &mut LlamaBatch,
+        prompt: &Prepared,
+        reuse: bool,
+        extra: &[LlamaToken],
+    ) -> Result<(usize, Option<Fused>), EngineError> {
         let plan = self.begin(ctx, prompt, reuse);
+        let mut fused = None;
         for (i, range) in plan.batches.iter().enumerate() {
             let tokens = &prompt.tokens[range.clone()];
             let last = i + 1 == plan.batches.len();
-            feed(
-                ctx,
-                batch,
-                tokens,
-                (range.start, self.seq),
-                Pass::Prompt,
-                last,
-            )?;
+            let pass = self.pass_for(range);
+            // Callers' batches hold n_batch tokens.
+            let room = ctx.n_batch() as usize;
+            if last
+                && !extra.is_empty()
+                && pass == Pass::Generated
+                && tokens.len() + extra.len() <= room
+            {
+                let t = std::time::Instant::now();
+                decode_with_extra(ctx, batch, (tokens, extra), (range.start, self.seq))?;
+                fused = Some(Fused {
+                    offset: tokens.len() as i32,
+                    tokens: extra.len(),
+                    ms: t.elapsed().as_secs_f64() * 1e3,
+                });
+            } else {
+                feed(ctx, batch, tokens, (range.start, self.seq), pass, last)?;
+            }
         }
         let kept = plan.kept;
         self.finish(prompt, plan);
-        Ok(kept)
+        Ok((kept, fused))
     }
 
     /// The first half of [`PromptCache::prefill`]: keeps the reusable
@@ -205,6 +300,25 @@ impl PromptCache {
     pub fn finish(&mut self, prompt: &Prepared, plan: Prefill) {
         self.set(prompt.tokens.clone(), plan.starts);
     }
+}
+
+/// Decodes a prompt's last batch `tokens` (logits for its last token only)
+/// and `extra` after it (logits for each) at `pos` of sequence `seq`, in
+/// one generated pass.
+fn decode_with_extra(
+    ctx: &mut LlamaContext<'_>,
+    batch: &mut LlamaBatch,
+    (tokens, extra): (&[LlamaToken], &[LlamaToken]),
+    (pos, seq): (usize, i32),
+) -> Result<(), EngineError> {
+    batch.clear();
+    let last = tokens.len() - 1;
+    for (i, &t) in tokens.iter().chain(extra).enumerate() {
+        batch
+            .add(t, (pos + i) as i32, &[seq], i >= last)
+            .map_err(decode_err)?;
+    }
+    decode(ctx, batch, Pass::Generated)
 }
 
 /// Empties sequence `seq` of `ctx`'s KV cache.
@@ -339,6 +453,25 @@ mod tests {
             0
         );
         assert_eq!(reusable::<i32>((&[], &[]), (&turn2[..], &s2[..])), 0);
+    }
+
+    #[test]
+    fn narrow_batches_near_the_start_are_generated_passes_on_exact_models() {
+        let mut cache = PromptCache::new(0, 4096);
+        let narrow = 0..GENERATED_BATCH_TOKENS;
+        assert_eq!(cache.pass_for(&narrow), Pass::Prompt, "not yet known exact");
+        cache.set_exact(true);
+        assert_eq!(cache.pass_for(&narrow), Pass::Generated);
+        let end = GENERATED_BATCH_END;
+        assert_eq!(cache.pass_for(&(end - 4..end)), Pass::Generated);
+        assert_eq!(cache.pass_for(&(end - 4..end + 1)), Pass::Prompt, "too far");
+        assert_eq!(
+            cache.pass_for(&(0..GENERATED_BATCH_TOKENS + 1)),
+            Pass::Prompt,
+            "too wide"
+        );
+        cache.set_exact(false);
+        assert_eq!(cache.pass_for(&narrow), Pass::Prompt);
     }
 
     #[test]

@@ -42,7 +42,7 @@ pub struct Resident {
     /// Its generated tokens get the same logits decoded together as alone
     /// (see [`super::exactness`]); when false every generated token is
     /// decoded on its own.
-    pub multi_token_exact: bool,
+    multi_token_exact: bool,
 }
 
 impl Resident {
@@ -70,8 +70,23 @@ impl Resident {
             name,
             identity: None,
             window,
-            multi_token_exact: true,
+            multi_token_exact: false,
         })
+    }
+
+    /// Whether its generated tokens get the same logits decoded together
+    /// as alone (false until [`Self::set_multi_token_exact`] says so).
+    pub fn multi_token_exact(&self) -> bool {
+        self.multi_token_exact
+    }
+
+    /// Records the load-time check's verdict, which also decides how its
+    /// prompt caches decode narrow batches (`PromptCache::pass_for`).
+    pub fn set_multi_token_exact(&mut self, exact: bool) {
+        self.multi_token_exact = exact;
+        for cache in &mut self.caches {
+            cache.set_exact(exact);
+        }
     }
 
     /// Whether the model has sliding-window attention layers.

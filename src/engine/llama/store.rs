@@ -6,7 +6,8 @@
 //! Each entry is two files named by a hash of the model's identity and the
 //! tokens: `<key>.kv`, llama.cpp's own sequence state file, and
 //! `<key>.json`, ours: the model file's identity (path, size, modification
-//! time), the prompt tokens and batch starts (see `prefix`), the state
+//! time), the prompt tokens and batch starts and the rule that chose each
+//! batch's pass (see `prefix`), the state
 //! file's length and xxh3 hash, and when it was last used. An entry is used
 //! only when everything matches; a stale, truncated or corrupt one is logged,
 //! deleted and skipped, and any failure (a full disk, an unreadable folder)
@@ -36,6 +37,10 @@ pub struct Entry {
     pub model: ModelIdentity,
     pub tokens: Vec<i32>,
     pub starts: Vec<usize>,
+    /// The rule that picked each batch's pass (`prefix::PASS_RULE`); 0 in
+    /// entries written before it was recorded.
+    #[serde(default)]
+    pub pass_rule: u32,
     pub state_bytes: u64,
     pub state_xxh3: u64,
     pub last_used_ms: u64,
@@ -188,6 +193,7 @@ impl StateStore {
             model: model.clone(),
             tokens: tokens.iter().map(|t| t.0).collect(),
             starts: starts.to_vec(),
+            pass_rule: super::prefix::PASS_RULE,
             state_bytes: state.len() as u64,
             state_xxh3: xxhash_rust::xxh3::xxh3_64(&state),
             last_used_ms: now_ms(),
@@ -236,7 +242,7 @@ impl StateStore {
         let best = self
             .entries()
             .into_iter()
-            .filter(|(_, e)| &e.model == model)
+            .filter(|(_, e)| &e.model == model && e.pass_rule == super::prefix::PASS_RULE)
             .map(|(k, e)| {
                 let tokens: Vec<LlamaToken> = e.tokens.iter().map(|&t| LlamaToken(t)).collect();
                 let s = score(&tokens, &e.starts);
