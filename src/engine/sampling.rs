@@ -43,22 +43,64 @@ impl Sampling {
 /// Lanes for the vectorised reductions (8 x f32 = one AVX2 register).
 const LANES: usize = 8;
 
-/// `e^x` for `x <= 0`, branch-free so loops over it vectorise:
+/// `fast_exp`'s constants: ln 2 in two parts (Cody-Waite), and the shifter
+/// 1.5 * 2^23, where floats are one apart, so adding it rounds to an
+/// integer (ties to even) whose value the sum's low bits hold.
+const LN2_HI: f32 = 0.693_145_75;
+const LN2_LO: f32 = 1.428_606_8e-6;
+const SHIFTER: f32 = 12_582_912.0;
+/// The Taylor coefficients of e^r after 1 + r.
+const C2: f32 = 0.5;
+const C3: f32 = 1.0 / 6.0;
+const C4: f32 = 1.0 / 24.0;
+const C5: f32 = 1.0 / 120.0;
+const C6: f32 = 1.0 / 720.0;
+
+/// `e^x` for `x <= 0`, branch-free:
 /// exp(x) = 2^n * e^r with n = round(x / ln 2), r = x - n ln 2 computed with
-/// a two-part ln 2 (Cody-Waite), |r| <= 0.35, and a degree-6 Taylor
-/// polynomial for e^r. Relative error below 1e-6 on [-87, 0].
+/// a two-part ln 2, |r| <= 0.35, and a degree-6 Taylor polynomial for e^r.
+/// Relative error below 1e-6 on [-87, 0]. [`fast_exp8`] is the same
+/// arithmetic on eight lanes.
 #[inline(always)]
 pub fn fast_exp(x: f32) -> f32 {
-    const LN2_HI: f32 = 0.693_145_75;
-    const LN2_LO: f32 = 1.428_606_8e-6;
     let x = x.max(-87.0);
-    let n = (x * std::f32::consts::LOG2_E).round_ties_even();
+    let v = x * std::f32::consts::LOG2_E + SHIFTER;
+    let n = v - SHIFTER;
     let r = x - n * LN2_HI - n * LN2_LO;
-    let p = 1.0
-        + r * (1.0
-            + r * (0.5
-                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    f32::from_bits(((n as i32 + 127) << 23) as u32) * p
+    let p = 1.0 + r * (1.0 + r * (C2 + r * (C3 + r * (C4 + r * (C5 + r * C6)))));
+    let n_int = v.to_bits().wrapping_sub(SHIFTER.to_bits()) as i32;
+    f32::from_bits(((n_int + 127) << 23) as u32) * p
+}
+
+/// [`fast_exp`] on eight lanes, lane for lane the same bits (the same
+/// operations in the same order, no fused multiply-adds).
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+#[inline(always)]
+fn fast_exp8(x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    // SAFETY: register-only AVX2 intrinsics, and this build targets AVX2
+    // (the cfg above).
+    unsafe {
+        let k = _mm256_set1_ps;
+        let x = _mm256_max_ps(x, k(-87.0));
+        let v = _mm256_add_ps(_mm256_mul_ps(x, k(std::f32::consts::LOG2_E)), k(SHIFTER));
+        let n = _mm256_sub_ps(v, k(SHIFTER));
+        let r = _mm256_sub_ps(
+            _mm256_sub_ps(x, _mm256_mul_ps(n, k(LN2_HI))),
+            _mm256_mul_ps(n, k(LN2_LO)),
+        );
+        let mut p = _mm256_mul_ps(r, k(C6));
+        for c in [C5, C4, C3, C2, 1.0] {
+            p = _mm256_mul_ps(r, _mm256_add_ps(k(c), p));
+        }
+        let p = _mm256_add_ps(k(1.0), p);
+        let n_int = _mm256_sub_epi32(
+            _mm256_castps_si256(v),
+            _mm256_set1_epi32(SHIFTER.to_bits() as i32),
+        );
+        let scale = _mm256_slli_epi32::<23>(_mm256_add_epi32(n_int, _mm256_set1_epi32(127)));
+        _mm256_mul_ps(_mm256_castsi256_ps(scale), p)
+    }
 }
 
 /// Index and value of the largest logit (the first one on ties).
@@ -155,6 +197,25 @@ fn sum_exp_moment(logits: &[f32], max: f32) -> (f32, f32) {
     let mut mom = [0f32; LANES];
     let chunks = logits.chunks_exact(LANES);
     let tail = chunks.remainder();
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+    {
+        use std::arch::x86_64::*;
+        // SAFETY: AVX2 intrinsics on this AVX2 build; each load reads one
+        // whole chunk of LANES floats, each store writes one LANES array.
+        unsafe {
+            let (mut a, mut m) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+            let max8 = _mm256_set1_ps(max);
+            for chunk in chunks {
+                let d = _mm256_sub_ps(_mm256_loadu_ps(chunk.as_ptr()), max8);
+                let e = fast_exp8(d);
+                a = _mm256_add_ps(a, e);
+                m = _mm256_add_ps(m, _mm256_mul_ps(e, d));
+            }
+            _mm256_storeu_ps(acc.as_mut_ptr(), a);
+            _mm256_storeu_ps(mom.as_mut_ptr(), m);
+        }
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
     for chunk in chunks {
         for l in 0..LANES {
             let d = chunk[l] - max;
@@ -405,6 +466,43 @@ mod tests {
             x += 0.0137;
         }
         assert!(fast_exp(-1000.0) >= 0.0);
+    }
+
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+    #[test]
+    fn eight_lane_exp_and_sums_are_the_scalar_bits() {
+        use std::arch::x86_64::*;
+        let xs: Vec<f32> = (0..20_000).map(|i| -(i as f32) * 0.004_7 - 1e-7).collect();
+        for chunk in xs.chunks_exact(8) {
+            let mut got = [0f32; 8];
+            // SAFETY: an AVX2 build; one chunk of 8 floats in, 8 out.
+            unsafe {
+                _mm256_storeu_ps(got.as_mut_ptr(), fast_exp8(_mm256_loadu_ps(chunk.as_ptr())))
+            };
+            for (g, &x) in got.iter().zip(chunk) {
+                assert_eq!(g.to_bits(), fast_exp(x).to_bits(), "x = {x}");
+            }
+        }
+        // The one-pass sums, against the scalar lanes they replace.
+        let logits: Vec<f32> = (0..1003)
+            .map(|i| ((i * 7919 % 1000) as f32) / 97.0)
+            .collect();
+        let max = logits.iter().copied().fold(f32::MIN, f32::max);
+        let (mut acc, mut mom) = ([0f32; LANES], [0f32; LANES]);
+        for chunk in logits.chunks_exact(LANES) {
+            for l in 0..LANES {
+                let d = chunk[l] - max;
+                acc[l] += fast_exp(d);
+                mom[l] += fast_exp(d) * d;
+            }
+        }
+        let (mut z, mut m) = (acc.iter().sum::<f32>(), mom.iter().sum::<f32>());
+        for &x in logits.chunks_exact(LANES).remainder() {
+            z += fast_exp(x - max);
+            m += fast_exp(x - max) * (x - max);
+        }
+        let (vz, vm) = sum_exp_moment(&logits, max);
+        assert_eq!((vz.to_bits(), vm.to_bits()), (z.to_bits(), m.to_bits()));
     }
 
     #[test]
