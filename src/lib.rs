@@ -20,7 +20,8 @@
 //!   tier swept, calibrations and thresholds fitted and saved, `eval cascade`.
 //! - [`engine`]: the inference trait; llama.cpp on its own thread (a model and its
 //!   context owned together), where the requests on one model are decoded together
-//!   (continuous batching); speculative decoding; `engine::ggml_hook`, ggml's matrix
+//!   (continuous batching); the prompt cache (`engine::llama::prefix`, whose last
+//!   pass can also score a handed-up answer); speculative decoding; `engine::ggml_hook`, ggml's matrix
 //!   product hook with exact F32 and quantized kernels and its flash attention
 //!   hook with a prompt kernel of its own; query embeddings on a thread of their own
 //!   (`engine::llama::embed`); a scripted fake.

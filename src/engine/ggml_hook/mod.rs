@@ -29,7 +29,10 @@
 //!   F32 batches of at most [`NARROW_PROMPT_COLUMNS`] columns go to the
 //!   exact F32 kernel instead, which is faster there.
 //! - [`Pass::Generated`] (tokens the model produced: single-token decodes, a
-//!   draft's steps and catch-ups, verification batches): the exact kernels
+//!   draft's steps and catch-ups, verification batches; and, on a model
+//!   whose generated passes are exact, a prompt's batches of at most 32
+//!   tokens within its first 512 positions, so a lower answer to verify
+//!   can ride in the prompt's last pass: see `engine::llama::prefix`): the exact kernels
 //!   below take what they can, ggml's per-element loop the rest, so a token's
 //!   logits are the same alone or inside a verification batch:
 //!   - [`f32`]: F32 products whose length ggml's loop covers with no
