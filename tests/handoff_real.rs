@@ -194,6 +194,9 @@ async fn a_verified_escalation_ends_on_the_upper_tiers_own_answer() {
         if h.outcome == HandoffOutcome::Verified {
             assert_eq!(h.accepted_tokens, h.offered_tokens);
             assert_eq!(lower.completion_tokens, res.attempts[1].completion_tokens);
+            // A short question: the refiner scored the answer in the pass
+            // that ended its prompt.
+            assert!(h.with_prompt, "{q}: {h:?}");
         }
         outcomes.push(h.outcome);
     }

@@ -84,6 +84,11 @@ pub struct HandoffReport {
     pub accepted_tokens: u32,
     /// Time of the pass that scored the lower answer.
     pub verify_ms: f64,
+    /// The lower answer was scored in the pass that ended the prompt (a
+    /// short prompt on a model whose multi-token passes are exact), not in
+    /// a pass of its own.
+    #[serde(default)]
+    pub with_prompt: bool,
 }
 
 impl HandoffReport {
@@ -99,6 +104,7 @@ impl HandoffReport {
             offered_tokens: stats.offered,
             accepted_tokens: stats.accepted,
             verify_ms: stats.verify_ms,
+            with_prompt: stats.with_prompt,
         }
     }
 }
