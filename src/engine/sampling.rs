@@ -135,19 +135,59 @@ pub fn argmax(logits: &[f32]) -> (usize, f32) {
 
 /// `sum(exp((x - max) * scale))` over the row.
 pub fn sum_exp(logits: &[f32], max: f32, scale: f32) -> f32 {
-    let mut acc = [0f32; LANES];
     let chunks = logits.chunks_exact(LANES);
     let tail = chunks.remainder();
-    for chunk in chunks {
-        for l in 0..LANES {
-            acc[l] += fast_exp((chunk[l] - max) * scale);
-        }
-    }
+    let (acc, _) = exp_lanes(&logits[..logits.len() - tail.len()], max, scale);
     acc.iter().sum::<f32>()
         + tail
             .iter()
             .map(|&x| fast_exp((x - max) * scale))
             .sum::<f32>()
+}
+
+/// Per lane of `body` (whole chunks of [`LANES`]): `sum(e)` and
+/// `sum(e * d)` with `d = (x - max) * scale` and `e = exp(d)`. Both sums
+/// above build on it; on AVX2 it runs [`fast_exp8`], lane for lane the
+/// bits of [`exp_lanes_scalar`].
+fn exp_lanes(body: &[f32], max: f32, scale: f32) -> ([f32; LANES], [f32; LANES]) {
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+    {
+        use std::arch::x86_64::*;
+        let (mut acc, mut mom) = ([0f32; LANES], [0f32; LANES]);
+        // SAFETY: AVX2 intrinsics on this AVX2 build; each load reads one
+        // whole chunk of LANES floats, each store writes one LANES array.
+        unsafe {
+            let (mut a, mut m) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+            let (max8, scale8) = (_mm256_set1_ps(max), _mm256_set1_ps(scale));
+            for chunk in body.chunks_exact(LANES) {
+                let x = _mm256_loadu_ps(chunk.as_ptr());
+                let d = _mm256_mul_ps(_mm256_sub_ps(x, max8), scale8);
+                let e = fast_exp8(d);
+                a = _mm256_add_ps(a, e);
+                m = _mm256_add_ps(m, _mm256_mul_ps(e, d));
+            }
+            _mm256_storeu_ps(acc.as_mut_ptr(), a);
+            _mm256_storeu_ps(mom.as_mut_ptr(), m);
+        }
+        (acc, mom)
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
+    exp_lanes_scalar(body, max, scale)
+}
+
+/// [`exp_lanes`] one float at a time.
+#[cfg(any(test, not(all(target_arch = "x86_64", target_feature = "avx2"))))]
+fn exp_lanes_scalar(body: &[f32], max: f32, scale: f32) -> ([f32; LANES], [f32; LANES]) {
+    let (mut acc, mut mom) = ([0f32; LANES], [0f32; LANES]);
+    for chunk in body.chunks_exact(LANES) {
+        for l in 0..LANES {
+            let d = (chunk[l] - max) * scale;
+            let e = fast_exp(d);
+            acc[l] += e;
+            mom[l] += e * d;
+        }
+    }
+    (acc, mom)
 }
 
 /// SplitMix64: small, fast, and good enough to draw tokens reproducibly.
@@ -193,37 +233,9 @@ pub struct Pick {
 /// `sum(exp(x - max))` and `sum(exp(x - max) * (x - max))` over the row, in
 /// one pass: the softmax's normaliser and what its entropy needs.
 fn sum_exp_moment(logits: &[f32], max: f32) -> (f32, f32) {
-    let mut acc = [0f32; LANES];
-    let mut mom = [0f32; LANES];
-    let chunks = logits.chunks_exact(LANES);
-    let tail = chunks.remainder();
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-    {
-        use std::arch::x86_64::*;
-        // SAFETY: AVX2 intrinsics on this AVX2 build; each load reads one
-        // whole chunk of LANES floats, each store writes one LANES array.
-        unsafe {
-            let (mut a, mut m) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-            let max8 = _mm256_set1_ps(max);
-            for chunk in chunks {
-                let d = _mm256_sub_ps(_mm256_loadu_ps(chunk.as_ptr()), max8);
-                let e = fast_exp8(d);
-                a = _mm256_add_ps(a, e);
-                m = _mm256_add_ps(m, _mm256_mul_ps(e, d));
-            }
-            _mm256_storeu_ps(acc.as_mut_ptr(), a);
-            _mm256_storeu_ps(mom.as_mut_ptr(), m);
-        }
-    }
-    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
-    for chunk in chunks {
-        for l in 0..LANES {
-            let d = chunk[l] - max;
-            let e = fast_exp(d);
-            acc[l] += e;
-            mom[l] += e * d;
-        }
-    }
+    let tail = logits.chunks_exact(LANES).remainder();
+    // A scale of 1 changes no bit of `x - max`.
+    let (acc, mom) = exp_lanes(&logits[..logits.len() - tail.len()], max, 1.0);
     let (mut z, mut m) = (acc.iter().sum::<f32>(), mom.iter().sum::<f32>());
     for &x in tail {
         let d = x - max;
@@ -483,26 +495,17 @@ mod tests {
                 assert_eq!(g.to_bits(), fast_exp(x).to_bits(), "x = {x}");
             }
         }
-        // The one-pass sums, against the scalar lanes they replace.
-        let logits: Vec<f32> = (0..1003)
+        // The lane sums, against one float at a time.
+        let logits: Vec<f32> = (0..1000)
             .map(|i| ((i * 7919 % 1000) as f32) / 97.0)
             .collect();
         let max = logits.iter().copied().fold(f32::MIN, f32::max);
-        let (mut acc, mut mom) = ([0f32; LANES], [0f32; LANES]);
-        for chunk in logits.chunks_exact(LANES) {
-            for l in 0..LANES {
-                let d = chunk[l] - max;
-                acc[l] += fast_exp(d);
-                mom[l] += fast_exp(d) * d;
-            }
+        for scale in [1.0, 1.0 / 0.7] {
+            let (va, vm) = exp_lanes(&logits, max, scale);
+            let (sa, sm) = exp_lanes_scalar(&logits, max, scale);
+            assert_eq!(va.map(f32::to_bits), sa.map(f32::to_bits), "scale {scale}");
+            assert_eq!(vm.map(f32::to_bits), sm.map(f32::to_bits), "scale {scale}");
         }
-        let (mut z, mut m) = (acc.iter().sum::<f32>(), mom.iter().sum::<f32>());
-        for &x in logits.chunks_exact(LANES).remainder() {
-            z += fast_exp(x - max);
-            m += fast_exp(x - max) * (x - max);
-        }
-        let (vz, vm) = sum_exp_moment(&logits, max);
-        assert_eq!((vz.to_bits(), vm.to_bits()), (z.to_bits(), m.to_bits()));
     }
 
     #[test]

@@ -120,8 +120,9 @@ struct Decoder<'a, 't, 'd> {
 pub(super) type Report = (Option<SpecStats>, Option<VerifyStats>);
 
 /// Generates into `out`, starting from the prompt's logits at index
-/// `first_logits` of the target's last batch; `fused` says what of the
-/// lower answer that batch also decoded ([`first_round`]).
+/// `first_logits` of the target's last batch; `lower` is the request's
+/// answer to verify in the target's vocabulary ([`lower_tokens`]), and
+/// `fused` says what of it that batch also decoded ([`first_round`]).
 ///
 /// # Errors
 ///
@@ -137,12 +138,11 @@ pub(super) fn run<'t>(
     draft: Option<Slot<'_, '_>>,
     req: &GenerateRequest,
     prompt: &Prepared,
-    (first_logits, fused): (i32, Option<Fused>),
+    (first_logits, lower, fused): (i32, Option<Vec<u32>>, Option<Fused>),
     sampler: &mut Sampler,
     out: &mut Output,
 ) -> Result<Report, EngineError> {
     let lower_text = req.verify.as_deref().unwrap_or_default();
-    let lower = req.verify.as_deref().map(|text| lower_tokens(model, text));
     let plain = SpecParams {
         draft_max: 0,
         ..SpecParams::default()
@@ -260,29 +260,29 @@ pub(super) fn run<'t>(
     Ok(report(stats, handoff, out))
 }
 
-/// A lower answer `text` in `model`'s vocabulary.
-fn lower_tokens(model: &LlamaModel, text: &str) -> Vec<u32> {
+/// The answer `req` hands up to verify, in `model`'s vocabulary; None
+/// when it hands none up.
+pub(super) fn lower_tokens(model: &LlamaModel, req: &GenerateRequest) -> Option<Vec<u32>> {
+    let text = req.verify.as_deref()?;
     let tokens = model.vocab().tokenize(text.trim().as_bytes(), false, false);
-    tokens.iter().map(|t| t.0 as u32).collect()
+    Some(tokens.iter().map(|t| t.0 as u32).collect())
 }
 
 /// What of a lower answer to verify can ride in the prompt's last pass:
 /// the tokens the loop's first round would decode (the answer's first
 /// token, which the target must open with for them to count, and as many
 /// more as that round drafts), when the model's multi-token passes are
-/// `exact` and a handoff is asked for; empty otherwise. Whether the pass
-/// takes them is the prompt cache's call (`PromptCache::prefill_with`).
+/// `exact` and a `lower` answer is handed up; empty otherwise. Whether the
+/// pass takes them is the prompt cache's call (`PromptCache::prefill_with`).
 pub(super) fn first_round(
-    model: &LlamaModel,
-    req: &GenerateRequest,
+    lower: Option<&[u32]>,
     exact: bool,
     (prompt_len, n_ctx, n_batch): (usize, usize, usize),
     budget: usize,
 ) -> Vec<LlamaToken> {
-    let Some(text) = req.verify.as_deref().filter(|_| exact) else {
+    let Some(lower) = lower.filter(|_| exact) else {
         return Vec::new();
     };
-    let lower = lower_tokens(model, text);
     // As the first round bounds its drafts (see `run`'s loop).
     let drafts = (lower.len().saturating_sub(1))
         .min(n_batch.saturating_sub(1))

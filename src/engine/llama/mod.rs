@@ -612,7 +612,8 @@ fn generate_with<'m>(
         cache.n_ctx() as usize,
         ctx.n_batch() as usize,
     );
-    let extra = speculative::first_round(model, req, multi_token_exact, sizes, out.left());
+    let lower = speculative::lower_tokens(model, req);
+    let extra = speculative::first_round(lower.as_deref(), multi_token_exact, sizes, out.left());
     let (cached_tokens, fused) =
         cache.prefill_with(ctx, &mut batch, &prep, req.cache_prompt, &extra)?;
     let fused_ms = fused.map_or(0.0, |f| f.ms);
@@ -628,7 +629,7 @@ fn generate_with<'m>(
         draft,
         req,
         &prep,
-        (last_logits, fused),
+        (last_logits, lower, fused),
         &mut sampler,
         &mut out,
     )?;

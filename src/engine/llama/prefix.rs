@@ -240,12 +240,12 @@ impl PromptCache {
     ) -> Result<(usize, Option<Fused>), EngineError> {
         let plan = self.begin(ctx, prompt, reuse);
         let mut fused = None;
+        // Callers' batches hold n_batch tokens.
+        let room = ctx.n_batch() as usize;
         for (i, range) in plan.batches.iter().enumerate() {
             let tokens = &prompt.tokens[range.clone()];
             let last = i + 1 == plan.batches.len();
             let pass = self.pass_for(range);
-            // Callers' batches hold n_batch tokens.
-            let room = ctx.n_batch() as usize;
             if last
                 && !extra.is_empty()
                 && pass == Pass::Generated
