@@ -9,7 +9,11 @@
 //! and `--undefined` makes the linker take
 //! that function from our library before it reads ggml's archive; the
 //! hook passes prompt batches on to llama.cpp's own `__real_llamafile_sgemm`
-//! (cfg `sgemm_wrapped`).
+//! (cfg `sgemm_wrapped`). Two more ggml-cpu ops are wrapped the same way:
+//! flash attention (the hook's own prompt kernel, ggml's reference path in
+//! generated passes) and the element-wise product, alone and fused with an
+//! RMS norm (where the hook reads the model's state after a prompt,
+//! `ggml_hook/state.rs`).
 //!
 //! The build is portable (x86-64-v3), so llama.cpp's tinyBLAS is compiled
 //! for AVX2. Where that is so, this script compiles a second copy of
@@ -44,6 +48,12 @@ fn main() {
         println!("cargo:rustc-link-arg=-Wl,--undefined=__wrap_llamafile_sgemm");
         println!("cargo:rustc-link-arg=-Wl,--wrap=ggml_compute_forward_flash_attn_ext");
         println!("cargo:rustc-link-arg=-Wl,--undefined=__wrap_ggml_compute_forward_flash_attn_ext");
+        println!("cargo:rustc-link-arg=-Wl,--wrap=ggml_compute_forward_mul");
+        println!("cargo:rustc-link-arg=-Wl,--undefined=__wrap_ggml_compute_forward_mul");
+        println!("cargo:rustc-link-arg=-Wl,--wrap=ggml_compute_forward_rms_norm_mul_fused");
+        println!(
+            "cargo:rustc-link-arg=-Wl,--undefined=__wrap_ggml_compute_forward_rms_norm_mul_fused"
+        );
         println!("cargo:rustc-cfg=sgemm_wrapped");
         if has("avx2") && !has("avx512f") {
             sgemm_avx512();

@@ -17,7 +17,7 @@ pub mod write;
 
 use crate::cascade::start_tier;
 use crate::classify::classify;
-use crate::confidence::fit::{auroc, fit, threshold_for_precision};
+use crate::confidence::fit::{auroc, fit_answers, threshold_for_precision};
 use crate::confidence::Calibration;
 use crate::config::Config;
 use serde::Serialize;
@@ -113,8 +113,8 @@ fn fit_tier(s: &TierSweep, n: usize, precision: f64) -> TierFit {
         ));
         return t;
     }
-    let xs: Vec<_> = s.scored.iter().map(|a| a.features.vector()).collect();
-    let Some(c) = fit(&xs, &labels) else {
+    let features: Vec<_> = s.scored.iter().map(|a| a.features.clone()).collect();
+    let Some(c) = fit_answers(&features, &labels) else {
         t.warnings.push(
             "its answers were all right or all wrong: nothing to fit, calibration unchanged".into(),
         );
@@ -178,8 +178,8 @@ fn replay(
             last = Some((tier, a.right));
             let t = &config.tiers[tier];
             let (cal, threshold) = match (&fits[tier].calibration, fits[tier].threshold) {
-                (Some(c), Some(th)) => (*c, th),
-                _ => (t.calibration, t.threshold),
+                (Some(c), Some(th)) => (c.clone(), th),
+                _ => (t.calibration.clone(), t.threshold),
             };
             if cal.confidence(&a.features) >= threshold
                 || escalations >= config.routing.max_escalations

@@ -46,7 +46,7 @@ pub fn save(config: &Path, named: Option<&str>, fit: &LadderFit) -> anyhow::Resu
     };
     let mut tiers = Vec::new();
     for t in &fit.tiers {
-        if let (Some(calibration), Some(threshold)) = (t.calibration, t.threshold) {
+        if let (Some(calibration), Some(threshold)) = (t.calibration.clone(), t.threshold) {
             file.tiers.insert(
                 t.name.clone(),
                 Fitted {

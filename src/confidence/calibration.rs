@@ -2,6 +2,7 @@
 //! probability that the answer is right.
 
 use super::features::{Features, N_FEATURES};
+use super::state::StateProbe;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -9,7 +10,7 @@ use serde::{Deserialize, Serialize};
 /// `confidence = 1 / (1 + exp(-(bias + sum of weight x feature)))`,
 /// one weight per feature (see [`Features::vector`]). Fitted per tier by
 /// `xnai-model-router calibrate`; a tier without one uses [`Calibration::DEFAULT`].
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Calibration {
     pub bias: f64,
@@ -46,6 +47,11 @@ pub struct Calibration {
     pub domain_creative: f64,
     #[serde(default)]
     pub domain_reasoning: f64,
+    /// A linear read of the model's state after the prompt, added to the
+    /// log-odds (see `confidence::state`); fitted by `calibrate` where the
+    /// engine reads the tier's state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<StateProbe>,
 }
 
 impl Calibration {
@@ -70,6 +76,7 @@ impl Calibration {
         domain_math: -1.591,
         domain_creative: -0.883,
         domain_reasoning: 0.0,
+        state: None,
     };
 
     /// The weights in [`Features::vector`]'s order.
@@ -106,21 +113,29 @@ impl Calibration {
             domain_math: w[9],
             domain_creative: w[10],
             domain_reasoning: w[11],
+            state: None,
         }
     }
 
     /// Whether every coefficient is a finite number.
     pub fn is_finite(&self) -> bool {
-        self.bias.is_finite() && self.weights().iter().all(|w| w.is_finite())
+        self.bias.is_finite()
+            && self.weights().iter().all(|w| w.is_finite())
+            && self.state.as_ref().is_none_or(StateProbe::is_finite)
     }
 
-    /// The probability that an answer with features `f` is right; an empty
-    /// answer is never right.
+    /// The probability that an answer with features `f` is right (its
+    /// model's state read by the probe where there is one); an empty answer
+    /// is never right.
     pub fn confidence(&self, f: &Features) -> f64 {
         if f.tokens == 0 {
             return 0.0;
         }
-        sigmoid(self.score(&f.vector()))
+        let read = self
+            .state
+            .as_ref()
+            .map_or(0.0, |p| p.read(f.state.as_deref()));
+        sigmoid(self.score(&f.vector()) + read)
     }
 
     /// The model's log-odds for feature vector `x`.

@@ -5,6 +5,7 @@ use crate::classify::{Complexity, Domain, Level};
 use crate::engine::{FinishReason, Generation};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 /// Floor for a token probability before its logarithm is taken.
 const PROB_FLOOR: f64 = 1e-9;
@@ -13,7 +14,7 @@ const PROB_FLOOR: f64 = 1e-9;
 /// entropy of each next-token distribution, and the classifier's verdict
 /// on the question (a small model's answers to arithmetic are wrong far
 /// more often than its answers to look-ups, however sure its tokens are).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Features {
     /// The least probable token's probability.
     pub min_prob: f64,
@@ -33,6 +34,12 @@ pub struct Features {
     /// The question's complexity level and domain, as classified.
     pub level: Level,
     pub domain: Domain,
+    /// The model's state after the prompt, where the engine read it: what
+    /// a calibration's state probe reads (see `confidence::state`). Not
+    /// shown: a vector of the model's width.
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub state: Option<Arc<[f32]>>,
 }
 
 /// Entries in [`Features::vector`].
@@ -72,6 +79,7 @@ impl Features {
                 stopped,
                 level: Level::Trivial,
                 domain: Domain::General,
+                state: None,
             };
         }
         let mut sorted: Vec<f64> = probs.iter().map(|&p| (p as f64).clamp(0.0, 1.0)).collect();
@@ -89,6 +97,7 @@ impl Features {
             stopped,
             level: Level::Trivial,
             domain: Domain::General,
+            state: None,
         }
     }
 
@@ -101,9 +110,13 @@ impl Features {
         }
     }
 
-    /// The features of a generation.
+    /// The features of a generation, with the model's state after its
+    /// prompt where the engine read it.
     pub fn of_generation(g: &Generation) -> Self {
-        Self::of(&g.token_probs, &g.token_entropies, g.finish)
+        Features {
+            state: g.prompt_state.as_deref().map(Arc::from),
+            ..Self::of(&g.token_probs, &g.token_entropies, g.finish)
+        }
     }
 
     /// The values the calibration weighs, in [`FEATURE_NAMES`]' order: the

@@ -2,37 +2,73 @@
 //! method, AUROC, and the threshold that keeps a precision.
 
 use super::calibration::Calibration;
-use super::features::N_FEATURES;
+use super::features::{Features, N_FEATURES};
+use super::state::Axes;
 
 /// L2 penalty on the standardised weights: keeps a fit on a few hundred
-/// answers, or on features that barely vary, from running off.
-pub const L2: f64 = 1.0;
+/// answers, or on features that barely vary, from running off. Chosen by
+/// 10-fold cross-validation on the training split of `data/calibration/`
+/// (AUROC flat from 10 to 30, lower at 1 and below, for every tier of the
+/// default ladder).
+pub const L2: f64 = 10.0;
 /// Newton steps at most; a fit converges in well under ten.
 const MAX_STEPS: usize = 50;
 
+/// Fits a tier's calibration to its answers' features, labelled right
+/// (`true`) or wrong; None without both kinds of label. Where every answer
+/// carries a model state of one width and there are enough of them, the
+/// states' principal axes are weighed too and folded into the
+/// calibration's state probe (see `confidence::state`).
+pub fn fit_answers(features: &[Features], ys: &[bool]) -> Option<Calibration> {
+    let states: Option<Vec<&[f32]>> = features.iter().map(|f| f.state.as_deref()).collect();
+    let axes = states.as_deref().and_then(Axes::of);
+    let rows: Vec<Vec<f64>> = features
+        .iter()
+        .map(|f| {
+            let mut row = f.vector().to_vec();
+            if let (Some(axes), Some(state)) = (&axes, &f.state) {
+                row.extend(axes.project(state));
+            }
+            row
+        })
+        .collect();
+    let (bias, w) = fit_rows(&rows, ys)?;
+    let mut c = Calibration::from_weights(bias, w[..N_FEATURES].try_into().ok()?);
+    c.state = axes.map(|a| a.fold(&w[N_FEATURES..]));
+    c.is_finite().then_some(c)
+}
+
 /// Fits a logistic calibration to feature vectors `xs` labelled right
 /// (`true`) or wrong; None without both kinds of label.
-///
-/// Features are standardised before fitting, so the penalty weighs them
-/// alike, and the weights are mapped back to raw features after.
 pub fn fit(xs: &[[f64; N_FEATURES]], ys: &[bool]) -> Option<Calibration> {
-    assert_eq!(xs.len(), ys.len(), "one label per feature vector");
+    let rows: Vec<Vec<f64>> = xs.iter().map(|x| x.to_vec()).collect();
+    let (bias, w) = fit_rows(&rows, ys)?;
+    let c = Calibration::from_weights(bias, w.try_into().ok()?);
+    c.is_finite().then_some(c)
+}
+
+/// Logistic regression of `ys` on `rows` (all of one width): the bias and
+/// one weight per column, on the raw columns.
+///
+/// Columns are standardised before fitting, so the penalty weighs them
+/// alike, and the weights are mapped back to raw columns after.
+fn fit_rows(rows: &[Vec<f64>], ys: &[bool]) -> Option<(f64, Vec<f64>)> {
+    assert_eq!(rows.len(), ys.len(), "one label per feature vector");
     let positives = ys.iter().filter(|&&y| y).count();
     if positives == 0 || positives == ys.len() {
         return None;
     }
-    let (mean, scale) = standardisation(xs);
-    let rows: Vec<[f64; N_FEATURES + 1]> = xs
+    let width = rows[0].len();
+    let (mean, scale) = standardisation(rows, width);
+    let rows: Vec<Vec<f64>> = rows
         .iter()
         .map(|x| {
-            let mut r = [1.0; N_FEATURES + 1];
-            for j in 0..N_FEATURES {
-                r[j + 1] = (x[j] - mean[j]) / scale[j];
-            }
-            r
+            std::iter::once(1.0)
+                .chain((0..width).map(|j| (x[j] - mean[j]) / scale[j]))
+                .collect()
         })
         .collect();
-    let mut beta = [0.0; N_FEATURES + 1];
+    let mut beta = vec![0.0; width + 1];
     // Start at the base rate.
     let rate = positives as f64 / ys.len() as f64;
     beta[0] = (rate / (1.0 - rate)).ln();
@@ -47,29 +83,30 @@ pub fn fit(xs: &[[f64; N_FEATURES]], ys: &[bool]) -> Option<Calibration> {
             break;
         }
     }
-    // Back to raw features: w_j = beta_j / scale_j, bias absorbs the means.
-    let mut w = [0.0; N_FEATURES];
+    // Back to raw columns: w_j = beta_j / scale_j, bias absorbs the means.
     let mut bias = beta[0];
-    for j in 0..N_FEATURES {
-        w[j] = beta[j + 1] / scale[j];
-        bias -= w[j] * mean[j];
-    }
-    let c = Calibration::from_weights(bias, w);
-    c.is_finite().then_some(c)
+    let w: Vec<f64> = (0..width)
+        .map(|j| {
+            let w = beta[j + 1] / scale[j];
+            bias -= w * mean[j];
+            w
+        })
+        .collect();
+    Some((bias, w))
 }
 
-/// Each feature's mean and spread (1 where it does not vary).
-fn standardisation(xs: &[[f64; N_FEATURES]]) -> ([f64; N_FEATURES], [f64; N_FEATURES]) {
+/// Each column's mean and spread (1 where it does not vary).
+fn standardisation(xs: &[Vec<f64>], width: usize) -> (Vec<f64>, Vec<f64>) {
     let n = xs.len().max(1) as f64;
-    let mut mean = [0.0; N_FEATURES];
-    let mut scale = [0.0; N_FEATURES];
+    let mut mean = vec![0.0; width];
+    let mut scale = vec![0.0; width];
     for x in xs {
-        for j in 0..N_FEATURES {
+        for j in 0..width {
             mean[j] += x[j] / n;
         }
     }
     for x in xs {
-        for j in 0..N_FEATURES {
+        for j in 0..width {
             scale[j] += (x[j] - mean[j]).powi(2) / n;
         }
     }
@@ -81,27 +118,23 @@ fn standardisation(xs: &[[f64; N_FEATURES]]) -> ([f64; N_FEATURES], [f64; N_FEAT
 
 /// The Newton step H^-1 g of the penalised negative log-likelihood at
 /// `beta` (the intercept unpenalised); None if H is singular.
-fn newton_step(
-    rows: &[[f64; N_FEATURES + 1]],
-    ys: &[bool],
-    beta: &[f64; N_FEATURES + 1],
-) -> Option<[f64; N_FEATURES + 1]> {
-    const D: usize = N_FEATURES + 1;
-    let mut g = [0.0; D];
-    let mut h = [[0.0; D]; D];
+fn newton_step(rows: &[Vec<f64>], ys: &[bool], beta: &[f64]) -> Option<Vec<f64>> {
+    let d = beta.len();
+    let mut g = vec![0.0; d];
+    let mut h = vec![vec![0.0; d]; d];
     for (r, &y) in rows.iter().zip(ys) {
         let z: f64 = r.iter().zip(beta).map(|(a, b)| a * b).sum();
         let p = super::calibration::sigmoid(z);
         let err = p - if y { 1.0 } else { 0.0 };
         let w = (p * (1.0 - p)).max(1e-12);
-        for i in 0..D {
+        for i in 0..d {
             g[i] += err * r[i];
-            for j in 0..D {
+            for j in 0..d {
                 h[i][j] += w * r[i] * r[j];
             }
         }
     }
-    for i in 1..D {
+    for i in 1..d {
         g[i] += L2 * beta[i];
         h[i][i] += L2;
     }
@@ -109,15 +142,16 @@ fn newton_step(
 }
 
 /// Solves `a x = b` by Gaussian elimination with partial pivoting.
-fn solve<const D: usize>(mut a: [[f64; D]; D], mut b: [f64; D]) -> Option<[f64; D]> {
-    for col in 0..D {
-        let pivot = (col..D).max_by(|&i, &j| a[i][col].abs().total_cmp(&a[j][col].abs()))?;
+fn solve(mut a: Vec<Vec<f64>>, mut b: Vec<f64>) -> Option<Vec<f64>> {
+    let d = b.len();
+    for col in 0..d {
+        let pivot = (col..d).max_by(|&i, &j| a[i][col].abs().total_cmp(&a[j][col].abs()))?;
         if a[pivot][col].abs() < 1e-12 {
             return None;
         }
         a.swap(col, pivot);
         b.swap(col, pivot);
-        for row in col + 1..D {
+        for row in col + 1..d {
             let f = a[row][col] / a[col][col];
             let (upper, lower) = a.split_at_mut(row);
             for (x, p) in lower[0][col..].iter_mut().zip(&upper[col][col..]) {
@@ -126,9 +160,9 @@ fn solve<const D: usize>(mut a: [[f64; D]; D], mut b: [f64; D]) -> Option<[f64; 
             b[row] -= f * b[col];
         }
     }
-    let mut x = [0.0; D];
-    for row in (0..D).rev() {
-        let s: f64 = (row + 1..D).map(|k| a[row][k] * x[k]).sum();
+    let mut x = vec![0.0; d];
+    for row in (0..d).rev() {
+        let s: f64 = (row + 1..d).map(|k| a[row][k] * x[k]).sum();
         x[row] = (b[row] - s) / a[row][row];
     }
     Some(x)
@@ -251,8 +285,8 @@ mod tests {
 
     #[test]
     fn solve_inverts_a_small_system() {
-        let x = solve([[2.0, 1.0], [1.0, 3.0]], [3.0, 5.0]).unwrap();
+        let x = solve(vec![vec![2.0, 1.0], vec![1.0, 3.0]], vec![3.0, 5.0]).unwrap();
         assert!((x[0] - 0.8).abs() < 1e-12 && (x[1] - 1.4).abs() < 1e-12);
-        assert!(solve([[1.0, 2.0], [2.0, 4.0]], [1.0, 2.0]).is_none());
+        assert!(solve(vec![vec![1.0, 2.0], vec![2.0, 4.0]], vec![1.0, 2.0]).is_none());
     }
 }

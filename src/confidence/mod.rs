@@ -9,11 +9,15 @@
 //! logistic model from those features to the probability of a right
 //! answer: the `confidence` reported and compared with the tier's
 //! threshold. [`fit`] fits one on scored answers (`calibrate`) and judges
-//! it (AUROC, the threshold that keeps a precision).
+//! it (AUROC, the threshold that keeps a precision). [`state`] adds what
+//! the model's state after the prompt says: a linear probe fitted with the
+//! calibration, for models whose state the engine reads.
 
 pub mod calibration;
 pub mod features;
 pub mod fit;
+pub mod state;
 
 pub use calibration::Calibration;
 pub use features::Features;
+pub use state::StateProbe;

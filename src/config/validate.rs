@@ -163,7 +163,7 @@ pub fn validate_placed(
                 format!("{} is outside [0, 1]", t.threshold),
             );
         }
-        if t.calibration.is_some_and(|c| !c.is_finite()) {
+        if t.calibration.as_ref().is_some_and(|c| !c.is_finite()) {
             bad(
                 at("calibration"),
                 "every coefficient must be a finite number".into(),
@@ -551,7 +551,7 @@ fn remote_tier(t: &RawTier, index: usize) -> Tier {
         role: t.role,
         model: PathBuf::from(&t.model),
         threshold: t.threshold,
-        calibration: t.calibration.unwrap_or_default(),
+        calibration: t.calibration.clone().unwrap_or_default(),
         max_tokens: t.max_tokens,
         draft: None,
         context: t.context.unwrap_or(DEFAULT_CONTEXT),
@@ -607,7 +607,7 @@ fn resolve_tier(
         role: t.role,
         model,
         threshold: t.threshold,
-        calibration: t.calibration.unwrap_or_default(),
+        calibration: t.calibration.clone().unwrap_or_default(),
         max_tokens: t.max_tokens,
         draft: None,
         context,

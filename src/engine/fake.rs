@@ -151,6 +151,7 @@ impl Engine for FakeEngine {
             tokens_per_second: 0.0,
             batch_width: 1.0,
             verified: None,
+            prompt_state: None,
             speculative: None,
         })
     }

@@ -284,6 +284,11 @@ pub struct Generation {
     /// What became of a lower tier's answer given to verify.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verified: Option<VerifyStats>,
+    /// The model's state after the prompt (its final norm's output at the
+    /// prompt's last token), where the engine could read it: what the
+    /// confidence's state probe reads (see `confidence::state`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_state: Option<Vec<f32>>,
 }
 
 /// A verified handoff, as the engine saw it.

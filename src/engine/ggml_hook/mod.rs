@@ -92,6 +92,7 @@ pub mod attention;
 pub mod f32;
 #[cfg(ggml_f32x8)]
 pub mod quant;
+pub mod state;
 
 use std::ffi::{c_int, c_void};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

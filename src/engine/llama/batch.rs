@@ -77,6 +77,8 @@ struct Running {
     admitted: Instant,
     /// Time spent decoding its prompt batches (not waiting between them).
     prompt_ms: f64,
+    /// The model's state after the prompt, once read.
+    prompt_state: Option<Vec<f32>>,
     generating: Option<Instant>,
     /// Sum of the step widths this request took part in, and the steps.
     width_sum: u64,
@@ -207,6 +209,7 @@ impl Batcher {
                 r.out
                     .into_generation(&r.prep, r.prompt_kept, r.prompt_ms, generate_ms);
             generation.verified = verified;
+            generation.prompt_state = r.prompt_state;
             if r.steps > 0 {
                 generation.batch_width = r.width_sum as f64 / r.steps as f64;
             }
@@ -284,6 +287,7 @@ fn admit(
             n_past: 0,
             admitted: Instant::now(),
             prompt_ms: 0.0,
+            prompt_state: None,
             generating: None,
             width_sum: 0,
             steps: 0,
@@ -312,7 +316,7 @@ fn prompt_pass(
     let started = Instant::now();
     let last = r.next_batch + 1 == plan.batches.len();
     let pass = caches[r.slot].pass_for(&range);
-    feed(
+    let state = feed(
         ctx,
         batch,
         &r.prep.tokens[range.clone()],
@@ -321,6 +325,7 @@ fn prompt_pass(
         last,
     )?;
     r.prompt_ms += started.elapsed().as_secs_f64() * 1e3;
+    r.prompt_state = state;
     r.next_batch += 1;
     if r.next_batch < plan.batches.len() {
         return Ok(());
@@ -397,5 +402,6 @@ fn cancelled_before_start() -> Generation {
         speculative: None,
         batch_width: 1.0,
         verified: None,
+        prompt_state: None,
     }
 }

@@ -525,7 +525,9 @@ pub(super) fn decode_err(e: impl std::fmt::Display) -> EngineError {
 /// Decodes `tokens` of sequence `seq` from position `pos` in batches of
 /// the context's n_batch as passes of the given kind, with logits for the
 /// last token only, or for none (a prompt batch that is not its prompt's
-/// last: the KV cache is the same, and no output row is computed).
+/// last: the KV cache is the same, and no output row is computed). With
+/// logits, returns the model's state at the last token where the hook
+/// read it (see `ggml_hook::state`).
 pub(super) fn feed(
     ctx: &mut LlamaContext<'_>,
     batch: &mut LlamaBatch,
@@ -533,9 +535,10 @@ pub(super) fn feed(
     (pos, seq): (usize, i32),
     pass: Pass,
     logits: bool,
-) -> Result<(), EngineError> {
+) -> Result<Option<Vec<f32>>, EngineError> {
     let n_batch = ctx.n_batch() as usize;
     let last = tokens.len() - 1;
+    let chunks = tokens.chunks(n_batch).count();
     for (c, chunk) in tokens.chunks(n_batch).enumerate() {
         batch.clear();
         for (j, &t) in chunk.iter().enumerate() {
@@ -544,9 +547,12 @@ pub(super) fn feed(
                 .add(t, (pos + i) as i32, &[seq], logits && i == last)
                 .map_err(decode_err)?;
         }
+        if logits && c + 1 == chunks {
+            return decode_reading_state(ctx, batch, pass);
+        }
         decode(ctx, batch, pass)?;
     }
-    Ok(())
+    Ok(None)
 }
 
 /// One `llama_decode` of `batch` as a pass of the given kind.
@@ -556,6 +562,18 @@ pub(super) fn decode(
     pass: Pass,
 ) -> Result<(), EngineError> {
     ggml_hook::in_pass(pass, || ctx.decode(batch)).map_err(decode_err)
+}
+
+/// [`decode`], returning the model's state at the batch's first token with
+/// logits, where the hook read it.
+pub(super) fn decode_reading_state(
+    ctx: &mut LlamaContext<'_>,
+    batch: &mut LlamaBatch,
+    pass: Pass,
+) -> Result<Option<Vec<f32>>, EngineError> {
+    let (decoded, state) = ggml_hook::state::in_pass_reading_state(pass, || ctx.decode(batch));
+    decoded.map_err(decode_err)?;
+    Ok(state)
 }
 
 fn generate(
@@ -614,8 +632,11 @@ fn generate_with<'m>(
     );
     let lower = speculative::lower_tokens(model, req);
     let extra = speculative::first_round(lower.as_deref(), multi_token_exact, sizes, out.left());
-    let (cached_tokens, fused) =
-        cache.prefill_with(ctx, &mut batch, &prep, req.cache_prompt, &extra)?;
+    let prefix::Prefilled {
+        kept: cached_tokens,
+        fused,
+        state,
+    } = cache.prefill_with(ctx, &mut batch, &prep, req.cache_prompt, &extra)?;
     let fused_ms = fused.map_or(0.0, |f| f.ms);
     let prompt_ms = started.elapsed().as_secs_f64() * 1e3 - fused_ms;
 
@@ -637,6 +658,7 @@ fn generate_with<'m>(
     let mut generation = out.into_generation(&prep, cached_tokens, prompt_ms, generate_ms);
     generation.speculative = speculative;
     generation.verified = verified;
+    generation.prompt_state = state;
     Ok(generation)
 }
 
@@ -708,6 +730,7 @@ impl Output {
             speculative: None,
             batch_width: 1.0,
             verified: None,
+            prompt_state: None,
         }
     }
 

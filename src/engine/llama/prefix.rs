@@ -30,7 +30,7 @@
 
 use super::prompt::Prepared;
 use super::store::{ModelIdentity, StateStore};
-use super::{decode, decode_err, feed};
+use super::{decode_err, decode_reading_state, feed};
 use crate::engine::ggml_hook::Pass;
 use crate::engine::EngineError;
 use llama_cpp_2::context::LlamaContext;
@@ -78,6 +78,17 @@ pub struct Fused {
     pub tokens: usize,
     /// Time of that last pass.
     pub ms: f64,
+}
+
+/// What [`PromptCache::prefill_with`] did.
+pub struct Prefilled {
+    /// Leading prompt tokens kept from the cache.
+    pub kept: usize,
+    /// Where the extra tokens were decoded, if they were.
+    pub fused: Option<Fused>,
+    /// The model's state at the prompt's last token, where the hook read
+    /// it (see `ggml_hook::state`).
+    pub state: Option<Vec<f32>>,
 }
 
 /// A prompt's batches still to decode after a cache kept what it could.
@@ -217,15 +228,16 @@ impl PromptCache {
         prompt: &Prepared,
         reuse: bool,
     ) -> Result<usize, EngineError> {
-        Ok(self.prefill_with(ctx, batch, prompt, reuse, &[])?.0)
+        Ok(self.prefill_with(ctx, batch, prompt, reuse, &[])?.kept)
     }
 
     /// [`Self::prefill`], with `extra` tokens decoded after the prompt in
     /// its last pass, each with its logits, where that pass is a generated
     /// one ([`Self::pass_for`]) with room for them: a lower answer verified
-    /// in the pass that ends the prompt. Returns the tokens kept and, when
-    /// `extra` was decoded, where. The cache records the prompt only; the
-    /// extra positions are the caller's to keep or drop.
+    /// in the pass that ends the prompt. Returns the tokens kept, where
+    /// `extra` was decoded if it was, and the model's state at the prompt's
+    /// last token. The cache records the prompt only; the extra positions
+    /// are the caller's to keep or drop.
     ///
     /// # Errors
     ///
@@ -237,9 +249,10 @@ impl PromptCache {
         prompt: &Prepared,
         reuse: bool,
         extra: &[LlamaToken],
-    ) -> Result<(usize, Option<Fused>), EngineError> {
+    ) -> Result<Prefilled, EngineError> {
         let plan = self.begin(ctx, prompt, reuse);
         let mut fused = None;
+        let mut state = None;
         // Callers' batches hold n_batch tokens.
         let room = ctx.n_batch() as usize;
         for (i, range) in plan.batches.iter().enumerate() {
@@ -252,19 +265,19 @@ impl PromptCache {
                 && tokens.len() + extra.len() <= room
             {
                 let t = std::time::Instant::now();
-                decode_with_extra(ctx, batch, (tokens, extra), (range.start, self.seq))?;
+                state = decode_with_extra(ctx, batch, (tokens, extra), (range.start, self.seq))?;
                 fused = Some(Fused {
                     offset: tokens.len() as i32,
                     tokens: extra.len(),
                     ms: t.elapsed().as_secs_f64() * 1e3,
                 });
             } else {
-                feed(ctx, batch, tokens, (range.start, self.seq), pass, last)?;
+                state = feed(ctx, batch, tokens, (range.start, self.seq), pass, last)?;
             }
         }
         let kept = plan.kept;
         self.finish(prompt, plan);
-        Ok((kept, fused))
+        Ok(Prefilled { kept, fused, state })
     }
 
     /// The first half of [`PromptCache::prefill`]: keeps the reusable
@@ -304,13 +317,13 @@ impl PromptCache {
 
 /// Decodes a prompt's last batch `tokens` (logits for its last token only)
 /// and `extra` after it (logits for each) at `pos` of sequence `seq`, in
-/// one generated pass.
+/// one generated pass; returns the model's state at the prompt's last token.
 fn decode_with_extra(
     ctx: &mut LlamaContext<'_>,
     batch: &mut LlamaBatch,
     (tokens, extra): (&[LlamaToken], &[LlamaToken]),
     (pos, seq): (usize, i32),
-) -> Result<(), EngineError> {
+) -> Result<Option<Vec<f32>>, EngineError> {
     batch.clear();
     let last = tokens.len() - 1;
     for (i, &t) in tokens.iter().chain(extra).enumerate() {
@@ -318,7 +331,7 @@ fn decode_with_extra(
             .add(t, (pos + i) as i32, &[seq], i >= last)
             .map_err(decode_err)?;
     }
-    decode(ctx, batch, Pass::Generated)
+    decode_reading_state(ctx, batch, Pass::Generated)
 }
 
 /// Empties sequence `seq` of `ctx`'s KV cache.
