@@ -99,6 +99,8 @@ async fn check(file: &str) {
         assert_eq!(a.finish, b.finish, "{file}: request {i}");
         assert_eq!(a.token_probs, b.token_probs, "{file}: request {i}");
         assert_eq!(a.prompt_tokens, b.prompt_tokens);
+        assert!(a.prompt_state.is_some(), "{file}: request {i}");
+        assert_eq!(a.prompt_state, b.prompt_state, "{file}: request {i}");
     }
     let widest = together.iter().map(|g| g.batch_width).fold(0.0, f64::max);
     assert!(

@@ -265,12 +265,13 @@ fn calibrate_fits_every_tier_and_writes_a_file_the_config_then_reads() {
     let dir = tempfile::tempdir().unwrap();
     let config = small_ladder(dir.path());
     let set = dir.path().join("set.jsonl");
-    // A dozen questions of the shipped training split: some right, some wrong.
+    // Forty questions of the shipped training split, some right, some wrong:
+    // enough for a state probe (`confidence::state::MIN_STATE_ANSWERS`).
     let train = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("data/calibration/train.jsonl"),
     )
     .unwrap();
-    let lines: Vec<&str> = train.lines().step_by(20).take(14).collect();
+    let lines: Vec<&str> = train.lines().step_by(7).take(40).collect();
     std::fs::write(&set, lines.join("\n")).unwrap();
     let out = bin()
         .args([
@@ -285,11 +286,11 @@ fn calibrate_fits_every_tier_and_writes_a_file_the_config_then_reads() {
         .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
     let fit: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(fit["questions"], 14);
+    assert_eq!(fit["questions"], 40);
     let tiers = fit["tiers"].as_array().unwrap();
     assert_eq!(tiers.len(), 2);
     for t in tiers {
-        assert_eq!(t["answered"], 14, "{t}");
+        assert_eq!(t["answered"], 40, "{t}");
         let acc = t["accuracy"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&acc));
     }
@@ -305,6 +306,17 @@ fn calibrate_fits_every_tier_and_writes_a_file_the_config_then_reads() {
             assert_eq!(
                 loaded.tiers[i].calibration.bias,
                 t["calibration"]["bias"].as_f64().unwrap()
+            );
+            // Each model's state was read and probed: one weight per entry
+            // of SmolLM2's 576-wide state, saved and read back.
+            let probe = loaded.tiers[i].calibration.state.as_ref().expect("a probe");
+            assert_eq!(probe.weights.len(), 576, "{t}");
+            assert_eq!(
+                t["calibration"]["state"]["weights"]
+                    .as_array()
+                    .unwrap()
+                    .len(),
+                576
             );
         }
     }
@@ -322,7 +334,7 @@ fn calibrate_fits_every_tier_and_writes_a_file_the_config_then_reads() {
         .unwrap();
     assert!(eval.status.success(), "{}", text(&eval.stderr));
     let e: serde_json::Value = serde_json::from_slice(&eval.stdout).unwrap();
-    assert_eq!(e["cascade"]["answered"], 14);
+    assert_eq!(e["cascade"]["answered"], 40);
     assert_eq!(e["tiers"].as_array().unwrap().len(), 2);
     let served: f64 = e["tiers"]
         .as_array()

@@ -47,6 +47,31 @@ async fn check_model(file: &str, format: PromptFormat) {
     assert_eq!(a.prompt_format, format, "{file}");
     assert!(a.prompt_tokens > 5);
     assert!(a.tokens_per_second > 0.0);
+
+    // The model's state after the prompt: one finite vector of its
+    // embedding width, the same for the same prompt, another for another.
+    let width = xnai_model_router::gguf::inspect(&real_model(file))
+        .unwrap()
+        .arch_int("embedding_length")
+        .unwrap() as usize;
+    let state = a.prompt_state.as_deref().expect("the state was read");
+    assert_eq!(state.len(), width, "{file}");
+    assert!(state.iter().all(|v| v.is_finite()) && state.iter().any(|&v| v != 0.0));
+    assert_eq!(a.prompt_state, b.prompt_state, "{file}");
+    let other = engine
+        .generate(
+            m.id,
+            GenerateRequest::greedy("Write a haiku about rain.", 4),
+        )
+        .await
+        .unwrap();
+    let other = other.prompt_state.expect("the state was read");
+    assert_eq!(other.len(), width);
+    assert_ne!(
+        other.as_slice(),
+        state,
+        "{file}: another prompt, another state"
+    );
 }
 
 #[tokio::test]

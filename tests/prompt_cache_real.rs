@@ -82,6 +82,12 @@ fn assert_same(what: &str, cold: &Generation, warm: &Generation) {
     };
     assert_eq!(bits(cold), bits(warm), "{what}: probabilities differ");
     assert_eq!(cold.prompt_tokens, warm.prompt_tokens, "{what}");
+    // The state the confidence reads is the cold run's too.
+    assert!(cold.prompt_state.is_some(), "{what}: no state read");
+    assert_eq!(
+        cold.prompt_state, warm.prompt_state,
+        "{what}: states differ"
+    );
 }
 
 /// A multi-turn conversation on one model: each turn reuses the previous

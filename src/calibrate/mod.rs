@@ -18,7 +18,7 @@ pub mod write;
 use crate::cascade::start_tier;
 use crate::classify::classify;
 use crate::confidence::fit::{auroc, fit_answers, threshold_for_precision};
-use crate::confidence::Calibration;
+use crate::confidence::{Calibration, Features};
 use crate::config::Config;
 use serde::Serialize;
 use set::Question;
@@ -32,8 +32,13 @@ pub struct TierFit {
     pub accuracy: f64,
     /// AUROC of the confidence under the calibration configured now.
     pub auroc_before: Option<f64>,
-    /// AUROC under the fitted calibration (on the same answers).
+    /// AUROC under the fitted calibration (on the same answers it was
+    /// fitted on: optimistic).
     pub auroc_after: Option<f64>,
+    /// AUROC of the same kind of fit on answers it did not see: each fold
+    /// of [`FOLDS`] scored by a calibration fitted on the others. What to
+    /// expect on new questions.
+    pub auroc_cv: Option<f64>,
     /// The fitted calibration and threshold; absent when the tier failed
     /// or its answers were all right or all wrong.
     pub calibration: Option<Calibration>,
@@ -101,6 +106,7 @@ fn fit_tier(s: &TierSweep, n: usize, precision: f64) -> TierFit {
         accuracy: s.accuracy(),
         auroc_before: auroc(&before, &labels),
         auroc_after: None,
+        auroc_cv: None,
         calibration: None,
         threshold: None,
         share: 0.0,
@@ -122,6 +128,7 @@ fn fit_tier(s: &TierSweep, n: usize, precision: f64) -> TierFit {
     };
     let after: Vec<f64> = s.scored.iter().map(|a| c.confidence(&a.features)).collect();
     t.auroc_after = auroc(&after, &labels);
+    t.auroc_cv = cross_validated_auroc(&features, &labels);
     t.threshold = threshold_for_precision(&after, &labels, precision).or_else(|| {
         t.warnings.push(format!(
             "no threshold keeps precision {precision:.2}: it will pass every answer up"
@@ -130,6 +137,31 @@ fn fit_tier(s: &TierSweep, n: usize, precision: f64) -> TierFit {
     });
     t.calibration = Some(c);
     t
+}
+
+/// Folds of [`TierFit::auroc_cv`].
+pub const FOLDS: usize = 5;
+
+/// The AUROC of answers each scored by a calibration fitted without its
+/// fold (every [`FOLDS`]th answer); None for fewer than two answers a
+/// fold, or a fold whose rest cannot be fitted.
+fn cross_validated_auroc(features: &[Features], labels: &[bool]) -> Option<f64> {
+    let n = features.len();
+    if n < 2 * FOLDS {
+        return None;
+    }
+    let mut scores = vec![0.0; n];
+    for fold in 0..FOLDS {
+        let (train, train_labels): (Vec<Features>, Vec<bool>) = (0..n)
+            .filter(|i| i % FOLDS != fold)
+            .map(|i| (features[i].clone(), labels[i]))
+            .unzip();
+        let c = fit_answers(&train, &train_labels)?;
+        for i in (fold..n).step_by(FOLDS) {
+            scores[i] = c.confidence(&features[i]);
+        }
+    }
+    auroc(&scores, labels)
 }
 
 /// Warns about each tier less accurate than a complete tier below it.

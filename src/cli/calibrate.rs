@@ -137,17 +137,18 @@ fn pct(x: Option<f64>) -> String {
 /// The table calibrate prints.
 pub fn render(fit: &LadderFit) -> String {
     let mut s = format!(
-        "{} questions; thresholds keep precision {:.3}\n\n{:<12} {:>8} {:>8} {:>12} {:>11} {:>9} {:>7}\n",
-        fit.questions, fit.precision, "tier", "answered", "accuracy", "AUROC before", "AUROC after", "threshold", "share"
+        "{} questions; thresholds keep precision {:.3}\n\n{:<12} {:>8} {:>8} {:>12} {:>11} {:>8} {:>9} {:>7}\n",
+        fit.questions, fit.precision, "tier", "answered", "accuracy", "AUROC before", "AUROC after", "AUROC cv", "threshold", "share"
     );
     for t in &fit.tiers {
         s += &format!(
-            "{:<12} {:>8} {:>7.1}% {:>12} {:>11} {:>9} {:>6.1}%\n",
+            "{:<12} {:>8} {:>7.1}% {:>12} {:>11} {:>8} {:>9} {:>6.1}%\n",
             t.name,
             t.answered,
             t.accuracy * 100.0,
             pct(t.auroc_before),
             pct(t.auroc_after),
+            pct(t.auroc_cv),
             pct(t.threshold),
             t.share * 100.0
         );
@@ -156,6 +157,10 @@ pub fn render(fit: &LadderFit) -> String {
         "\ncascade replayed with these values: accuracy {:.1}%, {:.1}% answered below the top tier\n",
         fit.cascade_accuracy * 100.0,
         fit.below_top * 100.0
+    );
+    s += &format!(
+        "AUROC after is measured on the answers fitted on; AUROC cv scores each of {} folds with a fit on the others: expect that on new questions\n",
+        xnai_model_router::calibrate::FOLDS
     );
     for t in &fit.tiers {
         for w in &t.warnings {
