@@ -116,6 +116,7 @@ mod tests {
                     accuracy: 0.5,
                     auroc_before: None,
                     auroc_after: None,
+                    auroc_cv: None,
                     calibration: th.map(|_| {
                         Calibration::from_weights(
                             -1.0,
