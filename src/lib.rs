@@ -14,16 +14,18 @@
 //!   over hashed n-grams and the lexical cue-word signals; where it is unsure of the
 //!   domain, the smallest tier's embeddings (`classify::assist`); example files; its
 //!   evaluation.
-//! - [`confidence`]: an answer's confidence: features of its tokens, a per-tier
-//!   logistic calibration to the probability it is right, fitting and AUROC.
+//! - [`confidence`]: an answer's confidence: features of its tokens, a probe
+//!   of the model's state after the prompt, a per-tier logistic calibration
+//!   to the probability it is right, fitting and AUROC.
 //! - [`calibrate`]: a ladder measured on questions with accepted answers: every
 //!   tier swept, calibrations and thresholds fitted and saved, `eval cascade`.
 //! - [`engine`]: the inference trait; llama.cpp on its own thread (a model and its
 //!   context owned together), where the requests on one model are decoded together
 //!   (continuous batching); the prompt cache (`engine::llama::prefix`, whose last
 //!   pass can also score a handed-up answer); speculative decoding; `engine::ggml_hook`, ggml's matrix
-//!   product hook with exact F32 and quantized kernels and its flash attention
-//!   hook with a prompt kernel of its own; query embeddings on a thread of their own
+//!   product hook with exact F32 and quantized kernels, its flash attention
+//!   hook with a prompt kernel of its own, and the reading of the model's state
+//!   after a prompt (`engine::ggml_hook::state`); query embeddings on a thread of their own
 //!   (`engine::llama::embed`); a scripted fake.
 //! - [`pool`]: lazy loading, LRU eviction inside a byte budget, RAII leases, and
 //!   [`pool::TierPool::run`], the one way to run a request on a tier.

@@ -63,6 +63,11 @@
 //! batches of any shape agree, and it is faster on batches that are not a
 //! multiple of ggml's 64-row tiles (a cached turn's new messages).
 //!
+//! [`state`] wraps two more ggml-cpu ops, the element-wise product and its
+//! fusion with an RMS norm, only to note the final norm's node, so the
+//! engine can read the model's state after a prompt without a pass of its
+//! own; their arithmetic is ggml's, untouched.
+//!
 //! ggml's threads read the pass from a process-wide flag, so every thread of
 //! a product makes the same choice; [`in_pass`] runs one decode at a time in
 //! the process to keep that flag true for the decode that reads it.
