@@ -130,8 +130,10 @@ pub async fn ask<E: Engine>(
         .iter()
         .find(|r| r.tier == t.name)
         .map_or(0, |r| r.rss_after_load);
-    let features = crate::confidence::Features::of_generation(&g)
-        .for_query(&crate::classify::classify(question));
+    let features = t.calibration.annotate(
+        crate::confidence::Features::of_generation(&g)
+            .for_query(&crate::classify::classify(question)),
+    );
     let n = g.token_probs.len().max(1) as f64;
     let mean_log: f64 = g.token_probs.iter().map(|&p| (p as f64).ln()).sum::<f64>() / n;
     Ok(AskResult {

@@ -131,11 +131,23 @@ impl Calibration {
         if f.tokens == 0 {
             return 0.0;
         }
-        let read = self
-            .state
-            .as_ref()
-            .map_or(0.0, |p| p.read(f.state.as_deref()));
-        sigmoid(self.score(&f.vector()) + read)
+        sigmoid(self.score(&f.vector()) + self.state_read(f).unwrap_or(0.0))
+    }
+
+    /// What this calibration's state probe reads in `f`'s state, where it
+    /// has a probe and `f` a state of the probe's width
+    /// ([`Features::state_read`]).
+    pub fn state_read(&self, f: &Features) -> Option<f64> {
+        let (probe, state) = (self.state.as_ref()?, f.state.as_deref()?);
+        (probe.weights.len() == state.len()).then(|| probe.read(Some(state)))
+    }
+
+    /// `f` with [`Features::state_read`] filled in, as results show it.
+    pub fn annotate(&self, f: Features) -> Features {
+        Features {
+            state_read: self.state_read(&f),
+            ..f
+        }
     }
 
     /// The model's log-odds for feature vector `x`.
@@ -190,6 +202,38 @@ mod tests {
         assert!(a > b && (0.0..1.0).contains(&b) && a < 1.0, "{a} {b}");
         let empty = Features::of(&[], &[], FinishReason::EndOfText);
         assert_eq!(c.confidence(&empty), 0.0);
+    }
+
+    #[test]
+    fn a_state_probe_moves_the_log_odds_by_its_read() {
+        let plain = Calibration::DEFAULT;
+        let probed = Calibration {
+            state: Some(StateProbe {
+                weights: vec![1.0, -2.0],
+                center: 0.5,
+            }),
+            ..Calibration::DEFAULT
+        };
+        let f = Features::of(&[0.6; 5], &[0.5; 5], FinishReason::EndOfText);
+        let with_state = Features {
+            state: Some(std::sync::Arc::from(&[3.0f32, 1.0][..])),
+            ..f.clone()
+        };
+        // 3 - 2 - 0.5 = 0.5 more log-odds.
+        let logit = |p: f64| (p / (1.0 - p)).ln();
+        let moved = logit(probed.confidence(&with_state)) - logit(plain.confidence(&with_state));
+        assert!((moved - 0.5).abs() < 1e-9, "{moved}");
+        assert_eq!(probed.annotate(with_state).state_read, Some(0.5));
+        // No state, or one of another width: the average prompt, no read.
+        assert_eq!(probed.confidence(&f), plain.confidence(&f));
+        assert_eq!(probed.annotate(f.clone()).state_read, None);
+        let wide = Features {
+            state: Some(std::sync::Arc::from(&[1.0f32, 1.0, 1.0][..])),
+            ..f
+        };
+        assert_eq!(probed.confidence(&wide), plain.confidence(&wide));
+        assert_eq!(probed.state_read(&wide), None);
+        assert_eq!(plain.state_read(&wide), None);
     }
 
     #[test]

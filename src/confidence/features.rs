@@ -40,6 +40,11 @@ pub struct Features {
     #[serde(skip)]
     #[schemars(skip)]
     pub state: Option<Arc<[f32]>>,
+    /// What the tier's state probe read in that state, in log-odds added
+    /// to the confidence's (0: an average prompt; above: a question the
+    /// model is likelier to know); absent without a probe or a state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_read: Option<f64>,
 }
 
 /// Entries in [`Features::vector`].
@@ -80,6 +85,7 @@ impl Features {
                 level: Level::Trivial,
                 domain: Domain::General,
                 state: None,
+                state_read: None,
             };
         }
         let mut sorted: Vec<f64> = probs.iter().map(|&p| (p as f64).clamp(0.0, 1.0)).collect();
@@ -98,6 +104,7 @@ impl Features {
             level: Level::Trivial,
             domain: Domain::General,
             state: None,
+            state_read: None,
         }
     }
 

@@ -195,7 +195,9 @@ impl<E: Engine> Router<E> {
                 )),
             });
         }
-        let features = Features::of_generation(g).for_query(complexity);
+        let features = t
+            .calibration
+            .annotate(Features::of_generation(g).for_query(complexity));
         let conf = t.calibration.confidence(&features);
         books.tokens_used += g.completion_tokens;
         books.timings.load_ms += ran.load_ms;
