@@ -135,6 +135,9 @@ async fn tools_route_and_status_on_the_default_ladder() {
     assert!(!v["attempts"].as_array().unwrap().is_empty());
     let c = v["confidence"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&c));
+    // The shipped calibration's state probe read the router's state.
+    let read = &v["attempts"][0]["features"]["state_read"];
+    assert!(read.as_f64().is_some_and(f64::is_finite), "{v}");
     assert!(v["memory"]["loaded"].as_array().unwrap().len() <= 2);
     assert!(v["timings"]["total_ms"].as_f64().unwrap() > 0.0);
 
