@@ -14,7 +14,9 @@
 //! reading is wanted.
 //! llama.cpp marks that node as a graph output, so its buffer still holds
 //! the values when the decode returns, and [`in_pass_reading_state`]
-//! copies the first row. A model whose final norm ends otherwise (a bias
+//! copies the first row. The node noted is the reading decode's own because
+//! every decode in the process that could run meanwhile (the engine's, the
+//! embedder's) takes `in_pass`'s lock first. A model whose final norm ends otherwise (a bias
 //! added last), or a build without `--wrap` (macOS), reads no state and
 //! its confidence does without it.
 
