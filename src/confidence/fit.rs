@@ -39,8 +39,10 @@ pub fn fit_answers(features: &[Features], ys: &[bool]) -> Option<Calibration> {
 }
 
 /// Fits a logistic calibration to feature vectors `xs` labelled right
-/// (`true`) or wrong; None without both kinds of label.
-pub fn fit(xs: &[[f64; N_FEATURES]], ys: &[bool]) -> Option<Calibration> {
+/// (`true`) or wrong; None without both kinds of label. (Calibrate fits
+/// answers, [`fit_answers`]; the tests fit raw vectors.)
+#[cfg(test)]
+fn fit(xs: &[[f64; N_FEATURES]], ys: &[bool]) -> Option<Calibration> {
     let rows: Vec<Vec<f64>> = xs.iter().map(|x| x.to_vec()).collect();
     let (bias, w) = fit_rows(&rows, ys)?;
     let c = Calibration::from_weights(bias, w.try_into().ok()?);

@@ -538,7 +538,7 @@ pub(super) fn feed(
 ) -> Result<Option<Vec<f32>>, EngineError> {
     let n_batch = ctx.n_batch() as usize;
     let last = tokens.len() - 1;
-    let chunks = tokens.chunks(n_batch).count();
+    let chunks = tokens.len().div_ceil(n_batch);
     for (c, chunk) in tokens.chunks(n_batch).enumerate() {
         batch.clear();
         for (j, &t) in chunk.iter().enumerate() {
